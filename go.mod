@@ -1,0 +1,3 @@
+module s3-helper
+
+go 1.26

@@ -1,0 +1,702 @@
+// Command s3-helper serves a private S3 bucket to a local nginx as if it
+// were a bucket that needs no signature: it takes plain GET and HEAD
+// requests on 127.0.0.1, signs them with the instance role's credentials
+// (SigV4) and streams S3's answer back with every AWS-specific header
+// removed.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"net/url"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// version is reported by -version and in the start-up log.
+const version = "0.1.0"
+
+const (
+	envPrefix = "S3_HELPER_"
+	// Server limits. No WriteTimeout: long range responses are normal.
+	readHeaderTimeout = 10 * time.Second
+	idleTimeout       = 2 * time.Minute
+	maxHeaderBytes    = 32 << 10
+	// regionTimeout bounds the IMDS region lookup at start-up.
+	regionTimeout = 10 * time.Second
+	// Upstream connection pool: nginx-vod-module keeps hundreds of ranges
+	// in flight per host, so Go's default of 2 idle connections per host
+	// would make most requests open a new TLS connection.
+	maxIdleConns        = 1024
+	maxIdleConnsPerHost = 512
+	upstreamIdleTimeout = 90 * time.Second
+	upstreamBufferBytes = 64 << 10
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "s3-helper:", err)
+		var ce configError
+		if errors.As(err, &ce) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+// configError wraps every invalid-configuration problem; main exits 2.
+type configError struct{ err error }
+
+func (e configError) Error() string { return "invalid configuration:\n" + e.err.Error() }
+func (e configError) Unwrap() error { return e.err }
+
+// routeFlags collects repeatable -route values.
+type routeFlags []string
+
+func (r *routeFlags) String() string     { return strings.Join(*r, ",") }
+func (r *routeFlags) Set(v string) error { *r = append(*r, v); return nil }
+
+// config is the parsed command line.
+type config struct {
+	listen          string
+	allowRemote     bool
+	bucket          string
+	prefix          string
+	region          string
+	routes          routeFlags
+	endpoint        string
+	pathStyle       bool
+	imdsEndpoint    string
+	imdsRole        string
+	refreshBefore   time.Duration
+	timeout         time.Duration
+	retries         int
+	statsd          string
+	statsdPrefix    string
+	statsdTags      string
+	admin           string
+	pprof           bool
+	logLevel        string
+	logFormat       string
+	accessLog       bool
+	shutdownTimeout time.Duration
+	showVersion     bool
+	presign         string
+	presignExpires  time.Duration
+}
+
+func newFlagSet(cfg *config, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("s3-helper", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.listen, "listen", "127.0.0.1:8080", "address to serve on: HOST:PORT, or unix:/PATH for a Unix socket; a non-loopback address needs -allow-remote")
+	fs.BoolVar(&cfg.allowRemote, "allow-remote", false, "allow -listen and -admin on non-loopback addresses (anyone who reaches the port reads the bucket)")
+	fs.StringVar(&cfg.bucket, "bucket", "", "S3 bucket served under / (required)")
+	fs.StringVar(&cfg.prefix, "prefix", "", "key prefix prepended to every key of -bucket, e.g. videos/")
+	fs.StringVar(&cfg.region, "region", "", "bucket region; default $AWS_REGION, then $AWS_DEFAULT_REGION, then the instance's region from IMDS")
+	fs.Var(&cfg.routes, "route", "PATHPREFIX=BUCKET[/KEYPREFIX]: serve another bucket under a URL prefix, e.g. /avod/=ads-bucket; repeatable, longest prefix wins")
+	fs.StringVar(&cfg.endpoint, "endpoint", "", "S3 endpoint URL; default https://s3.REGION.amazonaws.com with virtual-hosted addressing")
+	fs.BoolVar(&cfg.pathStyle, "path-style", false, "force path-style addressing (automatic for buckets with dots and IP or localhost endpoints)")
+	fs.StringVar(&cfg.imdsEndpoint, "imds-endpoint", "", "instance metadata endpoint; default $AWS_EC2_METADATA_SERVICE_ENDPOINT, then "+defaultIMDSEndpoint)
+	fs.StringVar(&cfg.imdsRole, "imds-role", "", "instance role name; default the first role IMDS lists")
+	fs.DurationVar(&cfg.refreshBefore, "refresh-before", defaultRefreshBefore, "refresh credentials this long before they expire (at a random moment in the last third of it)")
+	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Second, "per-attempt limit to connect and receive S3's response headers")
+	fs.IntVar(&cfg.retries, "retries", 3, "retries of a failed upstream attempt (connect errors, timeouts, 500/502/503/504), and mid-body resumes; 0 disables")
+	fs.StringVar(&cfg.statsd, "statsd", "", "statsd HOST:PORT (UDP); empty disables metrics")
+	fs.StringVar(&cfg.statsdPrefix, "statsd-prefix", "s3helper", "prefix of every metric name")
+	fs.StringVar(&cfg.statsdTags, "statsd-tags", "", "DogStatsD tags added to every metric, k:v,k2:v2; empty sends plain statsd")
+	fs.StringVar(&cfg.admin, "admin", "", "admin listener HOST:PORT for /healthz (and /debug/pprof/ with -pprof); empty disables")
+	fs.BoolVar(&cfg.pprof, "pprof", false, "serve /debug/pprof/ on the -admin listener")
+	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json (log/slog on stderr)")
+	fs.BoolVar(&cfg.accessLog, "access-log", false, "log one line per request (method, key, range, status, upstream status, bytes, duration, attempts)")
+	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take to finish")
+	fs.BoolVar(&cfg.showVersion, "version", false, "print the version and exit")
+	fs.StringVar(&cfg.presign, "presign", "", "print a presigned GET URL for this key of -bucket and exit (debugging)")
+	fs.DurationVar(&cfg.presignExpires, "presign-expires", 15*time.Minute, "lifetime of the -presign URL")
+	return fs
+}
+
+// parseConfig parses args, then fills every flag not given on the command
+// line from S3_HELPER_<FLAG> (upper case, '-' as '_'): the flag wins.
+func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*config, error) {
+	cfg := &config{}
+	fs := newFlagSet(cfg, stderr)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, configError{fmt.Errorf("unexpected argument %q: every setting is a flag", fs.Arg(0))}
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		env := envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		v := getenv(env)
+		if given[f.Name] || v == "" {
+			return
+		}
+		values := []string{v}
+		if f.Name == "route" {
+			values = strings.Split(v, ",")
+		}
+		for _, one := range values {
+			if err := fs.Set(f.Name, strings.TrimSpace(one)); err != nil {
+				errs = append(errs, fmt.Errorf("$%s %q: %w", env, v, err))
+			}
+		}
+	})
+	if len(errs) > 0 {
+		return nil, configError{errors.Join(errs...)}
+	}
+	return cfg, nil
+}
+
+// settings is the validated configuration, ready to wire.
+type settings struct {
+	cfg          *config
+	listenNet    string
+	listenAddr   string
+	endpoint     *url.URL
+	routes       []routeSpec
+	logLevel     slog.Level
+	imdsEndpoint string
+	static       *Credentials
+}
+
+// routeSpec is a route before the endpoint (and so the host) is known.
+type routeSpec struct {
+	pathPrefix, bucket, keyPrefix string
+}
+
+// validate checks everything that needs no network and reports every
+// problem at once, each naming the flag, the value and the rule.
+func validate(cfg *config, getenv func(string) string) (*settings, error) {
+	s := &settings{cfg: cfg}
+	var errs []error
+	bad := func(flagName, value, rule string) {
+		errs = append(errs, fmt.Errorf("-%s %q: %s", flagName, value, rule))
+	}
+
+	s.listenNet, s.listenAddr = "tcp", cfg.listen
+	if path, ok := strings.CutPrefix(cfg.listen, "unix:"); ok {
+		s.listenNet, s.listenAddr = "unix", path
+		if path == "" {
+			bad("listen", cfg.listen, "unix: needs a socket path")
+		}
+	} else if err := checkListenAddr(cfg.listen, cfg.allowRemote); err != nil {
+		bad("listen", cfg.listen, err.Error())
+	}
+	if cfg.admin != "" {
+		if err := checkListenAddr(cfg.admin, cfg.allowRemote); err != nil {
+			bad("admin", cfg.admin, err.Error())
+		}
+	}
+	if cfg.pprof && cfg.admin == "" {
+		bad("pprof", "true", "needs -admin: profiles are never served on the proxy port")
+	}
+
+	if cfg.bucket == "" {
+		bad("bucket", "", "required")
+	} else if err := checkBucket(cfg.bucket); err != nil {
+		bad("bucket", cfg.bucket, err.Error())
+	}
+	if err := checkKeyPrefix(cfg.prefix); err != nil {
+		bad("prefix", cfg.prefix, err.Error())
+	}
+	s.routes = append(s.routes, routeSpec{"/", cfg.bucket, cfg.prefix})
+	seen := map[string]bool{"/": true}
+	for _, r := range cfg.routes {
+		spec, err := parseRoute(r)
+		switch {
+		case err != nil:
+			bad("route", r, err.Error())
+		case seen[spec.pathPrefix]:
+			bad("route", r, "path prefix "+spec.pathPrefix+" is already routed")
+		default:
+			seen[spec.pathPrefix] = true
+			s.routes = append(s.routes, spec)
+		}
+	}
+
+	if cfg.region == "" {
+		cfg.region = firstNonEmpty(getenv("AWS_REGION"), getenv("AWS_DEFAULT_REGION"))
+	}
+	if cfg.region != "" && !isRegionName(cfg.region) {
+		bad("region", cfg.region, "must look like us-east-1 (lower-case letters, digits and '-')")
+	}
+	if cfg.endpoint != "" {
+		u, err := parseEndpoint(cfg.endpoint)
+		if err != nil {
+			bad("endpoint", cfg.endpoint, err.Error())
+		}
+		s.endpoint = u
+	}
+
+	s.imdsEndpoint = firstNonEmpty(cfg.imdsEndpoint, getenv("AWS_EC2_METADATA_SERVICE_ENDPOINT"), defaultIMDSEndpoint)
+	if u, err := url.Parse(s.imdsEndpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		bad("imds-endpoint", s.imdsEndpoint, "must be an http:// or https:// URL with a host")
+	}
+	s.imdsEndpoint = strings.TrimRight(s.imdsEndpoint, "/")
+	if cfg.refreshBefore < time.Second || cfg.refreshBefore > time.Hour {
+		bad("refresh-before", cfg.refreshBefore.String(), "must be between 1s and 1h")
+	}
+	if cfg.timeout < 100*time.Millisecond || cfg.timeout > 5*time.Minute {
+		bad("timeout", cfg.timeout.String(), "must be between 100ms and 5m")
+	}
+	if cfg.retries < 0 || cfg.retries > 10 {
+		bad("retries", strconv.Itoa(cfg.retries), "must be between 0 and 10")
+	}
+	if cfg.statsd != "" {
+		if _, _, err := net.SplitHostPort(cfg.statsd); err != nil {
+			bad("statsd", cfg.statsd, "must be HOST:PORT")
+		}
+	}
+	if strings.ContainsAny(cfg.statsdPrefix, ":|@# \n") {
+		bad("statsd-prefix", cfg.statsdPrefix, "must not contain ':', '|', '@', '#' or spaces")
+	}
+	if cfg.statsdTags != "" && strings.ContainsAny(cfg.statsdTags, "|@# \n") {
+		bad("statsd-tags", cfg.statsdTags, "must be k:v,k2:v2 without '|', '@', '#' or spaces")
+	}
+	if err := s.logLevel.UnmarshalText([]byte(cfg.logLevel)); err != nil {
+		bad("log-level", cfg.logLevel, "must be debug, info, warn or error")
+	}
+	if cfg.logFormat != "text" && cfg.logFormat != "json" {
+		bad("log-format", cfg.logFormat, "must be text or json")
+	}
+	if cfg.shutdownTimeout < 0 {
+		bad("shutdown-timeout", cfg.shutdownTimeout.String(), "must not be negative")
+	}
+	if cfg.presign != "" {
+		if err := validateKey(cfg.prefix + cfg.presign); err != nil {
+			bad("presign", cfg.presign, err.Error())
+		}
+	}
+
+	akid, secret := getenv("AWS_ACCESS_KEY_ID"), getenv("AWS_SECRET_ACCESS_KEY")
+	switch {
+	case akid != "" && secret != "":
+		s.static = newCredentials(akid, secret, getenv("AWS_SESSION_TOKEN"), time.Time{}, sourceEnvironment)
+	case akid != "" || secret != "":
+		errs = append(errs, errors.New("$AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY: set both or neither"))
+	}
+	if len(errs) > 0 {
+		return nil, configError{errors.Join(errs...)}
+	}
+	return s, nil
+}
+
+func firstNonEmpty(vs ...string) string {
+	for _, v := range vs {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// checkListenAddr requires HOST:PORT on a loopback host unless allowRemote.
+func checkListenAddr(addr string, allowRemote bool) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errors.New("must be HOST:PORT or unix:/PATH")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return errors.New("port must be a number from 0 to 65535")
+	}
+	if allowRemote || isLoopbackHost(host) {
+		return nil
+	}
+	return errors.New("not a loopback address; add -allow-remote to serve other hosts")
+}
+
+func isLoopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// checkBucket applies S3's bucket naming rules, loosely enough for legacy
+// us-east-1 names (upper case, '_'), which then use path style.
+func checkBucket(b string) error {
+	if len(b) < 3 || len(b) > 255 {
+		return errors.New("must be 3 to 255 characters")
+	}
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_') {
+			return errors.New("may contain only letters, digits, '-', '.' and '_'")
+		}
+	}
+	return nil
+}
+
+// dnsCompatibleBucket reports whether b can be a host name label.
+func dnsCompatibleBucket(b string) bool {
+	if len(b) > 63 || b[0] == '-' || b[len(b)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+func checkKeyPrefix(p string) error {
+	if p == "" {
+		return nil
+	}
+	if strings.HasPrefix(p, "/") {
+		return errors.New("must not start with '/': it is part of the object key")
+	}
+	return checkClientKey(p)
+}
+
+// parseRoute parses PATHPREFIX=BUCKET[/KEYPREFIX].
+func parseRoute(v string) (routeSpec, error) {
+	prefix, target, ok := strings.Cut(v, "=")
+	if !ok || prefix == "" || target == "" {
+		return routeSpec{}, errors.New("must be PATHPREFIX=BUCKET[/KEYPREFIX]")
+	}
+	if !strings.HasPrefix(prefix, "/") || prefix == "/" {
+		return routeSpec{}, errors.New("path prefix must start with '/' and not be '/' (that is -bucket)")
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	if err := checkClientKey(strings.Trim(prefix, "/")); err != nil {
+		return routeSpec{}, fmt.Errorf("path prefix: %w", err)
+	}
+	bucket, keyPrefix, _ := strings.Cut(target, "/")
+	if err := checkBucket(bucket); err != nil {
+		return routeSpec{}, fmt.Errorf("bucket %q: %w", bucket, err)
+	}
+	if err := checkKeyPrefix(keyPrefix); err != nil {
+		return routeSpec{}, fmt.Errorf("key prefix %q: %w", keyPrefix, err)
+	}
+	return routeSpec{prefix, bucket, keyPrefix}, nil
+}
+
+func isRegionName(r string) bool {
+	for i := 0; i < len(r); i++ {
+		c := r[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return r != "" && len(r) <= 32
+}
+
+// parseEndpoint accepts http(s)://HOST[:PORT] with no path, query or user,
+// and drops a default port so the signed Host matches what S3 sees.
+func parseEndpoint(v string) (*url.URL, error) {
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, errors.New("must be an http:// or https:// URL with a host")
+	}
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return nil, errors.New("must have no path, query or user info")
+	}
+	host := u.Host
+	if h, port, err := net.SplitHostPort(host); err == nil &&
+		(u.Scheme == "https" && port == "443" || u.Scheme == "http" && port == "80") {
+		host = h
+		if strings.Contains(h, ":") {
+			host = "[" + h + "]"
+		}
+	}
+	return &url.URL{Scheme: u.Scheme, Host: host}, nil
+}
+
+// buildRoutes resolves each route's host and addressing style, longest
+// path prefix first.
+func buildRoutes(specs []routeSpec, endpoint *url.URL, forcePath bool) []route {
+	endpointHost := endpoint.Hostname()
+	literalHost := endpointHost == "localhost" || net.ParseIP(endpointHost) != nil
+	routes := make([]route, 0, len(specs))
+	for _, sp := range specs {
+		r := route{pathPrefix: sp.pathPrefix, bucket: sp.bucket, keyPrefix: sp.keyPrefix}
+		// Dots break the TLS wildcard *.s3.REGION.amazonaws.com; an IP or
+		// localhost endpoint cannot carry a bucket label.
+		if forcePath || literalHost || strings.Contains(sp.bucket, ".") || !dnsCompatibleBucket(sp.bucket) {
+			r.host = endpoint.Host
+			r.uriPrefix = string(appendURIEncoded([]byte{'/'}, sp.bucket, false))
+		} else {
+			r.host = sp.bucket + "." + endpoint.Host
+		}
+		routes = append(routes, r)
+	}
+	sort.SliceStable(routes, func(i, j int) bool { return len(routes[i].pathPrefix) > len(routes[j].pathPrefix) })
+	return routes
+}
+
+func newLogger(w io.Writer, format string, level slog.Leveler) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func newUpstreamTransport(timeout time.Duration) *http.Transport {
+	return &http.Transport{
+		Proxy:                 nil, // S3 is reached directly; a stray HTTPS_PROXY must not see signed requests
+		DialContext:           (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout:   timeout,
+		ResponseHeaderTimeout: timeout,
+		MaxIdleConns:          maxIdleConns,
+		MaxIdleConnsPerHost:   maxIdleConnsPerHost,
+		IdleConnTimeout:       upstreamIdleTimeout,
+		// Otherwise net/http adds Accept-Encoding: gzip to non-Range GETs
+		// and silently decodes the body, changing its length.
+		DisableCompression: true,
+		ReadBufferSize:     upstreamBufferBytes,
+		WriteBufferSize:    4 << 10,
+	}
+}
+
+// run is main without the process: it parses args, validates, wires and
+// serves until ctx ends, then drains in-flight requests.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := parseConfig(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	if cfg.showVersion {
+		fmt.Fprintln(stdout, "s3-helper", versionString())
+		return nil
+	}
+	st, err := validate(cfg, getenv)
+	if err != nil {
+		return err
+	}
+	var level slog.LevelVar
+	level.Set(st.logLevel)
+	log := newLogger(stderr, cfg.logFormat, &level)
+
+	var imds *imdsClient
+	var provider credentialProvider
+	if st.static != nil {
+		provider = staticProvider{st.static}
+	} else {
+		imds = &imdsClient{endpoint: st.imdsEndpoint, role: cfg.imdsRole}
+		provider = imds
+	}
+	if cfg.region == "" {
+		if imds == nil {
+			imds = &imdsClient{endpoint: st.imdsEndpoint}
+		}
+		rctx, cancel := context.WithTimeout(ctx, regionTimeout)
+		cfg.region, err = imds.Region(rctx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("no -region, $AWS_REGION or $AWS_DEFAULT_REGION, and %w", err)
+		}
+	}
+	if st.endpoint == nil {
+		st.endpoint = &url.URL{Scheme: "https", Host: "s3." + cfg.region + ".amazonaws.com"}
+	}
+
+	var metrics *Metrics
+	if cfg.statsd != "" {
+		conn, err := net.Dial("udp", cfg.statsd)
+		if err != nil {
+			return fmt.Errorf("-statsd %q: %w", cfg.statsd, err)
+		}
+		metrics = NewMetrics(conn, cfg.statsdPrefix, cfg.statsdTags, 0)
+		defer metrics.Close()
+	}
+
+	cache := &credentialCache{provider: provider, refreshBefore: cfg.refreshBefore, log: log.With("component", "credentials"), metrics: metrics}
+	cache.Start(ctx)
+	defer cache.Close()
+
+	signer := &Signer{Region: cfg.region}
+	routes := buildRoutes(st.routes, st.endpoint, cfg.pathStyle)
+	if cfg.presign != "" {
+		return presign(ctx, stdout, signer, cache, routes, st.endpoint.Scheme, cfg)
+	}
+
+	proxy := &Proxy{
+		routes: routes, scheme: st.endpoint.Scheme, signer: signer, creds: cache,
+		transport: newUpstreamTransport(cfg.timeout), metrics: metrics, log: log,
+		accessLog: cfg.accessLog, retries: cfg.retries,
+	}
+	metrics.GaugeFunc(metricInFlight, proxy.InFlight)
+	metrics.GaugeFunc(metricCredentialTTL, func() int64 {
+		return int64(cache.Status(time.Now()).ExpiresIn / time.Second)
+	})
+	return serve(ctx, st, proxy, cache, log)
+}
+
+// serve listens (failing fast on bind errors), serves until ctx ends, then
+// drains in-flight requests for up to -shutdown-timeout.
+func serve(ctx context.Context, st *settings, proxy *Proxy, cache *credentialCache, log *slog.Logger) error {
+	cfg := st.cfg
+	if st.listenNet == "unix" {
+		removeStaleSocket(st.listenAddr)
+	}
+	ln, err := net.Listen(st.listenNet, st.listenAddr)
+	if err != nil {
+		return fmt.Errorf("-listen %q: %w", cfg.listen, err)
+	}
+	errorLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
+	srv := &http.Server{
+		Handler:           proxy,
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          errorLog,
+	}
+	servers := []*http.Server{srv}
+	errc := make(chan error, 2)
+	if cfg.admin != "" {
+		aln, err := net.Listen("tcp", cfg.admin)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("-admin %q: %w", cfg.admin, err)
+		}
+		admin := &http.Server{Handler: adminHandler(cache, cfg.pprof), ReadHeaderTimeout: readHeaderTimeout, ErrorLog: errorLog}
+		servers = append(servers, admin)
+		log.Info("admin listening", "addr", aln.Addr().String(), "pprof", cfg.pprof)
+		go func() { errc <- admin.Serve(aln) }()
+	}
+	if !isLoopbackListener(ln.Addr()) {
+		log.Warn("listening on a non-loopback address: anyone who can reach it can read the bucket", "addr", ln.Addr().String())
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "version", version, "region", cfg.region,
+		"endpoint", st.endpoint.String(), "bucket", cfg.bucket, "routes", len(proxy.routes),
+		"credentials", credentialSourceName(st), "statsd", cfg.statsd != "")
+	go func() { errc <- srv.Serve(ln) }()
+
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve: %w", err)
+		}
+	}
+	log.Info("shutting down", "in_flight", proxy.InFlight(), "timeout", cfg.shutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownTimeout)
+	defer cancel()
+	var shutdownErr error
+	for _, s := range servers {
+		if err := s.Shutdown(sctx); err != nil {
+			shutdownErr = fmt.Errorf("shutdown: %w (requests still in flight were cut off)", err)
+			s.Close()
+		}
+	}
+	log.Info("stopped")
+	return shutdownErr
+}
+
+func credentialSourceName(st *settings) string {
+	if st.static != nil {
+		return sourceEnvironment
+	}
+	return sourceIMDS + " " + st.imdsEndpoint
+}
+
+func isLoopbackListener(a net.Addr) bool {
+	if t, ok := a.(*net.TCPAddr); ok {
+		return t.IP.IsLoopback()
+	}
+	return true // Unix sockets are local by nature
+}
+
+// removeStaleSocket removes a socket file left by a previous run; it never
+// removes anything that is not a socket.
+func removeStaleSocket(path string) {
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		os.Remove(path)
+	}
+}
+
+// adminHandler serves /healthz and, with withPprof, /debug/pprof/.
+func adminHandler(cache *credentialCache, withPprof bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		ok, reason := cache.Status(time.Now()).Healthy()
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		if !ok {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, "unhealthy:", reason)
+			return
+		}
+		fmt.Fprintln(w, "ok:", reason)
+	})
+	if withPprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	return mux
+}
+
+// presign prints a presigned URL for cfg.presign in the default route.
+func presign(ctx context.Context, stdout io.Writer, signer *Signer, cache *credentialCache, routes []route, scheme string, cfg *config) error {
+	var rt route
+	for _, r := range routes {
+		if r.pathPrefix == "/" {
+			rt = r
+		}
+	}
+	now := time.Now()
+	wctx, cancel := context.WithTimeout(ctx, fetchTimeout)
+	creds, err := cache.Get(wctx, now)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("presign: %w", err)
+	}
+	uri := rt.uriPrefix + canonicalURI(rt.keyPrefix+cfg.presign)
+	query, err := signer.Presign(signingRequest{method: http.MethodGet, host: rt.host, uri: uri}, creds, now, cfg.presignExpires)
+	if err != nil {
+		return configError{fmt.Errorf("-presign-expires: %w", err)}
+	}
+	fmt.Fprintf(stdout, "%s://%s%s?%s\n", scheme, rt.host, uri, query)
+	return nil
+}
+
+// versionString adds the VCS revision when the binary was built from a
+// checkout.
+func versionString() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return version
+	}
+	for _, s := range info.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+			return version + " (" + s.Value[:12] + ")"
+		}
+	}
+	return version
+}

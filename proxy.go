@@ -1,0 +1,699 @@
+package main
+
+// The request path: method gate → key mapping → upstream request → sign →
+// round trip with retries → stream (resuming after a mid-body failure) →
+// error mapping.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+)
+
+const (
+	// copyBufferBytes is the streaming buffer size (net/http's own default).
+	copyBufferBytes = 32 << 10
+	// maxErrorBodyBytes bounds how much of an S3 error body is read to find
+	// its <Code>.
+	maxErrorBodyBytes = 8 << 10
+	// defaultRetryBase and maxRetryBackoff bound the pause between attempts.
+	defaultRetryBase = 50 * time.Millisecond
+	maxRetryBackoff  = time.Second
+	// userAgent identifies us in S3 server access logs.
+	userAgent = "s3-helper"
+)
+
+// route maps a URL path prefix to a bucket and key prefix.
+type route struct {
+	// pathPrefix starts and ends with '/'; "/" is the default route.
+	pathPrefix string
+	bucket     string
+	keyPrefix  string
+	// host is the upstream Host header and dial address.
+	host string
+	// uriPrefix is "/BUCKET" (encoded) for path-style addressing, "" for
+	// virtual-hosted style.
+	uriPrefix string
+}
+
+// credentialGetter returns usable credentials without blocking while they
+// are cached; see credentialCache.Get.
+type credentialGetter interface {
+	Get(ctx context.Context, now time.Time) (*Credentials, error)
+}
+
+// Proxy is an http.Handler that serves GET and HEAD for object keys from S3,
+// signing each upstream request. Its fields must be set before the first
+// request and not changed after.
+type Proxy struct {
+	// routes is ordered longest pathPrefix first.
+	routes []route
+	// scheme is the upstream scheme, "https" or "http".
+	scheme string
+	signer *Signer
+	creds  credentialGetter
+	// transport sends upstream requests; it must be shared (keep-alive).
+	transport http.RoundTripper
+	// metrics may be nil.
+	metrics *Metrics
+	// log must be set.
+	log       *slog.Logger
+	accessLog bool
+	// retries is how many times a failed attempt is repeated.
+	retries int
+	// backoff returns the pause before retry n (1-based); nil means full
+	// jitter over 50 ms·2^(n-1), capped at 1 s.
+	backoff func(n int) time.Duration
+	// now is the clock; nil means time.Now.
+	now func() time.Time
+
+	bufs     sync.Pool
+	inFlight atomic.Int64
+}
+
+// proxyError is a failure with the status the client gets.
+type proxyError struct {
+	status int
+	// kind names the failure class in logs and metrics.
+	kind string
+	err  error
+}
+
+func (e *proxyError) Error() string { return e.kind + ": " + e.err.Error() }
+func (e *proxyError) Unwrap() error { return e.err }
+
+// exchange is the state of one client request.
+type exchange struct {
+	start          time.Time
+	method         string
+	key            string
+	rangeHeader    string
+	status         int
+	upstreamStatus int
+	s3Code         string
+	bytes          int64
+	attempts       int
+	resumes        int
+	err            error
+}
+
+func (p *Proxy) clock() time.Time {
+	if p.now == nil {
+		return time.Now()
+	}
+	return p.now()
+}
+
+// InFlight returns how many requests are being served.
+func (p *Proxy) InFlight() int64 { return p.inFlight.Load() }
+
+// ServeHTTP serves one GET or HEAD.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	x := exchange{start: p.clock(), method: r.Method}
+	p.inFlight.Add(1)
+	defer p.inFlight.Add(-1)
+	defer p.finish(r.Context(), &x)
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		p.reject(w, &x, http.StatusMethodNotAllowed, fmt.Errorf("method %q not allowed: read-only", r.Method))
+		return
+	}
+	if vs := r.Header["Range"]; len(vs) == 1 {
+		x.rangeHeader = vs[0]
+	}
+	rt, key, err := p.mapPath(r.URL.Path)
+	x.key = key
+	if err != nil {
+		status := http.StatusBadRequest
+		if errors.Is(err, errNoKey) {
+			status = http.StatusNotFound
+		}
+		p.reject(w, &x, status, err)
+		return
+	}
+	params, dropped, err := filterQuery(r.URL.RawQuery)
+	if err != nil {
+		p.reject(w, &x, http.StatusBadRequest, err)
+		return
+	}
+	if dropped > 0 {
+		p.log.Debug("dropped query parameters", "key", key, "count", dropped)
+	}
+	up := upstream{route: rt, method: r.Method, header: make(http.Header, len(forwardedRequestHeaders))}
+	if err := copyRequestHeaders(up.header, r.Header); err != nil {
+		p.reject(w, &x, http.StatusBadRequest, err)
+		return
+	}
+	up.uri = rt.uriPrefix + canonicalURI(rt.keyPrefix+key)
+	up.query = canonicalQuery(params)
+	resp, err := p.roundTrip(r.Context(), &up, &x)
+	if err != nil {
+		p.fail(w, r, &x, err)
+		return
+	}
+	p.respond(w, r, resp, &up, &x)
+}
+
+// errNoKey marks a request for a bucket root: never a listing.
+var errNoKey = errors.New("no object key: listing is not served")
+
+// mapPath chooses the route and returns the decoded key relative to it.
+// path is already percent-decoded once (net/http did that and rejected bad
+// escapes), so "%2e%2e" arrives here as "..".
+func (p *Proxy) mapPath(path string) (route, string, error) {
+	var rt route
+	found := false
+	for _, candidate := range p.routes {
+		if strings.HasPrefix(path, candidate.pathPrefix) {
+			rt, found = candidate, true
+			break
+		}
+	}
+	if !found {
+		return route{}, "", fmt.Errorf("%w: path %q outside every route", errNoKey, path)
+	}
+	key := path[len(rt.pathPrefix):]
+	if key == "" {
+		return rt, "", errNoKey
+	}
+	if err := checkClientKey(key); err != nil {
+		return rt, key, err
+	}
+	if err := validateKey(rt.keyPrefix + key); err != nil {
+		return rt, key, err
+	}
+	return rt, key, nil
+}
+
+// checkClientKey rejects what a client must never smuggle into a key: dot
+// segments (which would escape -prefix on a normalising server and never
+// name a real video), control characters and invalid UTF-8.
+func checkClientKey(key string) error {
+	if !utf8.ValidString(key) {
+		return fmt.Errorf("%w: not valid UTF-8", errInvalidKey)
+	}
+	for i := 0; i < len(key); i++ {
+		if c := key[i]; c < 0x20 || c == 0x7f {
+			return fmt.Errorf("%w: control character 0x%02x at byte %d", errInvalidKey, c, i)
+		}
+	}
+	for seg := range strings.SplitSeq(key, "/") {
+		if seg == "." || seg == ".." {
+			return fmt.Errorf("%w: %q segment", errInvalidKey, seg)
+		}
+	}
+	return nil
+}
+
+// upstream describes the S3 request of one exchange; every attempt and
+// resume is built from it.
+type upstream struct {
+	route  route
+	method string
+	// header holds the forwarded client headers; never signed or modified.
+	header http.Header
+	// uri and query are canonical and are sent exactly as signed.
+	uri   string
+	query string
+}
+
+// newRequest builds one signed attempt. extra headers (a resume's Range and
+// If-Match) replace the client's.
+func (p *Proxy) newRequest(ctx context.Context, up *upstream, creds *Credentials, now time.Time, extra http.Header) *http.Request {
+	h := make(http.Header, len(up.header)+len(extra)+5)
+	for k, v := range up.header {
+		h[k] = v
+	}
+	for k, v := range extra {
+		h[k] = v
+	}
+	h["User-Agent"] = []string{userAgent}
+	req := &http.Request{
+		Method:     up.method,
+		URL:        upstreamURL(p.scheme, up.route.host, up.uri, up.query),
+		Proto:      "HTTP/1.1",
+		ProtoMajor: 1,
+		ProtoMinor: 1,
+		Header:     h,
+		Host:       up.route.host,
+	}
+	req = req.WithContext(ctx)
+	p.signer.Sign(h, &signingRequest{method: up.method, host: up.route.host, uri: up.uri, query: up.query}, creds, now)
+	return req
+}
+
+// roundTrip sends the request, retrying connect errors, header timeouts
+// and 500/502/503/504 with a fresh signature each time. It returns the
+// final response, whatever its status, or an error only when no response
+// came.
+func (p *Proxy) roundTrip(ctx context.Context, up *upstream, x *exchange) (*http.Response, error) {
+	return p.attempts(ctx, up, x, nil)
+}
+
+func (p *Proxy) attempts(ctx context.Context, up *upstream, x *exchange, extra http.Header) (*http.Response, error) {
+	for n := 0; ; n++ {
+		now := p.clock()
+		creds, err := p.creds.Get(ctx, now)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, &proxyError{499, "client_gone", ctx.Err()}
+			}
+			return nil, &proxyError{http.StatusServiceUnavailable, "credentials", err}
+		}
+		x.attempts++
+		req := p.newRequest(ctx, up, creds, now, extra)
+		sent := p.clock()
+		resp, err := p.transport.RoundTrip(req)
+		if err == nil {
+			p.metrics.Timing(metricUpstreamTTFB, p.clock().Sub(sent))
+			x.upstreamStatus = resp.StatusCode
+		}
+		if ctx.Err() != nil {
+			if resp != nil {
+				resp.Body.Close()
+			}
+			return nil, &proxyError{499, "client_gone", ctx.Err()}
+		}
+		if err == nil && !retryableStatus(resp.StatusCode) {
+			return resp, nil
+		}
+		perr := classifyUpstream(err, resp)
+		if resp != nil {
+			x.s3Code = s3ErrorCode(resp)
+			perr.kind = "status_" + strconv.Itoa(resp.StatusCode)
+		}
+		p.metrics.Count2(metricUpstreamErrors, perr.kind, "", 1)
+		if n >= p.retries {
+			if resp != nil {
+				return resp, nil // already drained; respond() maps the status
+			}
+			return nil, perr
+		}
+		p.metrics.Count(metricRetries, 1)
+		p.log.Debug("retrying upstream", "key", x.key, "attempt", n+1, "err", perr, "s3_code", x.s3Code)
+		if err := sleepCtx(ctx, p.retryPause(n+1)); err != nil {
+			return nil, &proxyError{499, "client_gone", err}
+		}
+	}
+}
+
+// retryableStatus reports S3 answers worth another attempt: internal
+// errors, SlowDown (503) and gateway failures.
+func retryableStatus(status int) bool {
+	switch status {
+	case http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return true
+	}
+	return false
+}
+
+// classifyUpstream maps a transport error to the status the client gets:
+// 504 for a timeout, 502 for everything else.
+func classifyUpstream(err error, resp *http.Response) *proxyError {
+	if err == nil {
+		return &proxyError{resp.StatusCode, "status", fmt.Errorf("S3 answered %d", resp.StatusCode)}
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return &proxyError{http.StatusGatewayTimeout, "timeout", err}
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "dial" {
+		return &proxyError{http.StatusBadGateway, "connect", err}
+	}
+	return &proxyError{http.StatusBadGateway, "transport", err}
+}
+
+func (p *Proxy) retryPause(n int) time.Duration {
+	if p.backoff != nil {
+		return p.backoff(n)
+	}
+	ceiling := min(defaultRetryBase<<min(n-1, 10), maxRetryBackoff)
+	return time.Duration(rand.Int64N(int64(ceiling) + 1))
+}
+
+// sleepCtx pauses for d unless ctx ends first.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// s3ErrorCode reads the <Code> of an S3 XML error body and closes the body.
+// The body itself never reaches the client.
+func s3ErrorCode(resp *http.Response) string {
+	defer resp.Body.Close()
+	if resp.StatusCode < 300 {
+		return ""
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBodyBytes))
+	_, rest, ok := bytes.Cut(body, []byte("<Code>"))
+	if !ok {
+		return ""
+	}
+	code, _, ok := bytes.Cut(rest, []byte("</Code>"))
+	if !ok || len(code) > 64 {
+		return ""
+	}
+	for _, c := range code {
+		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9') {
+			return "" // a code is a plain word; never log arbitrary bytes
+		}
+	}
+	return string(code)
+}
+
+// respond passes S3's status through. Errors get a short text body of our
+// own; successes stream the body.
+func (p *Proxy) respond(w http.ResponseWriter, r *http.Request, resp *http.Response, up *upstream, x *exchange) {
+	x.status = resp.StatusCode
+	if resp.StatusCode >= 400 {
+		if x.s3Code == "" && resp.Body != nil {
+			x.s3Code = s3ErrorCode(resp)
+		}
+		resp.Body.Close()
+		p.metrics.Count2(metricS3Errors, codeOrStatus(x.s3Code, resp.StatusCode), "", 1)
+		x.err = fmt.Errorf("S3 answered %d %s", resp.StatusCode, x.s3Code)
+		writeText(w, r, resp.StatusCode)
+		return
+	}
+	copyResponseHeaders(w.Header(), resp.Header)
+	w.WriteHeader(resp.StatusCode)
+	if r.Method == http.MethodHead || resp.StatusCode == http.StatusNotModified || resp.StatusCode == http.StatusNoContent {
+		resp.Body.Close()
+		return
+	}
+	p.stream(r.Context(), w, resp, up, x)
+}
+
+func codeOrStatus(code string, status int) string {
+	if code != "" {
+		return code
+	}
+	return strconv.Itoa(status)
+}
+
+// writeText writes an error status with a one-line text body.
+func writeText(w http.ResponseWriter, r *http.Request, status int) {
+	body := strconv.Itoa(status) + " " + http.StatusText(status) + "\n"
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	if r.Method != http.MethodHead {
+		io.WriteString(w, body)
+	}
+}
+
+// stream copies the body. When S3 fails mid-body and the response has an
+// ETag, the rest is fetched with a freshly signed Range pinned by If-Match
+// and appended to the same client response. When that is impossible the
+// client connection is aborted, so nginx sees a truncated response and
+// never a short body that looks complete.
+func (p *Proxy) stream(ctx context.Context, w http.ResponseWriter, resp *http.Response, up *upstream, x *exchange) {
+	buf := p.getBuffer()
+	defer p.bufs.Put(buf)
+	plan, resumable := planResume(resp)
+	body := resp.Body
+	defer func() { body.Close() }()
+	for {
+		n, err := copyBody(w, body, *buf)
+		x.bytes += n
+		plan.done += n
+		if err == nil {
+			return
+		}
+		if errors.Is(err, errClientWrite) || ctx.Err() != nil {
+			x.err = fmt.Errorf("client went away after %d bytes: %w", x.bytes, err)
+			x.status = 499
+			return
+		}
+		if !resumable || x.resumes >= p.retries || plan.complete() {
+			x.err = fmt.Errorf("upstream body failed after %d bytes, aborting the client response: %w", x.bytes, err)
+			x.status = 502
+			p.metrics.Count2(metricUpstreamErrors, "body", "", 1)
+			panic(http.ErrAbortHandler)
+		}
+		x.resumes++
+		p.metrics.Count(metricResumes, 1)
+		p.log.Info("resuming upstream body", "key", x.key, "after_bytes", x.bytes, "err", err)
+		next, rerr := p.resume(ctx, up, x, &plan)
+		if rerr != nil {
+			x.err = fmt.Errorf("resume after %d bytes failed, aborting the client response: %w", x.bytes, rerr)
+			x.status = 502
+			panic(http.ErrAbortHandler)
+		}
+		body.Close()
+		body = next
+	}
+}
+
+// errClientWrite marks a failed write to the client.
+var errClientWrite = errors.New("write to client")
+
+// copyBody copies src to w with buf. A nil error means src ended cleanly.
+func copyBody(w io.Writer, src io.Reader, buf []byte) (int64, error) {
+	var written int64
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			m, werr := w.Write(buf[:n])
+			written += int64(m)
+			if werr != nil {
+				return written, fmt.Errorf("%w: %w", errClientWrite, werr)
+			}
+		}
+		if rerr == io.EOF {
+			return written, nil
+		}
+		if rerr != nil {
+			return written, rerr
+		}
+	}
+}
+
+func (p *Proxy) getBuffer() *[]byte {
+	if b, ok := p.bufs.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, copyBufferBytes)
+	return &b
+}
+
+// resumePlan is the byte range a response covers, for continuing it.
+type resumePlan struct {
+	etag string
+	// first and last are the absolute offsets of the response's first and
+	// last byte; last is -1 when the length is unknown.
+	first, last int64
+	// done is how many bytes were delivered.
+	done int64
+}
+
+func (r *resumePlan) complete() bool { return r.last >= 0 && r.first+r.done > r.last }
+
+// planResume reads the ETag and range of a 200 or 206; resuming without an
+// ETag could splice two versions of an object, so it is not attempted.
+func planResume(resp *http.Response) (resumePlan, bool) {
+	plan := resumePlan{etag: resp.Header.Get("Etag"), last: -1}
+	if plan.etag == "" || strings.HasPrefix(plan.etag, "W/") {
+		return plan, false
+	}
+	switch resp.StatusCode {
+	case http.StatusOK:
+		if resp.ContentLength >= 0 {
+			plan.last = resp.ContentLength - 1
+		}
+		return plan, true
+	case http.StatusPartialContent:
+		first, last, ok := parseContentRange(resp.Header.Get("Content-Range"))
+		if !ok {
+			return plan, false
+		}
+		plan.first, plan.last = first, last
+		return plan, true
+	}
+	return plan, false
+}
+
+// parseContentRange parses "bytes FIRST-LAST/TOTAL" (TOTAL may be "*").
+func parseContentRange(v string) (first, last int64, ok bool) {
+	rest, found := strings.CutPrefix(v, "bytes ")
+	if !found {
+		return 0, 0, false
+	}
+	span, _, found := strings.Cut(rest, "/")
+	if !found {
+		return 0, 0, false
+	}
+	a, b, found := strings.Cut(span, "-")
+	if !found {
+		return 0, 0, false
+	}
+	first, err1 := strconv.ParseInt(a, 10, 64)
+	last, err2 := strconv.ParseInt(b, 10, 64)
+	if err1 != nil || err2 != nil || first < 0 || last < first {
+		return 0, 0, false
+	}
+	return first, last, true
+}
+
+// errObjectChanged is returned when a resume finds another object version.
+var errObjectChanged = errors.New("object changed during the response (If-Match failed)")
+
+// resume requests the bytes not yet delivered and checks that S3 answers
+// with exactly them.
+func (p *Proxy) resume(ctx context.Context, up *upstream, x *exchange, plan *resumePlan) (io.ReadCloser, error) {
+	from := plan.first + plan.done
+	rng := "bytes=" + strconv.FormatInt(from, 10) + "-"
+	if plan.last >= 0 {
+		rng += strconv.FormatInt(plan.last, 10)
+	}
+	extra := http.Header{"Range": {rng}, "If-Match": {plan.etag}}
+	resp, err := p.attempts(ctx, up, x, extra)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode == http.StatusPreconditionFailed {
+		resp.Body.Close()
+		return nil, errObjectChanged
+	}
+	if resp.StatusCode != http.StatusPartialContent {
+		resp.Body.Close()
+		return nil, fmt.Errorf("resume answered %d, want 206", resp.StatusCode)
+	}
+	first, last, ok := parseContentRange(resp.Header.Get("Content-Range"))
+	if !ok || first != from || plan.last >= 0 && last != plan.last {
+		resp.Body.Close()
+		return nil, fmt.Errorf("resume answered Content-Range %q, want bytes %s", resp.Header.Get("Content-Range"), rng[len("bytes="):])
+	}
+	return resp.Body, nil
+}
+
+// fail maps a request-path error to its status, once.
+func (p *Proxy) fail(w http.ResponseWriter, r *http.Request, x *exchange, err error) {
+	var perr *proxyError
+	if !errors.As(err, &perr) {
+		perr = &proxyError{http.StatusBadGateway, "internal", err}
+	}
+	x.err = perr
+	x.status = perr.status
+	if perr.status == 499 { // client gone: nothing to answer
+		return
+	}
+	writeText(w, r, perr.status)
+}
+
+// reject answers a bad client request.
+func (p *Proxy) reject(w http.ResponseWriter, x *exchange, status int, err error) {
+	x.status = status
+	x.err = err
+	body := strconv.Itoa(status) + " " + http.StatusText(status) + ": " + clientReason(err) + "\n"
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	io.WriteString(w, body)
+}
+
+// clientReason is the cause of a rejection as the client may see it:
+// generic, without echoing the input.
+func clientReason(err error) string {
+	switch {
+	case errors.Is(err, errInvalidKey):
+		return "invalid object key"
+	case errors.Is(err, errNoKey):
+		return "no such object"
+	case errors.Is(err, errBadQuery):
+		return "invalid query string"
+	case errors.Is(err, errBadRequestHeader):
+		return "invalid request header"
+	}
+	return "request not allowed"
+}
+
+// finish logs the exchange once and records its metrics.
+func (p *Proxy) finish(ctx context.Context, x *exchange) {
+	dur := p.clock().Sub(x.start)
+	status := x.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	p.metrics.Count2(metricRequests, x.method, strconv.Itoa(status), 1)
+	p.metrics.Count(metricBytesOut, x.bytes)
+	p.metrics.Timing(metricRequestDuration, dur)
+	level := slog.LevelInfo
+	switch {
+	case x.err == nil && !p.accessLog:
+		return
+	case status == 499:
+		level = slog.LevelInfo
+	case status >= 500 || status == http.StatusForbidden:
+		level = slog.LevelError
+	case x.err != nil && status >= 400 && status != http.StatusNotFound && status != http.StatusNotModified &&
+		status != http.StatusPreconditionFailed && status != http.StatusRequestedRangeNotSatisfiable:
+		level = slog.LevelWarn
+	}
+	msg := "request"
+	if x.err != nil && level > slog.LevelInfo {
+		msg = "request failed"
+	}
+	attrs := []slog.Attr{
+		slog.String("method", x.method),
+		slog.String("key", x.key),
+		slog.Int("status", status),
+		slog.Int("upstream_status", x.upstreamStatus),
+		slog.Int64("bytes", x.bytes),
+		slog.Duration("dur", dur),
+		slog.Int("attempts", x.attempts),
+	}
+	if x.rangeHeader != "" {
+		attrs = append(attrs, slog.String("range", x.rangeHeader))
+	}
+	if x.resumes > 0 {
+		attrs = append(attrs, slog.Int("resumes", x.resumes))
+	}
+	if x.s3Code != "" {
+		attrs = append(attrs, slog.String("s3_code", x.s3Code))
+	}
+	if x.err != nil {
+		attrs = append(attrs, slog.String("err", x.err.Error()))
+	}
+	p.log.LogAttrs(ctx, level, msg, attrs...)
+}
+
+// upstreamURL builds a URL whose request target is uri and query exactly as
+// signed: Opaque stops net/http from re-escaping the path.
+func upstreamURL(scheme, host, uri, query string) *url.URL {
+	opaque := uri
+	if strings.HasPrefix(opaque, "//") {
+		// A key starting with '/' under virtual-hosted addressing: "//key"
+		// would read as an authority, so send the absolute form instead
+		// (RFC 9112 §3.2.2 obliges servers to accept it).
+		opaque = "//" + host + uri
+	}
+	return &url.URL{Scheme: scheme, Host: host, Opaque: opaque, RawQuery: query}
+}

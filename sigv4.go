@@ -1,0 +1,677 @@
+package main
+
+// AWS Signature Version 4 for S3 object reads, written against
+// https://docs.aws.amazon.com/AmazonS3/latest/API/sig-v4-header-based-auth.html
+// and https://docs.aws.amazon.com/IAM/latest/UserGuide/create-signed-request.html.
+// Nothing here reads the clock or touches the network: the signing time is
+// always an argument.
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+)
+
+const (
+	// signingAlgorithm names SigV4 with HMAC-SHA256 in the string to sign and
+	// the Authorization header.
+	signingAlgorithm = "AWS4-HMAC-SHA256"
+	// amzDateFormat is the ISO 8601 basic format of X-Amz-Date.
+	amzDateFormat = "20060102T150405Z"
+	// shortDateFormat is the date part of the credential scope.
+	shortDateFormat = "20060102"
+	// scopeTerminator ends every credential scope.
+	scopeTerminator = "aws4_request"
+	// serviceS3 is the signing name of Amazon S3.
+	serviceS3 = "s3"
+	// emptyPayloadHash is the hex SHA-256 of an empty body: the payload hash of
+	// every GET and HEAD we sign.
+	emptyPayloadHash = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+	// unsignedPayload is the payload hash of presigned URLs (S3 only).
+	unsignedPayload = "UNSIGNED-PAYLOAD"
+	// maxKeyBytes is S3's limit on the UTF-8 length of an object key.
+	maxKeyBytes = 1024
+	// maxPresignExpiry is the longest X-Amz-Expires S3 accepts (7 days).
+	maxPresignExpiry = 7 * 24 * time.Hour
+)
+
+// Header names the signer adds, in canonical (net/http) form so that they are
+// stored in an http.Header without re-canonicalisation.
+const (
+	headerAuthorization  = "Authorization"
+	headerAmzDate        = "X-Amz-Date"
+	headerContentSHA256  = "X-Amz-Content-Sha256"
+	headerSecurityToken  = "X-Amz-Security-Token"
+	lowerHost            = "host"
+	lowerAmzDate         = "x-amz-date"
+	lowerContentSHA256   = "x-amz-content-sha256"
+	lowerSecurityToken   = "x-amz-security-token"
+	maxSignedHeaderCount = 16
+)
+
+// errInvalidKey is wrapped by every object-key rejection; the proxy maps it
+// to 400 Bad Request.
+var errInvalidKey = errors.New("invalid object key")
+
+// validateKey reports whether key can be signed and stored by S3: valid
+// UTF-8, no NUL byte, 1 to 1024 bytes
+// (https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html).
+func validateKey(key string) error {
+	switch {
+	case key == "":
+		return fmt.Errorf("%w: empty", errInvalidKey)
+	case len(key) > maxKeyBytes:
+		return fmt.Errorf("%w: %d bytes, limit %d", errInvalidKey, len(key), maxKeyBytes)
+	case !utf8.ValidString(key):
+		return fmt.Errorf("%w: not valid UTF-8", errInvalidKey)
+	case strings.IndexByte(key, 0) >= 0:
+		return fmt.Errorf("%w: contains NUL", errInvalidKey)
+	}
+	return nil
+}
+
+// isUnreserved reports whether c is in RFC 3986's unreserved set, the only
+// bytes SigV4 leaves unencoded.
+func isUnreserved(c byte) bool {
+	return 'A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' ||
+		c == '-' || c == '_' || c == '.' || c == '~'
+}
+
+// appendURIEncoded appends s with every byte outside the unreserved set
+// written as %XX in upper-case hex. With keepSlash, '/' stays literal (S3
+// canonical URIs); without it '/' is %2F (query names and values). Unlike
+// url.PathEscape it escapes $ & + : = @, and unlike url.QueryEscape it writes
+// space as %20.
+func appendURIEncoded(dst []byte, s string, keepSlash bool) []byte {
+	const upperHex = "0123456789ABCDEF"
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if isUnreserved(c) || c == '/' && keepSlash {
+			dst = append(dst, c)
+			continue
+		}
+		dst = append(dst, '%', upperHex[c>>4], upperHex[c&15])
+	}
+	return dst
+}
+
+// canonicalURI returns the S3 canonical URI of an object key: "/" plus the
+// key encoded exactly once, with no path normalisation ("." and ".." and "//"
+// are literal parts of S3 keys). The same string is sent on the wire.
+func canonicalURI(key string) string {
+	b := make([]byte, 0, len(key)+1+len(key)/4)
+	b = append(b, '/')
+	return string(appendURIEncoded(b, key, true))
+}
+
+// queryParam is one decoded query parameter.
+type queryParam struct {
+	name, value string
+}
+
+// canonicalQuery encodes each name and value, sorts by encoded name and then
+// by encoded value, and joins them as name=value with '&'. A parameter with
+// no value is written "name=". The result is both the canonical query string
+// and a valid wire query.
+func canonicalQuery(params []queryParam) string {
+	if len(params) == 0 {
+		return ""
+	}
+	encoded := make([]queryParam, len(params))
+	for i, p := range params {
+		encoded[i] = queryParam{
+			name:  string(appendURIEncoded(nil, p.name, false)),
+			value: string(appendURIEncoded(nil, p.value, false)),
+		}
+	}
+	// Insertion sort: GetObject queries have a handful of parameters.
+	for i := 1; i < len(encoded); i++ {
+		for j := i; j > 0 && queryLess(encoded[j], encoded[j-1]); j-- {
+			encoded[j], encoded[j-1] = encoded[j-1], encoded[j]
+		}
+	}
+	var b strings.Builder
+	for i, p := range encoded {
+		if i > 0 {
+			b.WriteByte('&')
+		}
+		b.WriteString(p.name)
+		b.WriteByte('=')
+		b.WriteString(p.value)
+	}
+	return b.String()
+}
+
+func queryLess(a, b queryParam) bool {
+	if a.name != b.name {
+		return a.name < b.name
+	}
+	return a.value < b.value
+}
+
+// headerField is one header covered by the signature. name may be in any
+// case; the signer lower-cases it.
+type headerField struct {
+	name, value string
+}
+
+// signingRequest is everything a SigV4 signature covers. The caller owns it;
+// the signer never modifies it.
+type signingRequest struct {
+	method string
+	// host is the Host header value exactly as sent (with a port if the URL
+	// has a non-default one).
+	host string
+	// uri is the canonical URI, already encoded (see canonicalURI).
+	uri string
+	// query is the canonical query string (see canonicalQuery).
+	query string
+	// headers are extra headers to sign besides host, x-amz-date,
+	// x-amz-content-sha256 and x-amz-security-token. The proxy signs none:
+	// Range and the conditional headers travel unsigned, as S3 allows.
+	headers []headerField
+	// payloadHash is the hex SHA-256 of the body; empty means emptyPayloadHash.
+	payloadHash string
+	// omitContentSHA256 leaves x-amz-content-sha256 out of the signed
+	// headers. S3 requires the header; only non-S3 vectors omit it.
+	omitContentSHA256 bool
+}
+
+// signature holds every stage of one signing, for tests and -presign.
+type signature struct {
+	amzDate          string
+	credentialScope  string
+	canonicalRequest string
+	stringToSign     string
+	signedHeaders    string
+	signature        string
+	authorization    string
+}
+
+// Signer signs S3 requests with SigV4 for one region. The zero value is not
+// usable: set Region. A Signer is safe for concurrent use.
+type Signer struct {
+	// Region is the signing region, e.g. "us-east-1".
+	Region string
+	// Service is the signing name; empty means "s3". Only the AWS test
+	// vectors use another.
+	Service string
+
+	// keyCache holds the most recent derived signing key. Keys change once
+	// a day or when credentials rotate, so one entry, swapped atomically,
+	// keeps the hot path lock-free.
+	keyCache atomic.Pointer[signingKey]
+	// bufs recycles signing buffers so a signature allocates only its output.
+	bufs sync.Pool
+	// lastDate caches X-Amz-Date for the most recent second: the proxy
+	// signs many requests a second, and formatting is a tenth of a signature.
+	lastDate atomic.Pointer[formattedDate]
+}
+
+// formattedDate is X-Amz-Date for one Unix second.
+type formattedDate struct {
+	unix    int64
+	amzDate string
+}
+
+// amzDate returns t as X-Amz-Date.
+func (s *Signer) amzDate(t time.Time) string {
+	sec := t.Unix()
+	if d := s.lastDate.Load(); d != nil && d.unix == sec {
+		return d.amzDate
+	}
+	d := &formattedDate{unix: sec, amzDate: t.UTC().Format(amzDateFormat)}
+	s.lastDate.Store(d)
+	return d.amzDate
+}
+
+// signingKey is a derived key with its HMAC pads precomputed.
+type signingKey struct {
+	secret, date, region, service string
+	ipad, opad                    [sha256.BlockSize]byte
+}
+
+// signBuf is per-signature scratch space.
+type signBuf struct {
+	creq []byte // canonical request
+	sts  []byte // HMAC inner block: ipad, then the string to sign
+	out  []byte // amzDate followed by the Authorization value
+}
+
+func (s *Signer) service() string {
+	if s.Service == "" {
+		return serviceS3
+	}
+	return s.Service
+}
+
+// key returns the signing key for secret and day, deriving it when the
+// cached one is for another secret, day, region or service.
+func (s *Signer) key(secret, date string) *signingKey {
+	if k := s.keyCache.Load(); k != nil && k.secret == secret && k.date == date &&
+		k.region == s.Region && k.service == s.service() {
+		return k
+	}
+	k := &signingKey{secret: secret, date: date, region: s.Region, service: s.service()}
+	derived := hmacSum([]byte("AWS4"+secret), date)
+	derived = hmacSum(derived[:], s.Region)
+	derived = hmacSum(derived[:], k.service)
+	derived = hmacSum(derived[:], scopeTerminator)
+	for i := range k.ipad {
+		k.ipad[i] = 0x36
+		k.opad[i] = 0x5c
+	}
+	for i, c := range derived {
+		k.ipad[i] ^= c
+		k.opad[i] ^= c
+	}
+	// Concurrent derivations race benignly: each stores an equal key.
+	s.keyCache.Store(k)
+	return k
+}
+
+// hmacSum is HMAC-SHA256(key, msg), used only to derive signing keys.
+func hmacSum(key []byte, msg string) [sha256.Size]byte {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(msg))
+	var out [sha256.Size]byte
+	m.Sum(out[:0])
+	return out
+}
+
+// Sign adds X-Amz-Date, X-Amz-Content-Sha256, X-Amz-Security-Token (when
+// creds has a session token) and Authorization to h, replacing any values
+// there. h must belong to the caller's outbound request; in must describe the
+// same request. Sign allocates only the two header strings.
+func (s *Signer) Sign(h http.Header, in *signingRequest, creds *Credentials, t time.Time) {
+	b := s.getBuf()
+	sig := s.sign(b, in, creds, t, true)
+	vals := make([]string, 3) // one allocation backs all three header slices
+	vals[0], vals[1], vals[2] = sig.amzDate, string(b.out), in.payloadHashOrEmpty()
+	h[headerAmzDate] = vals[0:1:1]
+	h[headerAuthorization] = vals[1:2:2]
+	if in.omitContentSHA256 {
+		delete(h, headerContentSHA256)
+	} else {
+		h[headerContentSHA256] = vals[2:3:3]
+	}
+	if creds.SessionToken != "" {
+		h[headerSecurityToken] = creds.tokenHeader()
+	} else {
+		delete(h, headerSecurityToken)
+	}
+	s.bufs.Put(b)
+}
+
+// explain signs like Sign but returns every stage; for tests and -presign.
+func (s *Signer) explain(in *signingRequest, creds *Credentials, t time.Time, headerAuth bool) signature {
+	b := s.getBuf()
+	defer s.bufs.Put(b)
+	o := s.sign(b, in, creds, t, headerAuth)
+	return signature{
+		amzDate:          o.amzDate,
+		credentialScope:  string(b.out[o.scopeStart:o.scopeEnd]),
+		canonicalRequest: string(b.creq),
+		stringToSign:     string(b.sts[sha256.BlockSize:]),
+		signedHeaders:    string(b.out[o.signedStart:o.signedEnd]),
+		signature:        string(b.out[o.signatureStart:]),
+		authorization:    string(b.out),
+	}
+}
+
+func (s *Signer) getBuf() *signBuf {
+	if b, ok := s.bufs.Get().(*signBuf); ok {
+		return b
+	}
+	return &signBuf{creq: make([]byte, 0, 1024), sts: make([]byte, 0, 256), out: make([]byte, 0, 512)}
+}
+
+func (in *signingRequest) payloadHashOrEmpty() string {
+	if in.payloadHash == "" {
+		return emptyPayloadHash
+	}
+	return in.payloadHash
+}
+
+// sign runs the SigV4 steps in spec order into b. With headerAuth the
+// x-amz-* headers are signed; without it (presigning) they are expected in
+// in.query instead and only in.host and in.headers are signed.
+func (s *Signer) sign(b *signBuf, in *signingRequest, creds *Credentials, t time.Time, headerAuth bool) signOutput {
+	amzDate := s.amzDate(t)
+	date := amzDate[:len(shortDateFormat)]
+
+	var f signedFields
+	s.collectFields(&f, in, creds, amzDate, headerAuth)
+	b.creq = appendCanonicalRequest(b.creq[:0], in, &f)
+	key := s.key(creds.SecretAccessKey, date)
+
+	// The HMAC inner block is ipad || stringToSign; build it in place.
+	b.sts = append(b.sts[:0], key.ipad[:]...)
+	b.sts = s.appendStringToSign(b.sts, amzDate, date, sha256.Sum256(b.creq))
+	inner := sha256.Sum256(b.sts)
+	var outer [sha256.BlockSize + sha256.Size]byte
+	copy(outer[:], key.opad[:])
+	copy(outer[sha256.BlockSize:], inner[:])
+	mac := sha256.Sum256(outer[:])
+
+	b.out = append(b.out[:0], signingAlgorithm+" Credential="...)
+	b.out = append(b.out, creds.AccessKeyID...)
+	b.out = append(b.out, '/')
+	scopeStart := len(b.out)
+	b.out = s.appendScope(b.out, date)
+	scopeEnd := len(b.out)
+	b.out = append(b.out, ", SignedHeaders="...)
+	signedStart := len(b.out)
+	b.out = appendSignedHeaders(b.out, &f)
+	signedEnd := len(b.out)
+	b.out = append(b.out, ", Signature="...)
+	sigStart := len(b.out)
+	b.out = hex.AppendEncode(b.out, mac[:])
+	return signOutput{amzDate, scopeStart, scopeEnd, signedStart, signedEnd, sigStart}
+}
+
+// signOutput locates the parts of the Authorization value in signBuf.out, so
+// the hot path builds no strings it does not send.
+type signOutput struct {
+	amzDate                string
+	scopeStart, scopeEnd   int
+	signedStart, signedEnd int
+	signatureStart         int
+}
+
+// signedFields is a sorted list of headers to sign, kept on the stack.
+type signedFields struct {
+	n      int
+	fields [maxSignedHeaderCount]signedField
+}
+
+// signedField is a header to sign; canonical values (ours: host, hashes,
+// dates, a token checked when the credentials were built) skip trimming.
+type signedField struct {
+	name, value string
+	canonical   bool
+}
+
+func (f *signedFields) add(name, value string, canonical bool) {
+	if f.n < len(f.fields) {
+		f.fields[f.n] = signedField{name, value, canonical}
+		f.n++
+	}
+}
+
+func (f *signedFields) list() []signedField { return f.fields[:f.n] }
+
+// fields collects the headers to sign, lower-cases their names and sorts
+// them once; both the canonical headers and the signed-header list derive
+// from the result.
+func (s *Signer) collectFields(f *signedFields, in *signingRequest, creds *Credentials, amzDate string, headerAuth bool) {
+	f.add(lowerHost, in.host, false)
+	if headerAuth {
+		if !in.omitContentSHA256 {
+			f.add(lowerContentSHA256, in.payloadHashOrEmpty(), true)
+		}
+		f.add(lowerAmzDate, amzDate, true)
+		if creds.SessionToken != "" {
+			f.add(lowerSecurityToken, creds.SessionToken, creds.tokenIsCanonical())
+		}
+	}
+	for _, h := range in.headers {
+		f.add(strings.ToLower(h.name), h.value, false)
+	}
+	list := f.list()
+	for i := 1; i < len(list); i++ {
+		for j := i; j > 0 && list[j].name < list[j-1].name; j-- {
+			list[j], list[j-1] = list[j-1], list[j]
+		}
+	}
+}
+
+// appendCanonicalRequest appends
+//
+//	HTTPMethod\n
+//	CanonicalURI\n
+//	CanonicalQueryString\n
+//	CanonicalHeaders\n   (one "name:value\n" line per header name)
+//	SignedHeaders\n
+//	HashedPayload
+//
+// Repeated header names (adjacent after the stable sort) become one line
+// with their trimmed values joined by ',' in their original order.
+func appendCanonicalRequest(dst []byte, in *signingRequest, f *signedFields) []byte {
+	dst = append(dst, in.method...)
+	dst = append(dst, '\n')
+	if in.uri == "" {
+		dst = append(dst, '/')
+	}
+	dst = append(dst, in.uri...)
+	dst = append(dst, '\n')
+	dst = append(dst, in.query...)
+	dst = append(dst, '\n')
+	list := f.list()
+	for i, h := range list {
+		if i > 0 && list[i-1].name == h.name {
+			dst = append(dst[:len(dst)-1], ',')
+		} else {
+			dst = append(dst, h.name...)
+			dst = append(dst, ':')
+		}
+		if h.canonical {
+			dst = append(dst, h.value...)
+		} else {
+			dst = appendTrimmed(dst, h.value)
+		}
+		dst = append(dst, '\n')
+	}
+	dst = append(dst, '\n')
+	dst = appendSignedHeaders(dst, f)
+	dst = append(dst, '\n')
+	return append(dst, in.payloadHashOrEmpty()...)
+}
+
+// appendSignedHeaders appends the sorted, distinct lower-case names joined
+// with ';'.
+func appendSignedHeaders(dst []byte, f *signedFields) []byte {
+	list := f.list()
+	for i, h := range list {
+		if i > 0 && list[i-1].name == h.name {
+			continue
+		}
+		if i > 0 {
+			dst = append(dst, ';')
+		}
+		dst = append(dst, h.name...)
+	}
+	return dst
+}
+
+// appendTrimmed appends v without leading and trailing whitespace and with
+// inner runs of whitespace collapsed to one space (SigV4 "Trimall"; it
+// applies inside quoted strings too, see the get-header-value-trim vector).
+func appendTrimmed(dst []byte, v string) []byte {
+	if !needsTrim(v) { // the usual case: one copy, no per-byte appends
+		return append(dst, v...)
+	}
+	space, wrote := false, false
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if isSpace(c) {
+			space = true
+			continue
+		}
+		if space && wrote {
+			dst = append(dst, ' ')
+		}
+		space, wrote = false, true
+		dst = append(dst, c)
+	}
+	return dst
+}
+
+// needsTrim reports whether appendTrimmed would change v.
+func needsTrim(v string) bool {
+	if v == "" {
+		return false
+	}
+	if isSpace(v[0]) || isSpace(v[len(v)-1]) {
+		return true
+	}
+	for i := 1; i < len(v)-1; i++ {
+		if c := v[i]; c <= ' ' && isSpace(c) && (c != ' ' || isSpace(v[i+1])) {
+			return true
+		}
+	}
+	return false
+}
+
+func isSpace(c byte) bool {
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'
+}
+
+// appendStringToSign appends
+//
+//	AWS4-HMAC-SHA256\n
+//	amzDate\n
+//	date/region/service/aws4_request\n
+//	hex(SHA-256(canonical request))
+func (s *Signer) appendStringToSign(dst []byte, amzDate, date string, creqHash [sha256.Size]byte) []byte {
+	dst = append(dst, signingAlgorithm+"\n"...)
+	dst = append(dst, amzDate...)
+	dst = append(dst, '\n')
+	dst = s.appendScope(dst, date)
+	dst = append(dst, '\n')
+	return hex.AppendEncode(dst, creqHash[:])
+}
+
+// appendScope appends the credential scope date/region/service/aws4_request.
+func (s *Signer) appendScope(dst []byte, date string) []byte {
+	dst = append(dst, date...)
+	dst = append(dst, '/')
+	dst = append(dst, s.Region...)
+	dst = append(dst, '/')
+	dst = append(dst, s.service()...)
+	return append(dst, "/"+scopeTerminator...)
+}
+
+// Presign returns the query string of a presigned URL for in (which must
+// have an empty query), valid for expires from t. S3 presigned URLs sign
+// only the host and use UNSIGNED-PAYLOAD
+// (https://docs.aws.amazon.com/AmazonS3/latest/API/sigv4-query-string-auth.html).
+func (s *Signer) Presign(in signingRequest, creds *Credentials, t time.Time, expires time.Duration) (string, error) {
+	if expires < time.Second || expires > maxPresignExpiry {
+		return "", fmt.Errorf("presign expiry %v: must be between 1s and %v", expires, maxPresignExpiry)
+	}
+	if in.payloadHash == "" {
+		in.payloadHash = unsignedPayload
+	}
+	sig := s.explainPresign(&in, creds, t, expires)
+	return sig.query, nil
+}
+
+// presignature is a presigning's stages plus the final query string.
+type presignature struct {
+	signature
+	query string
+}
+
+// explainPresign adds the X-Amz-* query parameters to in's query, signs, and
+// returns every stage; in.query must hold the request's own parameters in
+// canonical form.
+func (s *Signer) explainPresign(in *signingRequest, creds *Credentials, t time.Time, expires time.Duration) presignature {
+	t = t.UTC()
+	date := t.Format(shortDateFormat)
+	var f signedFields
+	s.collectFields(&f, in, creds, "", false)
+	signed := appendSignedHeaders(nil, &f)
+	params := []queryParam{
+		{"X-Amz-Algorithm", signingAlgorithm},
+		{"X-Amz-Credential", creds.AccessKeyID + "/" + string(s.appendScope(nil, date))},
+		{"X-Amz-Date", t.Format(amzDateFormat)},
+		{"X-Amz-Expires", strconv.FormatInt(int64(expires/time.Second), 10)},
+		{"X-Amz-SignedHeaders", string(signed)},
+	}
+	if creds.SessionToken != "" {
+		params = append(params, queryParam{"X-Amz-Security-Token", creds.SessionToken})
+	}
+	own, err := parseCanonicalQuery(in.query)
+	if err != nil {
+		own = nil // in.query comes from canonicalQuery, so it always parses
+	}
+	withAuth := *in
+	withAuth.query = canonicalQuery(append(own, params...))
+	sig := s.explain(&withAuth, creds, t, false)
+	return presignature{signature: sig, query: withAuth.query + "&X-Amz-Signature=" + sig.signature}
+}
+
+// parseCanonicalQuery splits a raw query on '&' and '=' and percent-decodes
+// each part without treating '+' as space.
+func parseCanonicalQuery(raw string) ([]queryParam, error) {
+	if raw == "" {
+		return nil, nil
+	}
+	var params []queryParam
+	for part := range strings.SplitSeq(raw, "&") {
+		name, value, _ := strings.Cut(part, "=")
+		n, err := percentDecode(name)
+		if err != nil {
+			return nil, err
+		}
+		v, err := percentDecode(value)
+		if err != nil {
+			return nil, err
+		}
+		params = append(params, queryParam{n, v})
+	}
+	return params, nil
+}
+
+// errBadEscape reports a '%' not followed by two hex digits.
+var errBadEscape = errors.New("invalid percent-encoding")
+
+// percentDecode decodes %XX sequences once and leaves every other byte,
+// '+' included, as it is.
+func percentDecode(s string) (string, error) {
+	i := strings.IndexByte(s, '%')
+	if i < 0 {
+		return s, nil
+	}
+	b := make([]byte, 0, len(s))
+	b = append(b, s[:i]...)
+	for ; i < len(s); i++ {
+		if s[i] != '%' {
+			b = append(b, s[i])
+			continue
+		}
+		if i+2 >= len(s) {
+			return "", fmt.Errorf("%w at byte %d of %q", errBadEscape, i, s)
+		}
+		hi, ok1 := unhex(s[i+1])
+		lo, ok2 := unhex(s[i+2])
+		if !ok1 || !ok2 {
+			return "", fmt.Errorf("%w at byte %d of %q", errBadEscape, i, s)
+		}
+		b = append(b, hi<<4|lo)
+		i += 2
+	}
+	return string(b), nil
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
+}
