@@ -99,6 +99,7 @@ func (e *proxyError) Unwrap() error { return e.err }
 type exchange struct {
 	start          time.Time
 	method         string
+	remote         string
 	key            string
 	rangeHeader    string
 	status         int
@@ -122,7 +123,7 @@ func (p *Proxy) InFlight() int64 { return p.inFlight.Load() }
 
 // ServeHTTP serves one GET or HEAD.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	x := exchange{start: p.clock(), method: r.Method}
+	x := exchange{start: p.clock(), method: r.Method, remote: r.RemoteAddr}
 	p.inFlight.Add(1)
 	defer p.inFlight.Add(-1)
 	defer p.finish(r.Context(), &x)
@@ -669,6 +670,7 @@ func (p *Proxy) finish(ctx context.Context, x *exchange) {
 		slog.Int64("bytes", x.bytes),
 		slog.Duration("dur", dur),
 		slog.Int("attempts", x.attempts),
+		slog.String("remote", x.remote),
 	}
 	if x.rangeHeader != "" {
 		attrs = append(attrs, slog.String("range", x.rangeHeader))

@@ -1,0 +1,291 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func envFrom(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func TestValidationReportsEveryProblem(t *testing.T) {
+	var stderr bytes.Buffer
+	err := run(t.Context(), []string{
+		"-listen", "0.0.0.0:8080", "-admin", "10.0.0.1:9000", "-region", "US_EAST",
+		"-endpoint", "ftp://s3", "-timeout", "1ms", "-retries", "-1", "-statsd", "nohost",
+		"-log-format", "xml", "-log-level", "loud", "-route", "avod=b", "-prefix", "/abs",
+	}, envFrom(map[string]string{"AWS_ACCESS_KEY_ID": "AKIA"}), io.Discard, &stderr)
+	var ce configError
+	if !errors.As(err, &ce) {
+		t.Fatalf("run = %v, want a configError (exit 2)", err)
+	}
+	for _, want := range []string{
+		`-listen "0.0.0.0:8080": not a loopback address; add -allow-remote`,
+		`-admin "10.0.0.1:9000": not a loopback address`,
+		`-bucket "": required`,
+		`-region "US_EAST": must look like us-east-1`,
+		`-endpoint "ftp://s3": must be an http:// or https:// URL`,
+		`-timeout "1ms": must be between 100ms and 5m`,
+		`-retries "-1": must be between 0 and 10`,
+		`-statsd "nohost": must be HOST:PORT`,
+		`-log-format "xml": must be text or json`,
+		`-log-level "loud": must be debug, info, warn or error`,
+		`-route "avod=b": path prefix must start with '/'`,
+		`-prefix "/abs": must not start with '/'`,
+		`$AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY: set both or neither`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("validation error lacks %q:\n%v", want, err)
+		}
+	}
+}
+
+func TestEnvironmentFillsFlagsAndFlagsWin(t *testing.T) {
+	cfg, err := parseConfig([]string{"-bucket", "from-flag"}, envFrom(map[string]string{
+		"S3_HELPER_BUCKET":         "from-env",
+		"S3_HELPER_REFRESH_BEFORE": "7m",
+		"S3_HELPER_ROUTE":          "/a/=bucket-a,/b/=bucket-b/prefix",
+		"S3_HELPER_ACCESS_LOG":     "true",
+	}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.bucket != "from-flag" || cfg.refreshBefore != 7*time.Minute || len(cfg.routes) != 2 || !cfg.accessLog {
+		t.Errorf("config = bucket %q, refresh %v, routes %v, access log %v", cfg.bucket, cfg.refreshBefore, cfg.routes, cfg.accessLog)
+	}
+	_, err = parseConfig(nil, envFrom(map[string]string{"S3_HELPER_TIMEOUT": "soon"}), io.Discard)
+	if err == nil || !strings.Contains(err.Error(), `$S3_HELPER_TIMEOUT "soon"`) {
+		t.Errorf("bad env value: %v, want an error naming the variable", err)
+	}
+}
+
+func TestBuildRoutesAddressing(t *testing.T) {
+	aws := &url.URL{Scheme: "https", Host: "s3.eu-west-1.amazonaws.com"}
+	tests := []struct {
+		name, bucket string
+		endpoint     *url.URL
+		force        bool
+		host, prefix string
+	}{
+		{"virtual-hosted", "media", aws, false, "media.s3.eu-west-1.amazonaws.com", ""},
+		{"dots use path style", "my.media", aws, false, "s3.eu-west-1.amazonaws.com", "/my.media"},
+		{"forced path style", "media", aws, true, "s3.eu-west-1.amazonaws.com", "/media"},
+		{"IP endpoint", "media", &url.URL{Scheme: "http", Host: "127.0.0.1:7070"}, false, "127.0.0.1:7070", "/media"},
+		{"legacy name", "Legacy_Bucket", aws, false, "s3.eu-west-1.amazonaws.com", "/Legacy_Bucket"},
+	}
+	for _, tt := range tests {
+		r := buildRoutes([]routeSpec{{"/", tt.bucket, ""}}, tt.endpoint, tt.force)[0]
+		if r.host != tt.host || r.uriPrefix != tt.prefix {
+			t.Errorf("%s: host %q prefix %q, want %q %q", tt.name, r.host, r.uriPrefix, tt.host, tt.prefix)
+		}
+	}
+	u, err := parseEndpoint("https://s3.example.com:443/")
+	if err != nil || u.Host != "s3.example.com" {
+		t.Errorf("parseEndpoint dropped nothing: %v, %v", u, err)
+	}
+}
+
+// daemon is run() in a goroutine.
+type daemon struct {
+	addr  string
+	admin string
+	logs  *syncBuffer
+	stop  context.CancelFunc
+	done  chan error
+}
+
+// startDaemon runs s3-helper in-process and waits for its listening line.
+func startDaemon(t *testing.T, args []string, env map[string]string) *daemon {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &daemon{logs: &syncBuffer{}, stop: cancel, done: make(chan error, 1)}
+	args = append([]string{"-log-format", "json", "-listen", "127.0.0.1:0"}, args...)
+	go func() { d.done <- run(ctx, args, envFrom(env), io.Discard, d.logs) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for d.addr == "" && time.Now().Before(deadline) {
+		for line := range strings.SplitSeq(d.logs.String(), "\n") {
+			var entry struct{ Msg, Addr string }
+			if json.Unmarshal([]byte(line), &entry) == nil {
+				switch entry.Msg {
+				case "listening":
+					d.addr = entry.Addr
+				case "admin listening":
+					d.admin = entry.Addr
+				}
+			}
+		}
+		select {
+		case err := <-d.done:
+			t.Fatalf("run ended early: %v\n%s", err, d.logs)
+		default:
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if d.addr == "" {
+		t.Fatalf("no listening line:\n%s", d.logs)
+	}
+	t.Cleanup(func() { cancel() })
+	return d
+}
+
+func staticEnv() map[string]string {
+	return map[string]string{"AWS_ACCESS_KEY_ID": testAKID, "AWS_SECRET_ACCESS_KEY": testSecret, "AWS_SESSION_TOKEN": testToken}
+}
+
+// TestGracefulShutdownDrains: on a signal, a response in flight completes
+// and the process exits cleanly.
+func TestGracefulShutdownDrains(t *testing.T) {
+	f, srv := newFakeS3(t)
+	f.put("slow.mp4", bytes.Repeat([]byte("s"), 64<<10))
+	release, entered := make(chan struct{}), make(chan struct{})
+	f.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
+		close(entered)
+		w.Header().Set("Content-Length", "10")
+		w.WriteHeader(200)
+		w.Write([]byte("01234"))
+		w.(http.Flusher).Flush()
+		<-release
+		w.Write([]byte("56789"))
+		return true
+	}
+	d := startDaemon(t, []string{"-bucket", testBucket, "-region", "us-east-1", "-endpoint", srv.URL, "-admin", "127.0.0.1:0"}, staticEnv())
+	type result struct {
+		body []byte
+		err  error
+	}
+	got := make(chan result, 1)
+	go func() {
+		resp, err := http.Get("http://" + d.addr + "/slow.mp4")
+		if err != nil {
+			got <- result{nil, err}
+			return
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		got <- result{body, err}
+	}()
+	<-entered // the request is in flight
+	d.stop()  // SIGTERM
+	time.Sleep(50 * time.Millisecond)
+	if _, err := net.DialTimeout("tcp", d.addr, time.Second); err == nil {
+		t.Error("still accepting connections after the signal")
+	}
+	close(release)
+	if r := <-got; r.err != nil || string(r.body) != "0123456789" {
+		t.Errorf("in-flight response = %q, %v; want it completed", r.body, r.err)
+	}
+	if err := <-d.done; err != nil {
+		t.Errorf("run = %v, want a clean exit", err)
+	}
+	for _, want := range []string{`"msg":"shutting down"`, `"msg":"stopped"`} {
+		if !strings.Contains(d.logs.String(), want) {
+			t.Errorf("logs lack %s", want)
+		}
+	}
+}
+
+func TestHealthzAndAdminSeparation(t *testing.T) {
+	_, srv := newFakeS3(t)
+	d := startDaemon(t, []string{"-bucket", testBucket, "-region", "us-east-1", "-endpoint", srv.URL, "-admin", "127.0.0.1:0", "-pprof"}, staticEnv())
+	resp, body := get(t, "GET", "http://"+d.admin+"/healthz", nil)
+	if resp.StatusCode != 200 || !strings.HasPrefix(string(body), "ok: credentials from environment") {
+		t.Errorf("/healthz = %d %q", resp.StatusCode, body)
+	}
+	if resp, _ := get(t, "GET", "http://"+d.admin+"/debug/pprof/", nil); resp.StatusCode != 200 {
+		t.Errorf("/debug/pprof/ = %d with -pprof", resp.StatusCode)
+	}
+	// On the proxy port /healthz is just an object key.
+	if resp, _ := get(t, "GET", "http://"+d.addr+"/healthz", nil); resp.StatusCode != 404 {
+		t.Errorf("proxy /healthz = %d, want S3's 404 for that key", resp.StatusCode)
+	}
+}
+
+func TestHealthzUnhealthyWithoutIMDS(t *testing.T) {
+	_, srv := newFakeS3(t)
+	d := startDaemon(t, []string{"-bucket", testBucket, "-region", "us-east-1", "-endpoint", srv.URL,
+		"-admin", "127.0.0.1:0", "-imds-endpoint", "http://127.0.0.1:1"}, nil)
+	time.Sleep(100 * time.Millisecond)
+	resp, body := get(t, "GET", "http://"+d.admin+"/healthz", nil)
+	if resp.StatusCode != 503 || !strings.Contains(string(body), "no credentials yet") {
+		t.Errorf("/healthz = %d %q, want 503 naming the cause", resp.StatusCode, body)
+	}
+	if resp, body := get(t, "GET", "http://"+d.addr+"/k", nil); resp.StatusCode != 503 {
+		t.Errorf("GET without credentials = %d %q, want 503", resp.StatusCode, body)
+	}
+	if !strings.Contains(d.logs.String(), "credential refresh failed") {
+		t.Errorf("no log line names the credential failure:\n%s", d.logs)
+	}
+}
+
+func TestUnixSocketListener(t *testing.T) {
+	f, srv := newFakeS3(t)
+	f.put("k", []byte("over a unix socket"))
+	sock := filepath.Join(t.TempDir(), "s3-helper.sock")
+	os.WriteFile(sock, nil, 0o600) // a regular file is never removed
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		errc <- run(ctx, []string{"-listen", "unix:" + sock, "-bucket", testBucket, "-region", "us-east-1", "-endpoint", srv.URL}, envFrom(staticEnv()), io.Discard, io.Discard)
+	}()
+	if err := <-errc; err == nil || !strings.Contains(err.Error(), "address already in use") {
+		t.Fatalf("run over a regular file = %v, want a bind error", err)
+	}
+	os.Remove(sock)
+	go func() {
+		errc <- run(ctx, []string{"-listen", "unix:" + sock, "-bucket", testBucket, "-region", "us-east-1", "-endpoint", srv.URL}, envFrom(staticEnv()), io.Discard, io.Discard)
+	}()
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	var resp *http.Response
+	var err error
+	for range 100 {
+		if resp, err = client.Get("http://unix/k"); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "over a unix socket" {
+		t.Errorf("body = %q", body)
+	}
+}
+
+func TestVersionAndPresign(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(t.Context(), []string{"-version"}, envFrom(nil), &out, io.Discard); err != nil || !strings.HasPrefix(out.String(), "s3-helper "+version) {
+		t.Errorf("-version = %q, %v", out.String(), err)
+	}
+	out.Reset()
+	err := run(t.Context(), []string{"-bucket", "media", "-region", "eu-west-1", "-presign", "a b.mp4", "-presign-expires", "5m"},
+		envFrom(staticEnv()), &out, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := strings.TrimSpace(out.String())
+	for _, want := range []string{"https://media.s3.eu-west-1.amazonaws.com/a%20b.mp4?", "X-Amz-Expires=300", "X-Amz-Security-Token=", "X-Amz-Signature="} {
+		if !strings.Contains(u, want) {
+			t.Errorf("presigned URL %q lacks %q", u, want)
+		}
+	}
+	if strings.Contains(u, testSecret) {
+		t.Error("presigned URL contains the secret key")
+	}
+}

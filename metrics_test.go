@@ -1,0 +1,174 @@
+package main
+
+import (
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// udpListener receives statsd packets on a real socket.
+func udpListener(t *testing.T) (*net.UDPConn, net.Conn) {
+	t.Helper()
+	ln, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	conn, err := net.Dial("udp", ln.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln, conn
+}
+
+// readPackets reads datagrams until want lines arrived or 2 s passed.
+func readPackets(t *testing.T, ln *net.UDPConn, wantLines int) []string {
+	t.Helper()
+	var packets []string
+	lines := 0
+	buf := make([]byte, 65536)
+	ln.SetReadDeadline(time.Now().Add(2 * time.Second))
+	for lines < wantLines {
+		n, err := ln.Read(buf)
+		if err != nil {
+			t.Fatalf("after %d of %d lines: %v", lines, wantLines, err)
+		}
+		packets = append(packets, string(buf[:n]))
+		lines += strings.Count(string(buf[:n]), "\n")
+	}
+	return packets
+}
+
+func TestMetricsLineFormat(t *testing.T) {
+	ln, conn := udpListener(t)
+	m := NewMetrics(conn, "s3helper", "env:test,host:a", time.Hour)
+	m.Count2(metricRequests, "GET", "206", 1)
+	m.Timing(metricRequestDuration, 1500*time.Millisecond)
+	m.Gauge(metricInFlight, 7)
+	m.Count(metricBytesOut, 4096)
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(readPackets(t, ln, 4), "")
+	want := "s3helper.requests.GET.206:1|c|#env:test,host:a\n" +
+		"s3helper.request_ms:1500|ms|#env:test,host:a\n" +
+		"s3helper.in_flight:7|g|#env:test,host:a\n" +
+		"s3helper.bytes_out:4096|c|#env:test,host:a\n"
+	if got != want {
+		t.Errorf("packet:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func TestMetricsFlushOnSize(t *testing.T) {
+	ln, conn := udpListener(t)
+	m := NewMetrics(conn, "p", "", time.Hour)
+	defer m.Close()
+	const lines = 200 // ~20 bytes each: more than one packet
+	for range lines {
+		m.Count(metricRetries, 1)
+	}
+	packets := readPackets(t, ln, 1) // the first full packet, sent without waiting for a tick
+	for _, p := range packets {
+		if len(p) > maxPacketBytes {
+			t.Errorf("packet of %d bytes exceeds %d", len(p), maxPacketBytes)
+		}
+		if !strings.HasSuffix(p, "\n") || strings.Contains(p, "\n\n") {
+			t.Errorf("packet splits a line: %q", p)
+		}
+	}
+}
+
+func TestMetricsFlushOnTicker(t *testing.T) {
+	ln, conn := udpListener(t)
+	m := NewMetrics(conn, "p", "", 20*time.Millisecond)
+	defer m.Close()
+	var inFlight int64 = 3
+	m.GaugeFunc(metricInFlight, func() int64 { return inFlight })
+	m.Count(metricRetries, 2)
+	got := strings.Join(readPackets(t, ln, 2), "")
+	if !strings.Contains(got, "p.upstream.retries:2|c\n") || !strings.Contains(got, "p.in_flight:3|g\n") {
+		t.Errorf("ticker flush sent %q", got)
+	}
+}
+
+// blockedWriter never returns from Write until released, like a stalled
+// socket.
+type blockedWriter struct {
+	release chan struct{}
+	once    sync.Once
+}
+
+func (w *blockedWriter) Write(p []byte) (int, error) { <-w.release; return len(p), nil }
+func (w *blockedWriter) Close() error                { w.once.Do(func() { close(w.release) }); return nil }
+
+func TestMetricsNeverBlockAndCountDrops(t *testing.T) {
+	w := &blockedWriter{release: make(chan struct{})}
+	m := NewMetrics(w, "p", "", time.Hour)
+	done := make(chan struct{})
+	go func() {
+		for range 100_000 { // far more than the queue holds
+			m.Count2(metricRequests, "GET", "200", 1)
+		}
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("emitting blocked on a stalled socket")
+	}
+	if m.Dropped() == 0 {
+		t.Error("no drops counted although the socket was stalled")
+	}
+	w.Close()
+	m.Close()
+}
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("connection refused") }
+func (failingWriter) Close() error              { return nil }
+
+func TestMetricsWriteErrorsCounted(t *testing.T) {
+	m := NewMetrics(failingWriter{}, "p", "", time.Hour)
+	m.Count(metricRetries, 1)
+	m.Close()
+	if m.Dropped() != 1 {
+		t.Errorf("Dropped = %d, want 1", m.Dropped())
+	}
+}
+
+func TestMetricsNilIsNoOp(t *testing.T) {
+	var m *Metrics
+	m.Count(metricRetries, 1)
+	m.Count2(metricRequests, "GET", "200", 1)
+	m.Timing(metricRequestDuration, time.Second)
+	m.Gauge(metricInFlight, 1)
+	m.GaugeFunc(metricInFlight, func() int64 { return 0 })
+	if err := m.Close(); err != nil || m.Dropped() != 0 {
+		t.Errorf("nil Metrics: Close = %v, Dropped = %d", err, m.Dropped())
+	}
+}
+
+// TestMetricNames checks every name once: statsd breaks on ':', '|', '@',
+// '#', and spaces.
+func TestMetricNames(t *testing.T) {
+	for _, name := range []string{metricRequests, metricBytesOut, metricRequestDuration, metricUpstreamTTFB,
+		metricRetries, metricResumes, metricUpstreamErrors, metricS3Errors, metricCredentialRefreshes,
+		metricCredentialFailures, metricCredentialExtensions, metricCredentialTTL, metricInFlight, metricDropped} {
+		if name == "" || strings.ContainsAny(name, ":|@# \n") {
+			t.Errorf("metric name %q is not statsd-safe", name)
+		}
+	}
+}
+
+func BenchmarkMetricsAppend(b *testing.B) {
+	m := NewMetrics(failingWriter{}, "s3helper", "", time.Hour)
+	defer m.Close()
+	b.ReportAllocs()
+	for b.Loop() {
+		m.Count2(metricRequests, "GET", "206", 1)
+	}
+}

@@ -1,0 +1,786 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+const (
+	testBucket = "media"
+	testAKID   = "AKIATESTPROXY"
+)
+
+// fakeS3 is an S3 stand-in that checks every request's signature, serves
+// objects with Range and conditional requests (via http.ServeContent),
+// answers like S3 (x-amz-* headers, Server, XML errors) and records what
+// it received. fault, if set, may take over a request.
+type fakeS3 struct {
+	secret string
+	region string
+
+	mu       sync.Mutex // guards every field below
+	objects  map[string]fakeObject
+	requests []*http.Request
+	// fault sees each request first (with its attempt number, 1-based)
+	// and returns true when it answered.
+	fault func(w http.ResponseWriter, r *http.Request, n int) bool
+}
+
+type fakeObject struct {
+	body []byte
+	etag string
+}
+
+func newFakeS3(t *testing.T) (*fakeS3, *httptest.Server) {
+	t.Helper()
+	f := &fakeS3{secret: testSecret, region: "us-east-1", objects: map[string]fakeObject{}}
+	srv := httptest.NewServer(f)
+	t.Cleanup(srv.Close)
+	return f, srv
+}
+
+func (f *fakeS3) put(key string, body []byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.objects[key] = fakeObject{body: body, etag: fmt.Sprintf(`"%x"`, rand.Uint64())}
+}
+
+func (f *fakeS3) received() []*http.Request {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]*http.Request(nil), f.requests...)
+}
+
+func (f *fakeS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	f.requests = append(f.requests, r)
+	n, fault := len(f.requests), f.fault
+	f.mu.Unlock()
+	w.Header().Set("Server", "AmazonS3")
+	w.Header().Set("X-Amz-Request-Id", "REQ123")
+	w.Header().Set("X-Amz-Id-2", "id2")
+	if err := verifySignature(r, f.secret, f.region); err != nil {
+		s3Error(w, http.StatusForbidden, "SignatureDoesNotMatch", err.Error())
+		return
+	}
+	if fault != nil && fault(w, r, n) {
+		return
+	}
+	path, _, _ := strings.Cut(r.RequestURI, "?")
+	key, err := percentDecode(strings.TrimPrefix(path, "/"+testBucket+"/"))
+	if err != nil {
+		s3Error(w, http.StatusBadRequest, "InvalidURI", err.Error())
+		return
+	}
+	f.mu.Lock()
+	obj, ok := f.objects[key]
+	f.mu.Unlock()
+	if !ok {
+		s3Error(w, http.StatusNotFound, "NoSuchKey", "The specified key does not exist.")
+		return
+	}
+	w.Header().Set("Etag", obj.etag)
+	w.Header().Set("X-Amz-Meta-Owner", "someone")
+	w.Header().Set("Content-Type", "video/mp4")
+	http.ServeContent(w, r, "", time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), bytes.NewReader(obj.body))
+}
+
+func s3Error(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/xml")
+	w.WriteHeader(status)
+	fmt.Fprintf(w, "<?xml version=\"1.0\"?>\n<Error><Code>%s</Code><Message>%s</Message><RequestId>REQ123</RequestId></Error>", code, msg)
+}
+
+// verifySignature recomputes the SigV4 header signature of a received
+// request from what arrived on the wire.
+func verifySignature(r *http.Request, secret, region string) error {
+	auth := r.Header.Get("Authorization")
+	rest, ok := strings.CutPrefix(auth, signingAlgorithm+" Credential=")
+	if !ok {
+		return errors.New("no SigV4 Authorization header")
+	}
+	cred, rest, _ := strings.Cut(rest, ", SignedHeaders=")
+	signed, sig, _ := strings.Cut(rest, ", Signature=")
+	akid, _, _ := strings.Cut(cred, "/")
+	when, err := time.Parse(amzDateFormat, r.Header.Get(headerAmzDate))
+	if err != nil {
+		return fmt.Errorf("X-Amz-Date: %w", err)
+	}
+	path, rawQuery, _ := strings.Cut(r.RequestURI, "?")
+	params, err := parseCanonicalQuery(rawQuery)
+	if err != nil {
+		return err
+	}
+	var extra []headerField
+	for name := range strings.SplitSeq(signed, ";") {
+		switch name {
+		case lowerHost, lowerAmzDate, lowerContentSHA256, lowerSecurityToken:
+		default:
+			extra = append(extra, headerField{name, r.Header.Get(name)})
+		}
+	}
+	for name := range r.Header {
+		if lower := strings.ToLower(name); strings.HasPrefix(lower, "x-amz-") && !strings.Contains(";"+signed+";", ";"+lower+";") {
+			return fmt.Errorf("unsigned header %s", name)
+		}
+	}
+	creds := newCredentials(akid, secret, r.Header.Get(headerSecurityToken), time.Time{}, sourceEnvironment)
+	s := &Signer{Region: region}
+	want := s.explain(&signingRequest{method: r.Method, host: r.Host, uri: path, query: canonicalQuery(params),
+		headers: extra, payloadHash: r.Header.Get(headerContentSHA256)}, creds, when, true)
+	if want.signature != sig || want.signedHeaders != signed {
+		return fmt.Errorf("signature mismatch for %s", path)
+	}
+	return nil
+}
+
+// testProxy is a Proxy over a fakeS3 with static credentials.
+type testProxy struct {
+	*Proxy
+	s3   *fakeS3
+	logs *syncBuffer
+	url  string // the proxy's own URL
+}
+
+func newTestProxy(t *testing.T) *testProxy {
+	t.Helper()
+	f, srv := newFakeS3(t)
+	endpoint, _ := url.Parse(srv.URL)
+	logs := &syncBuffer{}
+	creds := newCredentials(testAKID, testSecret, testToken, time.Time{}, sourceEnvironment)
+	cache := &credentialCache{provider: staticProvider{creds}, log: slog.New(slog.DiscardHandler)}
+	p := &Proxy{
+		routes:    buildRoutes([]routeSpec{{"/", testBucket, ""}, {"/avod/", testBucket, "ads/"}}, endpoint, false),
+		scheme:    "http",
+		signer:    &Signer{Region: "us-east-1"},
+		creds:     cache,
+		transport: newUpstreamTransport(time.Second),
+		log:       slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		accessLog: true,
+		retries:   3,
+		backoff:   func(int) time.Duration { return 0 },
+	}
+	front := httptest.NewServer(p)
+	t.Cleanup(front.Close)
+	return &testProxy{Proxy: p, s3: f, logs: logs, url: front.URL}
+}
+
+func get(t *testing.T, method, target string, header http.Header) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, target, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: reading body: %v", method, target, err)
+	}
+	return resp, body
+}
+
+func TestProxyHeadersBothDirections(t *testing.T) {
+	tp := newTestProxy(t)
+	body := bytes.Repeat([]byte("0123456789"), 100)
+	tp.s3.put("videos/a.mp4", body)
+	clientHeader := http.Header{
+		"Authorization":        {"Bearer player-token"},
+		"Cookie":               {"sess=abc"},
+		"X-Amz-Security-Token": {"client-token"},
+		"X-Amz-Date":           {"20000101T000000Z"},
+		"X-Forwarded-For":      {"10.9.9.9"},
+		"User-Agent":           {"Player/1.0"},
+		"X-Custom":             {"hello"},
+		"Range":                {"bytes=10-19"},
+		"If-None-Match":        {`"other"`},
+	}
+	resp, got := get(t, "GET", tp.url+"/videos/a.mp4", clientHeader)
+	if resp.StatusCode != http.StatusPartialContent || string(got) != "0123456789" {
+		t.Fatalf("GET = %d %q, want 206 0123456789", resp.StatusCode, got)
+	}
+	for name := range resp.Header {
+		if strings.HasPrefix(strings.ToLower(name), "x-amz-") || name == "Server" {
+			t.Errorf("response carries %s", name)
+		}
+	}
+	for _, name := range []string{"Content-Range", "Content-Type", "Etag", "Last-Modified", "Accept-Ranges", "Content-Length"} {
+		if resp.Header.Get(name) == "" {
+			t.Errorf("response lacks %s", name)
+		}
+	}
+	reqs := tp.s3.received()
+	if len(reqs) != 1 {
+		t.Fatalf("upstream requests = %d, want 1", len(reqs))
+	}
+	up := reqs[0]
+	allowed := map[string]bool{"Range": true, "If-None-Match": true, "User-Agent": true, "Authorization": true,
+		"X-Amz-Date": true, "X-Amz-Content-Sha256": true, "X-Amz-Security-Token": true, "Accept-Encoding": false}
+	for name := range up.Header {
+		if !allowed[name] {
+			t.Errorf("upstream received %s: %q", name, up.Header[name])
+		}
+	}
+	if up.Header.Get("X-Amz-Security-Token") != testToken || up.Header.Get("User-Agent") != userAgent ||
+		!strings.HasPrefix(up.Header.Get("Authorization"), signingAlgorithm+" Credential="+testAKID+"/") {
+		t.Errorf("upstream credentials headers wrong: %v", up.Header)
+	}
+	if up.Header.Get("Range") != "bytes=10-19" || up.RequestURI != "/media/videos/a.mp4" {
+		t.Errorf("upstream got Range %q target %q", up.Header.Get("Range"), up.RequestURI)
+	}
+}
+
+func TestProxyLeavesInboundRequestUntouched(t *testing.T) {
+	tp := newTestProxy(t)
+	tp.s3.put("k", []byte("x"))
+	req := httptest.NewRequest("GET", "/k?acl&versionId=1", nil)
+	req.Header.Set("Range", "bytes=0-0")
+	req.Header.Set("Authorization", "Bearer x")
+	before := req.Header.Clone()
+	rec := httptest.NewRecorder()
+	tp.ServeHTTP(rec, req)
+	if rec.Code != http.StatusPartialContent {
+		t.Fatalf("status = %d", rec.Code)
+	}
+	if fmt.Sprint(req.Header) != fmt.Sprint(before) || req.URL.RawQuery != "acl&versionId=1" {
+		t.Errorf("inbound request changed: %v (was %v), query %q", req.Header, before, req.URL.RawQuery)
+	}
+}
+
+func TestProxyRejections(t *testing.T) {
+	tp := newTestProxy(t)
+	long := strings.Repeat("k", maxKeyBytes+1)
+	tests := []struct {
+		name, method, target string
+		header               http.Header
+		status               int
+	}{
+		{"PUT", "PUT", "/k", nil, 405},
+		{"POST", "POST", "/k", nil, 405},
+		{"DELETE", "DELETE", "/k", nil, 405},
+		{"bucket root", "GET", "/", nil, 404},
+		{"bucket root listing", "GET", "/?list-type=2", nil, 404},
+		{"route root", "GET", "/avod/", nil, 404},
+		{"dot-dot", "GET", "/a/../b", nil, 400},
+		{"encoded dot-dot", "GET", "/%2e%2e/secret", nil, 400},
+		{"dot segment", "GET", "/a/./b", nil, 400},
+		{"escape prefix", "GET", "/avod/%2E%2E/private", nil, 400},
+		{"NUL", "GET", "/a%00b", nil, 400},
+		{"control character", "GET", "/a%0Ab", nil, 400},
+		{"DEL", "GET", "/a%7Fb", nil, 400},
+		{"invalid UTF-8", "GET", "/a%FFb", nil, 400},
+		{"overlong UTF-8", "GET", "/%C0%AE%C0%AE/x", nil, 400},
+		{"key too long", "GET", "/" + long, nil, 400},
+		{"two Range headers", "GET", "/k", http.Header{"Range": {"bytes=0-1", "bytes=2-3"}}, 400},
+		{"bad query escape", "GET", "/k?versionId=%zz", nil, 400},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := get(t, tt.method, tp.url+tt.target, tt.header)
+			if resp.StatusCode != tt.status {
+				t.Fatalf("%s %s = %d %q, want %d", tt.method, tt.target, resp.StatusCode, body, tt.status)
+			}
+			if tt.status == 405 && resp.Header.Get("Allow") != "GET, HEAD" {
+				t.Errorf("405 without Allow: GET, HEAD")
+			}
+			if bytes.Contains(body, []byte("secret")) || bytes.Contains(body, []byte("%")) {
+				t.Errorf("error body %q echoes the input", body)
+			}
+		})
+	}
+	if n := len(tp.s3.received()); n != 0 {
+		t.Errorf("rejected requests reached S3 %d times", n)
+	}
+	if !strings.Contains(tp.logs.String(), "invalid object key") {
+		t.Errorf("no log line names the cause:\n%s", tp.logs)
+	}
+}
+
+func TestProxyQueryFilter(t *testing.T) {
+	tp := newTestProxy(t)
+	tp.s3.put("k", []byte("x"))
+	resp, _ := get(t, "GET", tp.url+"/k?acl&tagging&list-type=2&versionId=v%2F1&response-content-type=video/mp4&uploads&torrent&response-content-disposition=attachment%3B+filename%3D%22a+b.mp4%22", nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status = %d", resp.StatusCode)
+	}
+	up := tp.s3.received()[0]
+	const want = "/media/k?response-content-disposition=attachment%3B%20filename%3D%22a%20b.mp4%22&response-content-type=video%2Fmp4&versionId=v%2F1"
+	if up.RequestURI != want {
+		t.Errorf("upstream target = %q, want %q", up.RequestURI, want)
+	}
+}
+
+func TestProxyStatusPassthrough(t *testing.T) {
+	tp := newTestProxy(t)
+	body := []byte("abcdefghijklmnopqrstuvwxyz")
+	tp.s3.put("v.mp4", body)
+	tp.s3.mu.Lock()
+	etag := tp.s3.objects["v.mp4"].etag
+	tp.s3.mu.Unlock()
+	tests := []struct {
+		name   string
+		method string
+		header http.Header
+		key    string
+		status int
+		body   string
+	}{
+		{"full", "GET", nil, "v.mp4", 200, string(body)},
+		{"first bytes", "GET", http.Header{"Range": {"bytes=0-3"}}, "v.mp4", 206, "abcd"},
+		{"middle", "GET", http.Header{"Range": {"bytes=10-12"}}, "v.mp4", 206, "klm"},
+		{"suffix", "GET", http.Header{"Range": {"bytes=-3"}}, "v.mp4", 206, "xyz"},
+		{"open-ended", "GET", http.Header{"Range": {"bytes=23-"}}, "v.mp4", 206, "xyz"},
+		{"past the end", "GET", http.Header{"Range": {"bytes=100-"}}, "v.mp4", 416, "416 Requested Range Not Satisfiable\n"},
+		{"not modified", "GET", http.Header{"If-None-Match": {etag}}, "v.mp4", 304, ""},
+		{"precondition failed", "GET", http.Header{"If-Match": {`"nope"`}}, "v.mp4", 412, "412 Precondition Failed\n"},
+		{"missing", "GET", nil, "nope.mp4", 404, "404 Not Found\n"},
+		{"HEAD", "HEAD", nil, "v.mp4", 200, ""},
+		{"HEAD missing", "HEAD", nil, "nope.mp4", 404, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, got := get(t, tt.method, tp.url+"/"+tt.key, tt.header)
+			if resp.StatusCode != tt.status || string(got) != tt.body {
+				t.Fatalf("%s = %d %q, want %d %q", tt.name, resp.StatusCode, got, tt.status, tt.body)
+			}
+			if tt.method == "HEAD" && tt.status == 200 && resp.ContentLength != int64(len(body)) {
+				t.Errorf("HEAD Content-Length = %d, want %d", resp.ContentLength, len(body))
+			}
+			if bytes.Contains(got, []byte("<Error>")) {
+				t.Error("S3's XML error body reached the client")
+			}
+		})
+	}
+	if !strings.Contains(tp.logs.String(), "s3_code=NoSuchKey") {
+		t.Errorf("the S3 error code is not logged:\n%s", tp.logs)
+	}
+}
+
+func TestProxyWrongSecretIs403WithCodeLogged(t *testing.T) {
+	tp := newTestProxy(t)
+	tp.s3.secret = "another secret"
+	resp, body := get(t, "GET", tp.url+"/k", nil)
+	if resp.StatusCode != http.StatusForbidden || !strings.HasPrefix(string(body), "403 Forbidden") {
+		t.Fatalf("GET = %d %q, want 403", resp.StatusCode, body)
+	}
+	if !strings.Contains(tp.logs.String(), "s3_code=SignatureDoesNotMatch") {
+		t.Errorf("log lacks the S3 error code:\n%s", tp.logs)
+	}
+}
+
+func TestProxyRetries(t *testing.T) {
+	tests := []struct {
+		name       string
+		failures   int
+		retries    int
+		status     int
+		wantUpReqs int
+	}{
+		{"SlowDown twice then OK", 2, 3, 200, 3},
+		{"budget spent", 5, 2, 503, 3},
+		{"no retries", 1, 0, 503, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tp := newTestProxy(t)
+			tp.retries = tt.retries
+			tp.s3.put("k", []byte("payload"))
+			tp.s3.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
+				if n <= tt.failures {
+					s3Error(w, http.StatusServiceUnavailable, "SlowDown", "Please reduce your request rate.")
+					return true
+				}
+				return false
+			}
+			resp, body := get(t, "GET", tp.url+"/k", nil)
+			if resp.StatusCode != tt.status {
+				t.Fatalf("status = %d %q, want %d", resp.StatusCode, body, tt.status)
+			}
+			reqs := tp.s3.received()
+			if len(reqs) != tt.wantUpReqs {
+				t.Errorf("upstream requests = %d, want %d", len(reqs), tt.wantUpReqs)
+			}
+		})
+	}
+}
+
+func TestProxyInternalErrorRetried(t *testing.T) {
+	tp := newTestProxy(t)
+	tp.s3.put("k", []byte("payload"))
+	tp.s3.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
+		if n == 1 {
+			s3Error(w, http.StatusInternalServerError, "InternalError", "We encountered an internal error.")
+			return true
+		}
+		return false
+	}
+	if resp, body := get(t, "GET", tp.url+"/k", nil); resp.StatusCode != 200 || string(body) != "payload" {
+		t.Fatalf("GET = %d %q", resp.StatusCode, body)
+	}
+}
+
+// roundTripperFunc injects transport faults.
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+type timeoutError struct{}
+
+func (timeoutError) Error() string   { return "net/http: timeout awaiting response headers" }
+func (timeoutError) Timeout() bool   { return true }
+func (timeoutError) Temporary() bool { return true }
+
+func TestProxyOwnErrors(t *testing.T) {
+	tests := []struct {
+		name      string
+		transport http.RoundTripper
+		creds     credentialGetter
+		status    int
+		logWord   string
+	}{
+		{"connect refused", roundTripperFunc(func(*http.Request) (*http.Response, error) {
+			return nil, &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}
+		}), nil, 502, "connection refused"},
+		{"header timeout", roundTripperFunc(func(*http.Request) (*http.Response, error) {
+			return nil, timeoutError{}
+		}), nil, 504, "timeout awaiting response headers"},
+		{"no credentials", nil, &credentialCache{provider: &fakeProvider{next: func(int) (*Credentials, error) {
+			return nil, errors.New("IMDS unreachable")
+		}}, log: slog.New(slog.DiscardHandler)}, 503, "IMDS unreachable"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tp := newTestProxy(t)
+			attempts := 0
+			if tt.transport != nil {
+				tp.transport = roundTripperFunc(func(r *http.Request) (*http.Response, error) {
+					attempts++
+					return tt.transport.RoundTrip(r)
+				})
+			}
+			if tt.creds != nil {
+				tp.creds = tt.creds
+			}
+			resp, body := get(t, "GET", tp.url+"/k", nil)
+			if resp.StatusCode != tt.status {
+				t.Fatalf("status = %d %q, want %d", resp.StatusCode, body, tt.status)
+			}
+			if tt.transport != nil && attempts != 4 {
+				t.Errorf("attempts = %d, want 4 (1 + 3 retries)", attempts)
+			}
+			if !strings.Contains(tp.logs.String(), tt.logWord) || !strings.Contains(tp.logs.String(), "level=ERROR") {
+				t.Errorf("no error log line names %q:\n%s", tt.logWord, tp.logs)
+			}
+		})
+	}
+}
+
+// cutAfter answers with the object's headers but only n body bytes, then
+// kills the connection.
+func cutAfter(w http.ResponseWriter, r *http.Request, obj fakeObject, n int, withETag bool) {
+	first, last := int64(0), int64(len(obj.body)-1)
+	status := http.StatusOK
+	if rng := r.Header.Get("Range"); rng != "" {
+		a, b, _ := strings.Cut(strings.TrimPrefix(rng, "bytes="), "-")
+		fmt.Sscan(a, &first)
+		if b != "" {
+			fmt.Sscan(b, &last)
+		}
+		status = http.StatusPartialContent
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", first, last, len(obj.body)))
+	}
+	if withETag {
+		w.Header().Set("Etag", obj.etag)
+	}
+	part := obj.body[first : last+1]
+	w.Header().Set("Content-Length", fmt.Sprint(len(part)))
+	w.WriteHeader(status)
+	w.Write(part[:min(n, len(part))])
+	w.(http.Flusher).Flush()
+	panic(http.ErrAbortHandler)
+}
+
+func TestProxyMidBodyAbortWithoutETag(t *testing.T) {
+	tp := newTestProxy(t)
+	body := bytes.Repeat([]byte("x"), 100_000)
+	tp.s3.put("k", body)
+	tp.s3.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
+		tp.s3.mu.Lock()
+		obj := tp.s3.objects["k"]
+		tp.s3.mu.Unlock()
+		cutAfter(w, r, obj, 40_000, false)
+		return true
+	}
+	resp, err := http.Get(tp.url + "/k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil {
+		t.Fatalf("client read %d bytes with no error: a truncated body looked complete", len(got))
+	}
+	if len(tp.s3.received()) != 1 {
+		t.Errorf("upstream requests = %d, want 1: no retry after the first byte", len(tp.s3.received()))
+	}
+}
+
+// TestProxyResumesMidBody: resets at random offsets, whole-object and
+// Range GETs, must still give byte-identical bodies.
+func TestProxyResumesMidBody(t *testing.T) {
+	body := make([]byte, 300_000)
+	for i := range body {
+		body[i] = byte(rand.IntN(256))
+	}
+	tests := []struct {
+		name        string
+		rangeHeader string
+		want        []byte
+	}{
+		{"whole object", "", body},
+		{"range", "bytes=1000-250999", body[1000:251000]},
+		{"open range", "bytes=5000-", body[5000:]},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tp := newTestProxy(t)
+			tp.retries = 10
+			tp.s3.put("v.mp4", body)
+			var cuts atomic.Int64
+			tp.s3.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
+				if n > 4 {
+					return false
+				}
+				if n > 1 {
+					var first, last int
+					fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-%d", &first, &last)
+					clientFirst, clientLast := 0, len(body)-1
+					if tt.rangeHeader != "" {
+						fmt.Sscanf(tt.rangeHeader, "bytes=%d-%d", &clientFirst, &clientLast)
+					}
+					if first <= clientFirst || last != clientLast {
+						t.Errorf("resume range %d-%d is not a tail of the client's range %d-%d", first, last, clientFirst, clientLast)
+					}
+					if r.Header.Get("If-Match") == "" {
+						t.Error("resume without If-Match")
+					}
+				}
+				tp.s3.mu.Lock()
+				obj := tp.s3.objects["v.mp4"]
+				tp.s3.mu.Unlock()
+				cuts.Add(1)
+				cutAfter(w, r, obj, 1+rand.IntN(60_000), true)
+				return true
+			}
+			h := http.Header{}
+			if tt.rangeHeader != "" {
+				h.Set("Range", tt.rangeHeader)
+			}
+			resp, got := get(t, "GET", tp.url+"/v.mp4", h)
+			if !bytes.Equal(got, tt.want) {
+				t.Fatalf("body differs: got %d bytes, want %d (status %d)", len(got), len(tt.want), resp.StatusCode)
+			}
+			if cuts.Load() != 4 || !strings.Contains(tp.logs.String(), "resumes=4") {
+				t.Errorf("cuts = %d; log:\n%s", cuts.Load(), tp.logs)
+			}
+		})
+	}
+}
+
+func TestProxyResumeAbortsWhenObjectChanged(t *testing.T) {
+	tp := newTestProxy(t)
+	tp.s3.put("v.mp4", bytes.Repeat([]byte("a"), 100_000))
+	tp.s3.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
+		if n == 1 {
+			tp.s3.mu.Lock()
+			obj := tp.s3.objects["v.mp4"]
+			tp.s3.mu.Unlock()
+			tp.s3.put("v.mp4", bytes.Repeat([]byte("b"), 100_000)) // replaced mid-response
+			cutAfter(w, r, obj, 30_000, true)
+			return true
+		}
+		return false
+	}
+	resp, err := http.Get(tp.url + "/v.mp4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil {
+		t.Fatalf("client read %d bytes without error after the object changed", len(got))
+	}
+	if bytes.Contains(got, []byte("b")) {
+		t.Error("the response mixed two object versions")
+	}
+	if !strings.Contains(tp.logs.String(), "object changed") {
+		t.Errorf("log does not name the cause:\n%s", tp.logs)
+	}
+}
+
+func TestProxyClientCancelStopsUpstream(t *testing.T) {
+	tp := newTestProxy(t)
+	upstreamDone := make(chan error, 1)
+	tp.s3.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
+		w.Header().Set("Content-Length", "100000000")
+		w.WriteHeader(200)
+		chunk := make([]byte, 32<<10)
+		for {
+			if _, err := w.Write(chunk); err != nil {
+				upstreamDone <- err
+				return true
+			}
+			select {
+			case <-r.Context().Done():
+				upstreamDone <- r.Context().Err()
+				return true
+			default:
+			}
+		}
+	}
+	before := runtime.NumGoroutine()
+	ctx, cancel := context.WithCancel(t.Context())
+	req, _ := http.NewRequestWithContext(ctx, "GET", tp.url+"/big", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.CopyN(io.Discard, resp.Body, 1<<20)
+	cancel()
+	resp.Body.Close()
+	select {
+	case <-upstreamDone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("upstream kept sending after the client went away")
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for runtime.NumGoroutine() > before+2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before+2 {
+		t.Errorf("goroutines: %d before, %d after the disconnect", before, n)
+	}
+}
+
+func TestProxyIgnoresHostAndAbsoluteTarget(t *testing.T) {
+	tp := newTestProxy(t)
+	tp.s3.put("latest/meta-data/iam/security-credentials/role", []byte("object, not credentials"))
+	conn, err := net.Dial("tcp", strings.TrimPrefix(tp.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprint(conn, "GET http://169.254.169.254/latest/meta-data/iam/security-credentials/role HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(got) != "object, not credentials" {
+		t.Errorf("absolute-form GET = %d %q, want the bucket's object", resp.StatusCode, got)
+	}
+	resp2, body := get(t, "GET", tp.url+"/latest/meta-data/iam/security-credentials/role", http.Header{"Host": {"evil.example"}})
+	if resp2.StatusCode != 200 || string(body) != "object, not credentials" {
+		t.Errorf("forged Host GET = %d %q", resp2.StatusCode, body)
+	}
+	for _, r := range tp.s3.received() {
+		if !strings.HasPrefix(r.RequestURI, "/"+testBucket+"/") {
+			t.Errorf("upstream request outside the bucket: %s", r.RequestURI)
+		}
+	}
+}
+
+func TestProxyRoutes(t *testing.T) {
+	tp := newTestProxy(t)
+	tp.s3.put("ads/spot.mp4", []byte("ad"))
+	tp.s3.put("avod/spot.mp4", []byte("not an ad"))
+	if _, body := get(t, "GET", tp.url+"/avod/spot.mp4", nil); string(body) != "ad" {
+		t.Errorf("/avod/spot.mp4 = %q, want the ads/ object", body)
+	}
+}
+
+// FuzzProxyRequest: any path, query and Range gets a 2xx/3xx/4xx, never a
+// 5xx of our own or a panic, and never reaches outside the bucket and prefix.
+func FuzzProxyRequest(f *testing.F) {
+	for _, seed := range []struct{ path, query, rng string }{
+		{"/a.mp4", "", "bytes=0-1"},
+		{"/%00", "", ""},
+		{"/%2e%2e/x", "acl", ""},
+		{"//", "list-type=2", ""},
+		{"/a\\b", "versionId=%zz", ""},
+		{"/%C0%AF", "", "bytes=" + strings.Repeat("1-2,", 1000) + "3-4"},
+		{"/" + strings.Repeat("a", 8192), "", ""},
+		{"/avod/../x", "response-content-type=a%2Fb", "bytes=-5"},
+	} {
+		f.Add(seed.path, seed.query, seed.rng)
+	}
+	var upstreamTargets []string
+	var mu sync.Mutex
+	p := &Proxy{
+		routes: buildRoutes([]routeSpec{{"/", testBucket, "videos/"}, {"/avod/", "ads", ""}},
+			&url.URL{Scheme: "http", Host: "s3.test"}, true),
+		scheme: "http",
+		signer: &Signer{Region: "us-east-1"},
+		creds:  &credentialCache{provider: staticProvider{newCredentials(testAKID, testSecret, "", time.Time{}, sourceEnvironment)}, log: slog.New(slog.DiscardHandler)},
+		transport: roundTripperFunc(func(r *http.Request) (*http.Response, error) {
+			mu.Lock()
+			upstreamTargets = append(upstreamTargets, r.URL.Opaque)
+			mu.Unlock()
+			return &http.Response{StatusCode: 200, Header: http.Header{}, Body: io.NopCloser(strings.NewReader("ok"))}, nil
+		}),
+		log: slog.New(slog.DiscardHandler),
+	}
+	f.Fuzz(func(t *testing.T, path, query, rng string) {
+		target := path
+		if query != "" {
+			target += "?" + query
+		}
+		req, err := http.NewRequest("GET", "http://proxy"+target, nil)
+		if err != nil || !strings.HasPrefix(req.URL.Path, "/") {
+			return // net/http's server would have answered 400 itself
+		}
+		if rng != "" {
+			req.Header.Set("Range", rng)
+		}
+		mu.Lock()
+		upstreamTargets = upstreamTargets[:0]
+		mu.Unlock()
+		rec := httptest.NewRecorder()
+		p.ServeHTTP(rec, req)
+		if rec.Code >= 500 {
+			t.Fatalf("%q: status %d", target, rec.Code)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, u := range upstreamTargets {
+			if !strings.HasPrefix(u, "/"+testBucket+"/videos/") && !strings.HasPrefix(u, "/ads/") {
+				t.Fatalf("%q reached %q, outside the bucket and prefix", target, u)
+			}
+			if strings.Contains(u, "/../") || strings.Contains(u, "/./") {
+				t.Fatalf("%q reached %q with a dot segment", target, u)
+			}
+		}
+	})
+}
