@@ -27,7 +27,7 @@ import (
 
 // e2eEnv is the environment scripts/testenv.sh exported.
 type e2eEnv struct {
-	dir, data, bucket, region   string
+	dir, data, bucket, region    string
 	s3, imds, nginx, nginxHelper string
 	akid, secret, token          string
 	iamFile, imdsConfig          string
