@@ -44,7 +44,6 @@ const (
 	maxIdleConns        = 1024
 	maxIdleConnsPerHost = 512
 	upstreamIdleTimeout = 90 * time.Second
-	upstreamBufferBytes = 64 << 10
 )
 
 func main() {
@@ -476,8 +475,6 @@ func newUpstreamTransport(timeout time.Duration) *http.Transport {
 		// Otherwise net/http adds Accept-Encoding: gzip to non-Range GETs
 		// and silently decodes the body, changing its length.
 		DisableCompression: true,
-		ReadBufferSize:     upstreamBufferBytes,
-		WriteBufferSize:    4 << 10,
 	}
 }
 

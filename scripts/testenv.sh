@@ -38,8 +38,15 @@ install_servers() {
 		log "installing amazon-ec2-metadata-mock $AEMM_VERSION"
 		GOBIN=$BIN GOFLAGS=-mod=mod go install "github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock@$AEMM_VERSION"
 	fi
-	command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || die "nginx is missing: apt-get install -y --no-install-recommends nginx"
-	command -v curl >/dev/null || die "curl is missing: apt-get install -y --no-install-recommends curl"
+	if ! { command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]]; } || ! command -v curl >/dev/null; then
+		if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+			log "installing nginx and curl from Debian's packages"
+			DEBIAN_FRONTEND=noninteractive apt-get update -qq
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx curl >/dev/null
+		else
+			die "nginx and curl are needed: sudo apt-get install -y --no-install-recommends nginx curl"
+		fi
+	fi
 }
 
 nginx_bin() { command -v nginx 2>/dev/null || echo /usr/sbin/nginx; }
