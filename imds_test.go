@@ -643,3 +643,37 @@ func BenchmarkCredentials(b *testing.B) {
 		}
 	})
 }
+
+// TestCacheSlowIMDSDoesNotDelayRequests: while a refresh hangs on a slow
+// IMDS, requests keep getting the cached set at once.
+func TestCacheSlowIMDSDoesNotDelayRequests(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		gate := make(chan struct{})
+		p := &fakeProvider{next: func(n int) (*Credentials, error) {
+			if n > 1 {
+				<-gate // IMDS answers slowly
+			}
+			return imdsCreds(fmt.Sprintf("ASIA%d", n), time.Now().Add(time.Hour)), nil
+		}}
+		c := newTestCache(p, &syncBuffer{}, 0)
+		c.Start(t.Context())
+		defer c.Close()
+		time.Sleep(45 * time.Minute) // the refresh moment with u=0; it now hangs
+		synctest.Wait()
+		before := time.Now()
+		for range 100 {
+			creds, err := c.Get(t.Context(), time.Now())
+			if err != nil || creds.AccessKeyID != "ASIA1" {
+				t.Fatalf("Get during a slow refresh = %v, %v", creds, err)
+			}
+		}
+		if waited := time.Since(before); waited != 0 {
+			t.Errorf("requests waited %v for a slow IMDS", waited)
+		}
+		close(gate)
+		synctest.Wait()
+		if creds, _ := c.Get(t.Context(), time.Now()); creds.AccessKeyID != "ASIA2" {
+			t.Errorf("after the slow refresh: %s, want ASIA2", creds.AccessKeyID)
+		}
+	})
+}

@@ -33,6 +33,7 @@ const version = "0.1.0"
 const (
 	envPrefix = "S3_HELPER_"
 	// Server limits. No WriteTimeout: long range responses are normal.
+	// readHeaderTimeout is the default of -read-header-timeout.
 	readHeaderTimeout = 10 * time.Second
 	idleTimeout       = 2 * time.Minute
 	maxHeaderBytes    = 32 << 10
@@ -99,6 +100,7 @@ type config struct {
 	logFormat       string
 	accessLog       bool
 	shutdownTimeout time.Duration
+	readHeaderWait  time.Duration
 	showVersion     bool
 	presign         string
 	presignExpires  time.Duration
@@ -118,7 +120,7 @@ func newFlagSet(cfg *config, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.imdsEndpoint, "imds-endpoint", "", "instance metadata endpoint; default $AWS_EC2_METADATA_SERVICE_ENDPOINT, then "+defaultIMDSEndpoint)
 	fs.StringVar(&cfg.imdsRole, "imds-role", "", "instance role name; default the first role IMDS lists")
 	fs.DurationVar(&cfg.refreshBefore, "refresh-before", defaultRefreshBefore, "refresh credentials this long before they expire (at a random moment in the last third of it)")
-	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Second, "per-attempt limit to connect and receive S3's response headers")
+	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Second, "per upstream attempt: limit to connect and receive S3's response headers, and longest pause within a body")
 	fs.IntVar(&cfg.retries, "retries", 3, "retries of a failed upstream attempt (connect errors, timeouts, 500/502/503/504), and mid-body resumes; 0 disables")
 	fs.StringVar(&cfg.statsd, "statsd", "", "statsd HOST:PORT (UDP); empty disables metrics")
 	fs.StringVar(&cfg.statsdPrefix, "statsd-prefix", "s3helper", "prefix of every metric name")
@@ -129,6 +131,7 @@ func newFlagSet(cfg *config, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json (log/slog on stderr)")
 	fs.BoolVar(&cfg.accessLog, "access-log", false, "log one line per request (method, key, range, status, upstream status, bytes, duration, attempts)")
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take to finish")
+	fs.DurationVar(&cfg.readHeaderWait, "read-header-timeout", readHeaderTimeout, "how long a client may take to send its request headers; slower connections are closed")
 	fs.BoolVar(&cfg.showVersion, "version", false, "print the version and exit")
 	fs.StringVar(&cfg.presign, "presign", "", "print a presigned GET URL for this key of -bucket and exit (debugging)")
 	fs.DurationVar(&cfg.presignExpires, "presign-expires", 15*time.Minute, "lifetime of the -presign URL")
@@ -282,6 +285,9 @@ func validate(cfg *config, getenv func(string) string) (*settings, error) {
 	}
 	if cfg.logFormat != "text" && cfg.logFormat != "json" {
 		bad("log-format", cfg.logFormat, "must be text or json")
+	}
+	if cfg.readHeaderWait < 10*time.Millisecond || cfg.readHeaderWait > 5*time.Minute {
+		bad("read-header-timeout", cfg.readHeaderWait.String(), "must be between 10ms and 5m")
 	}
 	if cfg.shutdownTimeout < 0 {
 		bad("shutdown-timeout", cfg.shutdownTimeout.String(), "must not be negative")
@@ -543,7 +549,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	proxy := &Proxy{
 		routes: routes, scheme: st.endpoint.Scheme, signer: signer, creds: cache,
 		transport: newUpstreamTransport(cfg.timeout), metrics: metrics, log: log,
-		accessLog: cfg.accessLog, retries: cfg.retries,
+		accessLog: cfg.accessLog, retries: cfg.retries, bodyTimeout: cfg.timeout,
 	}
 	metrics.GaugeFunc(metricInFlight, proxy.InFlight)
 	metrics.GaugeFunc(metricCredentialTTL, func() int64 {
@@ -566,7 +572,7 @@ func serve(ctx context.Context, st *settings, proxy *Proxy, cache *credentialCac
 	errorLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	srv := &http.Server{
 		Handler:           proxy,
-		ReadHeaderTimeout: readHeaderTimeout,
+		ReadHeaderTimeout: cfg.readHeaderWait,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          errorLog,

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -12,6 +13,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -287,5 +290,114 @@ func TestVersionAndPresign(t *testing.T) {
 	}
 	if strings.Contains(u, testSecret) {
 		t.Error("presigned URL contains the secret key")
+	}
+}
+
+func TestLoopbackIPv6AndRemoteRefused(t *testing.T) {
+	_, srv := newFakeS3(t)
+	args := []string{"-bucket", testBucket, "-region", "us-east-1", "-endpoint", srv.URL}
+	if _, err := net.Listen("tcp", "[::1]:0"); err == nil {
+		d := startDaemon(t, append(args, "-listen", "[::1]:0"), staticEnv())
+		if !strings.HasPrefix(d.addr, "[::1]:") {
+			t.Errorf("listening on %s, want [::1]", d.addr)
+		}
+	} else {
+		t.Log("no IPv6 loopback on this machine: [::1] listening not exercised")
+	}
+	for _, addr := range []string{"[::]:0", "0.0.0.0:0", ":0", "192.0.2.1:80"} {
+		err := run(t.Context(), append(args, "-listen", addr), envFrom(staticEnv()), io.Discard, io.Discard)
+		if !strings.Contains(fmt.Sprint(err), "not a loopback address") {
+			t.Errorf("-listen %s: %v, want a refusal", addr, err)
+		}
+	}
+}
+
+// TestClientAbuse: slow header senders are cut, oversize headers get 431,
+// and thousands of idle keep-alive connections do not starve a new one.
+func TestClientAbuse(t *testing.T) {
+	f, srv := newFakeS3(t)
+	f.put("k", []byte("ok"))
+	d := startDaemon(t, []string{"-bucket", testBucket, "-region", "us-east-1", "-endpoint", srv.URL, "-read-header-timeout", "200ms"}, staticEnv())
+
+	slow, err := net.Dial("tcp", d.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	fmt.Fprint(slow, "GET /k HTTP/1.1\r\nHost: x\r\n") // and never the blank line
+	slow.SetReadDeadline(time.Now().Add(3 * time.Second))
+	start := time.Now()
+	io.ReadAll(slow)
+	if waited := time.Since(start); waited > 2*time.Second {
+		t.Errorf("slow header sender kept for %v, want it cut after 200ms", waited)
+	}
+
+	resp, _ := get(t, "GET", "http://"+d.addr+"/k", http.Header{"X-Big": {strings.Repeat("b", 40<<10)}})
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("40 KiB header = %d, want 431", resp.StatusCode)
+	}
+
+	const idle = 2000
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range idle {
+		c, err := net.Dial("tcp", d.addr)
+		if err != nil {
+			t.Fatalf("after %d idle connections: %v", len(conns), err)
+		}
+		conns = append(conns, c)
+	}
+	for _, c := range conns[:100] { // some have served a request and are idle in keep-alive
+		fmt.Fprint(c, "GET /k HTTP/1.1\r\nHost: x\r\n\r\n")
+	}
+	start = time.Now()
+	resp, body := get(t, "GET", "http://"+d.addr+"/k", nil)
+	if resp.StatusCode != 200 || string(body) != "ok" {
+		t.Errorf("new request beside %d idle connections = %d %q", idle, resp.StatusCode, body)
+	}
+	t.Logf("served a new request in %v beside %d idle connections", time.Since(start), idle)
+}
+
+// TestShutdownUnderLoad: on SIGTERM every request started before the
+// signal completes.
+func TestShutdownUnderLoad(t *testing.T) {
+	f, srv := newFakeS3(t)
+	f.put("k", bytes.Repeat([]byte("z"), 100_000))
+	var entered sync.WaitGroup
+	const clients = 50
+	entered.Add(clients)
+	f.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
+		entered.Done()
+		time.Sleep(300 * time.Millisecond)
+		return false
+	}
+	d := startDaemon(t, []string{"-bucket", testBucket, "-region", "us-east-1", "-endpoint", srv.URL}, staticEnv())
+	var ok atomic.Int64
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Go(func() {
+			resp, err := http.Get("http://" + d.addr + "/k")
+			if err != nil {
+				return
+			}
+			body, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil && resp.StatusCode == 200 && len(body) == 100_000 {
+				ok.Add(1)
+			}
+		})
+	}
+	entered.Wait()
+	d.stop()
+	wg.Wait()
+	if ok.Load() != clients {
+		t.Errorf("%d of %d requests in flight at SIGTERM completed", ok.Load(), clients)
+	}
+	if err := <-d.done; err != nil {
+		t.Errorf("run = %v", err)
 	}
 }

@@ -76,6 +76,9 @@ type Proxy struct {
 	accessLog bool
 	// retries is how many times a failed attempt is repeated.
 	retries int
+	// bodyTimeout ends an attempt whose body sends nothing for this long;
+	// zero means never.
+	bodyTimeout time.Duration
 	// backoff returns the pause before retry n (1-based); nil means full
 	// jitter over 50 ms·2^(n-1), capped at 1 s.
 	backoff func(n int) time.Duration
@@ -277,12 +280,16 @@ func (p *Proxy) attempts(ctx context.Context, up *upstream, x *exchange, extra h
 			return nil, &proxyError{http.StatusServiceUnavailable, "credentials", err}
 		}
 		x.attempts++
-		req := p.newRequest(ctx, up, creds, now, extra)
+		actx, cancel := context.WithCancel(ctx)
+		req := p.newRequest(actx, up, creds, now, extra)
 		sent := p.clock()
 		resp, err := p.transport.RoundTrip(req)
 		if err == nil {
 			p.metrics.Timing(metricUpstreamTTFB, p.clock().Sub(sent))
 			x.upstreamStatus = resp.StatusCode
+			resp.Body = p.watchBody(resp.Body, cancel)
+		} else {
+			cancel()
 		}
 		if ctx.Err() != nil {
 			if resp != nil {
@@ -311,6 +318,54 @@ func (p *Proxy) attempts(ctx context.Context, up *upstream, x *exchange, extra h
 			return nil, &proxyError{499, "client_gone", err}
 		}
 	}
+}
+
+// errBodyStalled is the cause when S3 sends no body bytes for -timeout.
+var errBodyStalled = errors.New("upstream body stalled")
+
+// watchBody cancels the attempt (and so unblocks the read) when no body
+// bytes arrive for bodyTimeout: ResponseHeaderTimeout covers only the wait
+// for headers, and a stalled body would otherwise hold the client forever.
+// Closing the body ends the attempt.
+func (p *Proxy) watchBody(body io.ReadCloser, cancel context.CancelFunc) io.ReadCloser {
+	if p.bodyTimeout <= 0 {
+		return &attemptBody{ReadCloser: body, cancel: cancel}
+	}
+	b := &attemptBody{ReadCloser: body, cancel: cancel, timeout: p.bodyTimeout}
+	b.timer = time.AfterFunc(p.bodyTimeout, func() {
+		b.stalled.Store(true)
+		cancel()
+	})
+	return b
+}
+
+// attemptBody is an upstream body bound to its attempt's cancel function.
+type attemptBody struct {
+	io.ReadCloser
+	cancel  context.CancelFunc
+	timeout time.Duration
+	timer   *time.Timer
+	stalled atomic.Bool
+}
+
+func (b *attemptBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if b.timer != nil && n > 0 {
+		b.timer.Reset(b.timeout)
+	}
+	if err != nil && err != io.EOF && b.stalled.Load() {
+		err = fmt.Errorf("%w: no bytes for %v", errBodyStalled, b.timeout)
+	}
+	return n, err
+}
+
+func (b *attemptBody) Close() error {
+	if b.timer != nil {
+		b.timer.Stop()
+	}
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
 }
 
 // retryableStatus reports S3 answers worth another attempt: internal

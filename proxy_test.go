@@ -167,15 +167,16 @@ func newTestProxy(t *testing.T) *testProxy {
 	creds := newCredentials(testAKID, testSecret, testToken, time.Time{}, sourceEnvironment)
 	cache := &credentialCache{provider: staticProvider{creds}, log: slog.New(slog.DiscardHandler)}
 	p := &Proxy{
-		routes:    buildRoutes([]routeSpec{{"/", testBucket, ""}, {"/avod/", testBucket, "ads/"}}, endpoint, false),
-		scheme:    "http",
-		signer:    &Signer{Region: "us-east-1"},
-		creds:     cache,
-		transport: newUpstreamTransport(time.Second),
-		log:       slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		accessLog: true,
-		retries:   3,
-		backoff:   func(int) time.Duration { return 0 },
+		routes:      buildRoutes([]routeSpec{{"/", testBucket, ""}, {"/avod/", testBucket, "ads/"}}, endpoint, false),
+		scheme:      "http",
+		signer:      &Signer{Region: "us-east-1"},
+		creds:       cache,
+		transport:   newUpstreamTransport(time.Second),
+		log:         slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		accessLog:   true,
+		retries:     3,
+		backoff:     func(int) time.Duration { return 0 },
+		bodyTimeout: time.Second,
 	}
 	front := httptest.NewServer(p)
 	t.Cleanup(front.Close)
@@ -827,6 +828,8 @@ func benchProxy(body []byte) *Proxy {
 		transport: staticUpstream(body),
 		log:       slog.New(slog.DiscardHandler),
 		retries:   3,
+		// As in production: each upstream body is watched for stalls.
+		bodyTimeout: 5 * time.Second,
 	}
 }
 
@@ -901,5 +904,153 @@ func BenchmarkMapAndScrub(b *testing.B) {
 			b.Fatal(err)
 		}
 		copyResponseHeaders(back, s3)
+	}
+}
+
+func TestProxyStallBeforeHeadersIsRetried(t *testing.T) {
+	tp := newTestProxy(t)
+	tp.transport = newUpstreamTransport(100 * time.Millisecond)
+	tp.s3.put("k", []byte("after a stall"))
+	tp.s3.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
+		if n == 1 {
+			select {
+			case <-r.Context().Done():
+			case <-time.After(5 * time.Second):
+			}
+			return true
+		}
+		return false
+	}
+	resp, body := get(t, "GET", tp.url+"/k", nil)
+	if resp.StatusCode != 200 || string(body) != "after a stall" || len(tp.s3.received()) != 2 {
+		t.Errorf("GET = %d %q after %d attempts; want 200 on the second", resp.StatusCode, body, len(tp.s3.received()))
+	}
+}
+
+// stallAfter sends half the object (with its ETag) and then nothing.
+func stallAfter(w http.ResponseWriter, r *http.Request, obj fakeObject, n int) {
+	w.Header().Set("Etag", obj.etag)
+	w.Header().Set("Content-Length", fmt.Sprint(len(obj.body)))
+	w.WriteHeader(200)
+	w.Write(obj.body[:n])
+	w.(http.Flusher).Flush()
+	<-r.Context().Done()
+}
+
+func TestProxyStallMidBodyResumes(t *testing.T) {
+	tp := newTestProxy(t)
+	tp.bodyTimeout = 150 * time.Millisecond
+	body := bytes.Repeat([]byte("0123456789abcdef"), 10_000)
+	tp.s3.put("v.mp4", body)
+	tp.s3.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
+		if n == 1 {
+			tp.s3.mu.Lock()
+			obj := tp.s3.objects["v.mp4"]
+			tp.s3.mu.Unlock()
+			stallAfter(w, r, obj, 50_000)
+			return true
+		}
+		return false
+	}
+	resp, got := get(t, "GET", tp.url+"/v.mp4", nil)
+	if resp.StatusCode != 200 || !bytes.Equal(got, body) {
+		t.Fatalf("GET = %d, %d bytes; want the whole object", resp.StatusCode, len(got))
+	}
+	if !strings.Contains(tp.logs.String(), "upstream body stalled") || !strings.Contains(tp.logs.String(), "resumes=1") {
+		t.Errorf("log does not show the stall and the resume:\n%s", tp.logs)
+	}
+}
+
+// faultyTCP is a TCP proxy in front of an upstream whose connections can be
+// reset: resetAfter(i) for the i-th connection (0-based) returns how many
+// upstream bytes pass before a reset; 0 resets at once, -1 never.
+type faultyTCP struct {
+	ln         net.Listener
+	target     string
+	resetAfter func(i int) int64
+	resets     atomic.Int64
+}
+
+func newFaultyTCP(t *testing.T, target string, resetAfter func(int) int64) *faultyTCP {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &faultyTCP{ln: ln, target: target, resetAfter: resetAfter}
+	t.Cleanup(func() { ln.Close() })
+	go f.serve()
+	return f
+}
+
+func (f *faultyTCP) serve() {
+	for i := 0; ; i++ {
+		c, err := f.ln.Accept()
+		if err != nil {
+			return
+		}
+		go f.handle(c.(*net.TCPConn), f.resetAfter(i))
+	}
+}
+
+func (f *faultyTCP) reset(c *net.TCPConn) {
+	f.resets.Add(1)
+	c.SetLinger(0) // close with RST
+	c.Close()
+}
+
+func (f *faultyTCP) handle(c *net.TCPConn, after int64) {
+	if after == 0 {
+		f.reset(c)
+		return
+	}
+	up, err := net.Dial("tcp", f.target)
+	if err != nil {
+		c.Close()
+		return
+	}
+	go func() { io.Copy(up, c); up.Close() }()
+	if after < 0 {
+		io.Copy(c, up)
+		c.Close()
+		return
+	}
+	io.CopyN(c, up, after)
+	up.Close()
+	f.reset(c)
+}
+
+func TestProxyResetBeforeHeadersIsRetried(t *testing.T) {
+	tp := newTestProxy(t)
+	tp.s3.put("k", []byte("after a reset"))
+	s3Addr := tp.routes[0].host
+	faulty := newFaultyTCP(t, s3Addr, func(i int) int64 {
+		if i == 0 {
+			return 0
+		}
+		return -1
+	})
+	for i := range tp.routes {
+		tp.routes[i].host = faulty.ln.Addr().String()
+	}
+	// The signature covers the Host, which is now the fault proxy's.
+	resp, body := get(t, "GET", tp.url+"/k", nil)
+	if resp.StatusCode != 200 || string(body) != "after a reset" || faulty.resets.Load() != 1 {
+		t.Errorf("GET = %d %q with %d resets; want 200 after one reset", resp.StatusCode, body, faulty.resets.Load())
+	}
+}
+
+func TestProxyManyHeadersServed(t *testing.T) {
+	tp := newTestProxy(t)
+	tp.s3.put("k", []byte("ok"))
+	h := http.Header{}
+	for i := range 200 {
+		h.Set(fmt.Sprintf("X-Header-%d", i), "value")
+	}
+	if resp, body := get(t, "GET", tp.url+"/k", h); resp.StatusCode != 200 || string(body) != "ok" {
+		t.Errorf("GET with 200 headers = %d %q", resp.StatusCode, body)
+	}
+	if up := tp.s3.received()[0]; len(up.Header) > 8 {
+		t.Errorf("upstream received %d headers, want only ours", len(up.Header))
 	}
 }
