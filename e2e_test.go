@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
@@ -264,18 +265,7 @@ func TestE2EUnusualKeys(t *testing.T) {
 // emulator crashes on concurrent token requests.
 func rewriteIMDS(t *testing.T, env *e2eEnv, akid, secret, token string, expires time.Time) {
 	t.Helper()
-	raw, err := os.ReadFile(env.imdsConfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cfg map[string]any
-	if err := json.Unmarshal(raw, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	creds := cfg["metadata"].(map[string]any)["values"].(map[string]any)["iam-security-credentials"].(map[string]any)
-	creds["AccessKeyId"], creds["SecretAccessKey"], creds["Token"] = akid, secret, token
-	creds["Expiration"] = expires.UTC().Format(time.RFC3339)
-	writeJSONAtomic(t, env.imdsConfig, cfg)
+	writeIMDSConfig(t, env, akid, secret, token, expires)
 	client := &imdsClient{endpoint: env.imds, role: "sidecar-role"}
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
@@ -497,4 +487,165 @@ func scanForSecrets(env *e2eEnv, logsDir string) error {
 		}
 	}
 	return nil
+}
+
+// TestE2ESoak runs mixed GET/HEAD/Range traffic at 256 connections through
+// s3-helper to versitygw for S3H_SOAK (default 2m; 0 skips), rotating the
+// role session every 20 s and resetting about 1% of responses mid-body on
+// the upstream side. Every body is checked byte for byte.
+func TestE2ESoak(t *testing.T) {
+	env := needE2E(t)
+	duration := 2 * time.Minute
+	if v := os.Getenv("S3H_SOAK"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("S3H_SOAK=%q: %v", v, err)
+		}
+		duration = d
+	}
+	if duration == 0 {
+		t.Skip("S3H_SOAK=0: soak not run")
+	}
+	restoreIMDS(t, env)
+	big, mp4 := readSeed(t, env, "big.bin"), readSeed(t, env, "sample.mp4")
+
+	// About one response in a hundred is cut: each upstream connection is
+	// reset after a random budget averaging 100 responses' worth of bytes.
+	const meanResponseBytes = 100 << 10
+	var rngMu sync.Mutex
+	rng := rand.New(rand.NewPCG(42, 7))
+	faulty := newFaultyTCP(t, strings.TrimPrefix(env.s3, "http://"), func(int) int64 {
+		rngMu.Lock()
+		defer rngMu.Unlock()
+		return 1 + int64(rng.ExpFloat64()*100*meanResponseBytes)
+	})
+
+	session := func(k int, now time.Time) {
+		akid := fmt.Sprintf("ASIASOAK%012d", k)
+		secret := fmt.Sprintf("soak-secret-%d-0123456789abcdefghijklmnopq", k)
+		token := fmt.Sprintf("soak-token-%d-%s", k, env.token[:16])
+		editSessions(t, env, akid, secret, token, now.Add(40*time.Second))
+		writeIMDSConfig(t, env, akid, secret, token, now.Add(40*time.Second))
+	}
+	session(0, time.Now())
+	time.Sleep(1500 * time.Millisecond) // the emulator re-reads its config within a second
+	h := startHelper(t, env, "127.0.0.1:0", "-endpoint", "http://"+faulty.ln.Addr().String(),
+		"-refresh-before", "15s", "-access-log=false")
+	pid := h.cmd.Process.Pid
+
+	var requests, wrong, failed atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true}, Timeout: 30 * time.Second}
+	for w := range 256 {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(uint64(w), 99))
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				requests.Add(1)
+				ok, bad := soakOnce(client, h, r, big, mp4)
+				if bad {
+					wrong.Add(1)
+				} else if !ok {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	begin := time.Now()
+	var rss []float64
+	for k := 1; time.Since(begin) < duration; k++ {
+		time.Sleep(min(20*time.Second, duration-time.Since(begin)))
+		rss = append(rss, vmKiB(pid, "VmRSS:")/1024)
+		if time.Since(begin) < duration {
+			session(k, time.Now())
+		}
+	}
+	close(stop)
+	wg.Wait()
+	resumes := strings.Count(h.logs.String(), "resuming upstream body")
+	peak := vmKiB(pid, "VmHWM:") / 1024
+	t.Logf("soak %v: %d requests, %d resumes after %d upstream resets, %d failed, %d wrong bodies; RSS every 20 s %v MiB, peak %.1f MiB",
+		duration, requests.Load(), resumes, faulty.resets.Load(), failed.Load(), wrong.Load(), rss, peak)
+	if wrong.Load() != 0 || failed.Load() != 0 {
+		t.Errorf("%d wrong bodies and %d failures; want none", wrong.Load(), failed.Load())
+	}
+	if len(rss) >= 3 && rss[len(rss)-1] > 1.5*rss[1]+16 {
+		t.Errorf("memory grew: RSS %v MiB", rss)
+	}
+	if faulty.resets.Load() == 0 || resumes == 0 {
+		t.Errorf("no upstream reset (%d) or resume (%d) happened: the fault injection did not work", faulty.resets.Load(), resumes)
+	}
+}
+
+// soakOnce makes one random request and checks the answer: ok when it
+// succeeded, bad when a body or length was wrong.
+func soakOnce(client *http.Client, h *helperProcess, r *rand.Rand, big, mp4 []byte) (ok, bad bool) {
+	var req *http.Request
+	var want []byte
+	switch p := r.IntN(100); {
+	case p < 70:
+		from := r.IntN(len(big) - 4096)
+		to := min(from+4096+r.IntN(256<<10), len(big)) - 1
+		req, _ = http.NewRequest("GET", h.url("/big.bin"), nil)
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", from, to))
+		want = big[from : to+1]
+	case p < 85:
+		req, _ = http.NewRequest("GET", h.url("/sample.mp4"), nil)
+		want = mp4
+	default:
+		req, _ = http.NewRequest("HEAD", h.url("/big.bin"), nil)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return false, false
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode >= 300 {
+		return false, false // visibly failed: never silently wrong
+	}
+	if req.Method == "HEAD" {
+		return true, resp.ContentLength != int64(len(big)) || len(body) != 0
+	}
+	return true, !bytes.Equal(body, want)
+}
+
+// writeIMDSConfig changes what the emulator serves without asking it: the
+// soak's s3-helper is talking to it, and the emulator crashes on concurrent
+// token requests.
+func writeIMDSConfig(t *testing.T, env *e2eEnv, akid, secret, token string, expires time.Time) {
+	t.Helper()
+	raw, err := os.ReadFile(env.imdsConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	creds := cfg["metadata"].(map[string]any)["values"].(map[string]any)["iam-security-credentials"].(map[string]any)
+	creds["AccessKeyId"], creds["SecretAccessKey"], creds["Token"] = akid, secret, token
+	creds["Expiration"] = expires.UTC().Format(time.RFC3339)
+	writeJSONAtomic(t, env.imdsConfig, cfg)
+}
+
+// vmKiB reads a /proc/PID/status field in KiB.
+func vmKiB(pid int, field string) float64 {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return -1
+	}
+	for line := range strings.SplitSeq(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, field); ok {
+			var kb float64
+			fmt.Sscanf(strings.TrimSpace(v), "%f", &kb)
+			return kb
+		}
+	}
+	return -1
 }
