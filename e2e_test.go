@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -134,17 +135,7 @@ func startHelper(t *testing.T, env *e2eEnv, listen string, extra ...string) *hel
 	})
 	deadline := time.Now().Add(10 * time.Second)
 	for (h.addr == "" || h.admin == "") && time.Now().Before(deadline) {
-		for line := range strings.SplitSeq(h.logs.String(), "\n") {
-			var entry struct{ Msg, Addr string }
-			if json.Unmarshal([]byte(line), &entry) == nil {
-				switch entry.Msg {
-				case "listening":
-					h.addr = entry.Addr
-				case "admin listening":
-					h.admin = entry.Addr
-				}
-			}
-		}
+		h.addr, h.admin = listenAddrs(h.logs.String())
 		time.Sleep(10 * time.Millisecond)
 	}
 	if h.addr == "" {
@@ -297,28 +288,32 @@ func writeJSONAtomic(t *testing.T, path string, v any) {
 // IAM store; versitygw re-reads it on every lookup.
 func editSessions(t *testing.T, env *e2eEnv, akid, secret, token string, expires time.Time) {
 	t.Helper()
-	raw, err := os.ReadFile(env.iamFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var store map[string]any
-	if err := json.Unmarshal(raw, &store); err != nil {
-		t.Fatal(err)
-	}
-	sessions := store["sessions"].(map[string]any)
-	if expires.IsZero() {
-		delete(sessions, akid)
-	} else {
-		template := sessions[env.akid].(map[string]any)
-		s := map[string]any{}
-		for k, v := range template {
-			s[k] = v
+	editJSON(t, env.iamFile, func(store map[string]any) {
+		sessions := store["sessions"].(map[string]any)
+		if expires.IsZero() {
+			delete(sessions, akid)
+			return
 		}
+		s := maps.Clone(sessions[env.akid].(map[string]any))
 		s["accessKeyId"], s["secretAccessKey"], s["sessionToken"] = akid, secret, token
 		s["expiration"] = expires.UTC().Format(time.RFC3339)
 		sessions[akid] = s
+	})
+}
+
+// editJSON rewrites a JSON file through edit, atomically.
+func editJSON(t *testing.T, path string, edit func(map[string]any)) {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
 	}
-	writeJSONAtomic(t, env.iamFile, store)
+	var v map[string]any
+	if err := json.Unmarshal(raw, &v); err != nil {
+		t.Fatal(err)
+	}
+	edit(v)
+	writeJSONAtomic(t, path, v)
 }
 
 func restoreIMDS(t *testing.T, env *e2eEnv) {
@@ -620,18 +615,11 @@ func soakOnce(client *http.Client, h *helperProcess, r *rand.Rand, big, mp4 []by
 // token requests.
 func writeIMDSConfig(t *testing.T, env *e2eEnv, akid, secret, token string, expires time.Time) {
 	t.Helper()
-	raw, err := os.ReadFile(env.imdsConfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cfg map[string]any
-	if err := json.Unmarshal(raw, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	creds := cfg["metadata"].(map[string]any)["values"].(map[string]any)["iam-security-credentials"].(map[string]any)
-	creds["AccessKeyId"], creds["SecretAccessKey"], creds["Token"] = akid, secret, token
-	creds["Expiration"] = expires.UTC().Format(time.RFC3339)
-	writeJSONAtomic(t, env.imdsConfig, cfg)
+	editJSON(t, env.imdsConfig, func(cfg map[string]any) {
+		creds := cfg["metadata"].(map[string]any)["values"].(map[string]any)["iam-security-credentials"].(map[string]any)
+		creds["AccessKeyId"], creds["SecretAccessKey"], creds["Token"] = akid, secret, token
+		creds["Expiration"] = expires.UTC().Format(time.RFC3339)
+	})
 }
 
 // vmKiB reads a /proc/PID/status field in KiB.

@@ -645,15 +645,18 @@ func removeStaleSocket(path string) {
 func adminHandler(cache *credentialCache, withPprof bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		ok, reason := cache.Status(time.Now()).Healthy()
+		st := cache.Status(time.Now())
+		ok, reason := st.Healthy()
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
 		if !ok {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			fmt.Fprintln(w, "unhealthy:", reason)
-			return
+		} else {
+			fmt.Fprintln(w, "ok:", reason)
 		}
-		fmt.Fprintln(w, "ok:", reason)
+		fmt.Fprintf(w, "source=%s access_key_id=%s age=%s expires_in=%s extended=%t refreshes=%d failures=%d\n",
+			st.Source, st.AccessKeyID, st.Age.Round(time.Second), expiresText(st.ExpiresIn), st.Extended, st.Refreshes, st.Failures)
 	})
 	if withPprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)

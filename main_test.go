@@ -118,17 +118,7 @@ func startDaemon(t *testing.T, args []string, env map[string]string) *daemon {
 	go func() { d.done <- run(ctx, args, envFrom(env), io.Discard, d.logs) }()
 	deadline := time.Now().Add(5 * time.Second)
 	for d.addr == "" && time.Now().Before(deadline) {
-		for line := range strings.SplitSeq(d.logs.String(), "\n") {
-			var entry struct{ Msg, Addr string }
-			if json.Unmarshal([]byte(line), &entry) == nil {
-				switch entry.Msg {
-				case "listening":
-					d.addr = entry.Addr
-				case "admin listening":
-					d.admin = entry.Addr
-				}
-			}
-		}
+		d.addr, d.admin = listenAddrs(d.logs.String())
 		select {
 		case err := <-d.done:
 			t.Fatalf("run ended early: %v\n%s", err, d.logs)
@@ -141,6 +131,22 @@ func startDaemon(t *testing.T, args []string, env map[string]string) *daemon {
 	}
 	t.Cleanup(func() { cancel() })
 	return d
+}
+
+// listenAddrs reads the proxy and admin addresses from JSON log lines.
+func listenAddrs(logs string) (addr, admin string) {
+	for line := range strings.SplitSeq(logs, "\n") {
+		var entry struct{ Msg, Addr string }
+		if json.Unmarshal([]byte(line), &entry) == nil {
+			switch entry.Msg {
+			case "listening":
+				addr = entry.Addr
+			case "admin listening":
+				admin = entry.Addr
+			}
+		}
+	}
+	return addr, admin
 }
 
 func staticEnv() map[string]string {

@@ -1054,3 +1054,24 @@ func TestProxyManyHeadersServed(t *testing.T) {
 		t.Errorf("upstream received %d headers, want only ours", len(up.Header))
 	}
 }
+
+// TestProxyEmitsMetrics checks the proxy's statsd lines on a real socket.
+func TestProxyEmitsMetrics(t *testing.T) {
+	tp := newTestProxy(t)
+	ln, conn := udpListener(t)
+	tp.metrics = NewMetrics(conn, "s3helper", "", time.Hour)
+	tp.s3.put("k", []byte("12345"))
+	get(t, "GET", tp.url+"/k", nil)
+	get(t, "GET", tp.url+"/missing", nil)
+	tp.metrics.Close()
+	var got strings.Builder
+	for _, p := range readPackets(t, ln, 8) {
+		got.WriteString(p)
+	}
+	for _, want := range []string{"s3helper.requests.GET.200:1|c\n", "s3helper.bytes_out:5|c\n", "s3helper.requests.GET.404:1|c\n",
+		"s3helper.upstream.s3_errors.NoSuchKey:1|c\n", "s3helper.request_ms:", "s3helper.upstream_ttfb_ms:"} {
+		if !strings.Contains(got.String(), want) {
+			t.Errorf("metrics lack %q:\n%s", want, got.String())
+		}
+	}
+}
