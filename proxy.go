@@ -446,14 +446,21 @@ func s3ErrorCode(resp *http.Response) string {
 // own; successes stream the body.
 func (p *Proxy) respond(w http.ResponseWriter, r *http.Request, resp *http.Response, up *upstream, x *exchange) {
 	x.status = resp.StatusCode
-	if resp.StatusCode >= 400 {
+	redirect := resp.StatusCode >= 300 && resp.StatusCode < 400 && resp.StatusCode != http.StatusNotModified
+	if resp.StatusCode >= 400 || redirect {
 		if x.s3Code == "" && resp.Body != nil {
 			x.s3Code = s3ErrorCode(resp)
 		}
 		resp.Body.Close()
 		p.metrics.Count2(metricS3Errors, codeOrStatus(x.s3Code, resp.StatusCode), "", 1)
 		x.err = fmt.Errorf("S3 answered %d %s", resp.StatusCode, x.s3Code)
-		writeText(w, r, resp.StatusCode)
+		if redirect {
+			// 301 PermanentRedirect and 307 TemporaryRedirect: nginx cannot
+			// follow them, and they mean our configuration is wrong.
+			x.err = fmt.Errorf("%w: the bucket is in another region than -region, or -endpoint is wrong", x.err)
+			x.status = http.StatusBadGateway
+		}
+		writeText(w, r, x.status)
 		return
 	}
 	copyResponseHeaders(w.Header(), resp.Header)

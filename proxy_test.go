@@ -1075,3 +1075,19 @@ func TestProxyEmitsMetrics(t *testing.T) {
 		}
 	}
 }
+
+func TestProxyRedirectIsAConfigurationError(t *testing.T) {
+	tp := newTestProxy(t)
+	tp.s3.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
+		w.Header().Set("X-Amz-Bucket-Region", "eu-west-1")
+		s3Error(w, http.StatusMovedPermanently, "PermanentRedirect", "The bucket you are attempting to access must be addressed using the specified endpoint.")
+		return true
+	}
+	resp, body := get(t, "GET", tp.url+"/k", nil)
+	if resp.StatusCode != http.StatusBadGateway || resp.Header.Get("Location") != "" {
+		t.Errorf("S3 301 = %d %q, want 502", resp.StatusCode, body)
+	}
+	if !strings.Contains(tp.logs.String(), "another region than -region") || !strings.Contains(tp.logs.String(), "PermanentRedirect") {
+		t.Errorf("log does not explain the redirect:\n%s", tp.logs)
+	}
+}

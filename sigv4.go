@@ -569,11 +569,13 @@ func (s *Signer) Presign(in signingRequest, creds *Credentials, t time.Time, exp
 	if expires < time.Second || expires > maxPresignExpiry {
 		return "", fmt.Errorf("presign expiry %v: must be between 1s and %v", expires, maxPresignExpiry)
 	}
+	if in.query != "" {
+		return "", errors.New("presign: the request must have no query of its own")
+	}
 	if in.payloadHash == "" {
 		in.payloadHash = unsignedPayload
 	}
-	sig := s.explainPresign(&in, creds, t, expires)
-	return sig.query, nil
+	return s.explainPresign(&in, nil, creds, t, expires).query, nil
 }
 
 // presignature is a presigning's stages plus the final query string.
@@ -582,10 +584,9 @@ type presignature struct {
 	query string
 }
 
-// explainPresign adds the X-Amz-* query parameters to in's query, signs, and
-// returns every stage; in.query must hold the request's own parameters in
-// canonical form.
-func (s *Signer) explainPresign(in *signingRequest, creds *Credentials, t time.Time, expires time.Duration) presignature {
+// explainPresign signs in with its own query parameters own plus the
+// X-Amz-* ones and returns every stage; in.query is replaced.
+func (s *Signer) explainPresign(in *signingRequest, own []queryParam, creds *Credentials, t time.Time, expires time.Duration) presignature {
 	t = t.UTC()
 	date := t.Format(shortDateFormat)
 	var f signedFields
@@ -600,10 +601,6 @@ func (s *Signer) explainPresign(in *signingRequest, creds *Credentials, t time.T
 	}
 	if creds.SessionToken != "" {
 		params = append(params, queryParam{"X-Amz-Security-Token", creds.SessionToken})
-	}
-	own, err := parseCanonicalQuery(in.query)
-	if err != nil {
-		own = nil // in.query comes from canonicalQuery, so it always parses
 	}
 	withAuth := *in
 	withAuth.query = canonicalQuery(append(own, params...))

@@ -117,7 +117,7 @@ func TestPresignedGetExample(t *testing.T) {
 	creds := newCredentials(docsAccessKeyID, docsSecret, "", time.Time{}, sourceEnvironment)
 	s := &Signer{Region: "us-east-1"}
 	in := signingRequest{method: "GET", host: docsHost, uri: "/test.txt", payloadHash: unsignedPayload}
-	got := s.explainPresign(&in, creds, docsTime, 86400*time.Second)
+	got := s.explainPresign(&in, nil, creds, docsTime, 86400*time.Second)
 	compareStages(t, got.signature,
 		"GET\n/test.txt\nX-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host\nhost:examplebucket.s3.amazonaws.com\n\nhost\nUNSIGNED-PAYLOAD",
 		"AWS4-HMAC-SHA256\n20130524T000000Z\n20130524/us-east-1/s3/aws4_request\n3bfa292879f6447bbcda7001decf97f4a54dc650c8942174ae0a9121cf58ad04",
@@ -454,11 +454,11 @@ func presignLoaded(v suiteVector, payloadHash string, expires time.Duration) sig
 	creds := newCredentials(suiteAccessKeyID, suiteSecret, v.token, time.Time{}, sourceEnvironment)
 	s := &Signer{Region: "us-east-1", Service: "service"}
 	in := &signingRequest{method: v.method, host: v.host, uri: string(appendURIEncoded(nil, v.path, true)),
-		query: canonicalQuery(params), headers: v.headers, payloadHash: payloadHash}
+		headers: v.headers, payloadHash: payloadHash}
 	if in.payloadHash == "" { // presigning for S3 would use UNSIGNED-PAYLOAD; the suite does not
 		in.payloadHash = emptyPayloadHash
 	}
-	return s.explainPresign(in, creds, suiteTime, expires).signature
+	return s.explainPresign(in, params, creds, suiteTime, expires).signature
 }
 
 // TestCanonicalURI pins the S3 key encoding on the keys peers got wrong.
