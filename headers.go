@@ -143,6 +143,7 @@ func filterQuery(raw string) (kept []queryParam, dropped int, err error) {
 	return kept, dropped, nil
 }
 
+// isAllowedQueryParam reports whether a GetObject parameter may pass.
 func isAllowedQueryParam(name string) bool {
 	for _, p := range allowedQueryParams {
 		if p == name {

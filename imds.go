@@ -175,7 +175,8 @@ type imdsClient struct {
 	// now is the clock; nil means time.Now.
 	now func() time.Time
 
-	mu sync.Mutex // guards token and tokenExpires
+	clientOnce sync.Once
+	mu         sync.Mutex // guards token and tokenExpires
 	// token is the IMDSv2 session token; it is a secret.
 	token        string
 	tokenExpires time.Time
@@ -187,6 +188,7 @@ type imdsStatusError struct {
 	status int
 }
 
+// Error names the operation and the status.
 func (e *imdsStatusError) Error() string {
 	return fmt.Sprintf("%s: IMDS answered %d %s", e.op, e.status, http.StatusText(e.status))
 }
@@ -200,6 +202,7 @@ var errHopLimit = errors.New("no answer to the IMDSv2 token PUT: inside a contai
 	"'aws ec2 modify-instance-metadata-options --instance-id ID --http-put-response-hop-limit 2' " +
 	"or use host networking")
 
+// newIMDSHTTPClient fails fast and never uses an HTTP proxy or follows a redirect.
 func newIMDSHTTPClient() *http.Client {
 	return &http.Client{
 		Timeout: fetchTimeout,
@@ -215,13 +218,17 @@ func newIMDSHTTPClient() *http.Client {
 	}
 }
 
+// httpClient returns c.client, creating the default once.
 func (c *imdsClient) httpClient() *http.Client {
-	if c.client == nil {
-		c.client = newIMDSHTTPClient()
-	}
+	c.clientOnce.Do(func() {
+		if c.client == nil {
+			c.client = newIMDSHTTPClient()
+		}
+	})
 	return c.client
 }
 
+// clock reads the injected clock.
 func (c *imdsClient) clock() time.Time {
 	if c.now == nil {
 		return time.Now()
@@ -263,6 +270,7 @@ func (c *imdsClient) sessionToken(ctx context.Context) (string, error) {
 	return token, nil
 }
 
+// dropToken forgets the IMDS token after IMDS refused it.
 func (c *imdsClient) dropToken() {
 	c.mu.Lock()
 	c.token = ""
@@ -415,6 +423,7 @@ type cachedCredentials struct {
 	extended    bool
 }
 
+// usable reports whether the set may sign requests at now.
 func (cc *cachedCredentials) usable(now time.Time) bool {
 	return cc != nil && (cc.usableUntil.IsZero() || now.Before(cc.usableUntil))
 }
@@ -455,6 +464,7 @@ type credentialCache struct {
 	wg sync.WaitGroup
 }
 
+// clock reads the injected clock.
 func (c *credentialCache) clock() time.Time {
 	if c.now == nil {
 		return time.Now()
@@ -462,6 +472,7 @@ func (c *credentialCache) clock() time.Time {
 	return c.now()
 }
 
+// jitter returns a uniform number in [0, 1) from the injected source.
 func (c *credentialCache) jitter() float64 {
 	if c.rand == nil {
 		return rand.Float64()
@@ -469,6 +480,7 @@ func (c *credentialCache) jitter() float64 {
 	return c.rand()
 }
 
+// logger returns the injected logger or the default.
 func (c *credentialCache) logger() *slog.Logger {
 	if c.log == nil {
 		return slog.Default()
@@ -476,6 +488,7 @@ func (c *credentialCache) logger() *slog.Logger {
 	return c.log
 }
 
+// window returns -refresh-before, 15 minutes by default.
 func (c *credentialCache) window() time.Duration {
 	if c.refreshBefore <= 0 {
 		return defaultRefreshBefore
@@ -739,17 +752,16 @@ type credentialStatus struct {
 	Extended    bool
 	Age         time.Duration
 	// ExpiresIn is zero for credentials that never expire.
-	ExpiresIn  time.Duration
-	LastError  string
-	Refreshes  int64
-	Failures   int64
-	NextChange time.Time
+	ExpiresIn time.Duration
+	LastError string
+	Refreshes int64
+	Failures  int64
 }
 
 // Status reports the cache's state at now.
 func (c *credentialCache) Status(now time.Time) credentialStatus {
 	c.mu.Lock()
-	st := credentialStatus{Refreshes: c.refreshes, Failures: c.failures, NextChange: c.nextRefresh}
+	st := credentialStatus{Refreshes: c.refreshes, Failures: c.failures}
 	if c.lastErr != nil {
 		st.LastError = c.lastErr.Error()
 	}
@@ -782,6 +794,7 @@ func (st credentialStatus) Healthy() (bool, string) {
 	return true, fmt.Sprintf("credentials from %s, expire in %s", st.Source, expiresText(st.ExpiresIn))
 }
 
+// expiresText formats a time to expiry; zero is "never".
 func expiresText(d time.Duration) string {
 	if d == 0 {
 		return "never"

@@ -47,6 +47,7 @@ const (
 	upstreamIdleTimeout = 90 * time.Second
 )
 
+// main runs the daemon until SIGINT or SIGTERM; exit status 2 means bad configuration.
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
@@ -67,13 +68,19 @@ func main() {
 // configError wraps every invalid-configuration problem; main exits 2.
 type configError struct{ err error }
 
+// Error lists every configuration problem, one a line.
 func (e configError) Error() string { return "invalid configuration:\n" + e.err.Error() }
+
+// Unwrap returns the joined problems.
 func (e configError) Unwrap() error { return e.err }
 
 // routeFlags collects repeatable -route values.
 type routeFlags []string
 
-func (r *routeFlags) String() string     { return strings.Join(*r, ",") }
+// String joins the routes given so far.
+func (r *routeFlags) String() string { return strings.Join(*r, ",") }
+
+// Set adds one -route value; parseRoute checks it later with the rest.
 func (r *routeFlags) Set(v string) error { *r = append(*r, v); return nil }
 
 // config is the parsed command line.
@@ -106,6 +113,7 @@ type config struct {
 	presignExpires  time.Duration
 }
 
+// newFlagSet defines every flag, writing into cfg.
 func newFlagSet(cfg *config, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("s3-helper", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -311,6 +319,7 @@ func validate(cfg *config, getenv func(string) string) (*settings, error) {
 	return s, nil
 }
 
+// firstNonEmpty returns the first non-empty value, or "".
 func firstNonEmpty(vs ...string) string {
 	for _, v := range vs {
 		if v != "" {
@@ -335,6 +344,7 @@ func checkListenAddr(addr string, allowRemote bool) error {
 	return errors.New("not a loopback address; add -allow-remote to serve other hosts")
 }
 
+// isLoopbackHost reports whether host is localhost or a loopback IP (127.0.0.0/8, ::1).
 func isLoopbackHost(host string) bool {
 	if host == "localhost" {
 		return true
@@ -372,6 +382,7 @@ func dnsCompatibleBucket(b string) bool {
 	return true
 }
 
+// checkKeyPrefix applies the client-key rules to a configured key prefix.
 func checkKeyPrefix(p string) error {
 	if p == "" {
 		return nil
@@ -407,6 +418,7 @@ func parseRoute(v string) (routeSpec, error) {
 	return routeSpec{prefix, bucket, keyPrefix}, nil
 }
 
+// isRegionName reports whether r looks like an AWS region name.
 func isRegionName(r string) bool {
 	for i := 0; i < len(r); i++ {
 		c := r[i]
@@ -460,6 +472,7 @@ func buildRoutes(specs []routeSpec, endpoint *url.URL, forcePath bool) []route {
 	return routes
 }
 
+// newLogger returns a slog logger in the -log-format on w.
 func newLogger(w io.Writer, format string, level slog.Leveler) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: level}
 	if format == "json" {
@@ -468,6 +481,7 @@ func newLogger(w io.Writer, format string, level slog.Leveler) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
+// newUpstreamTransport is the one keep-alive Transport all S3 requests share.
 func newUpstreamTransport(timeout time.Duration) *http.Transport {
 	return &http.Transport{
 		Proxy:                 nil, // S3 is reached directly; a stray HTTPS_PROXY must not see signed requests
@@ -619,6 +633,7 @@ func serve(ctx context.Context, st *settings, proxy *Proxy, cache *credentialCac
 	return shutdownErr
 }
 
+// credentialSourceName names the credential source for the start-up log, never a value.
 func credentialSourceName(st *settings) string {
 	if st.static != nil {
 		return sourceEnvironment
@@ -626,6 +641,7 @@ func credentialSourceName(st *settings) string {
 	return sourceIMDS + " " + st.imdsEndpoint
 }
 
+// isLoopbackListener reports whether a listener only accepts local connections.
 func isLoopbackListener(a net.Addr) bool {
 	if t, ok := a.(*net.TCPAddr); ok {
 		return t.IP.IsLoopback()

@@ -231,6 +231,7 @@ func (m *Metrics) write(p []byte) {
 	}
 }
 
+// countLines counts the statsd lines in a packet.
 func countLines(p []byte) int {
 	n := 0
 	for _, c := range p {

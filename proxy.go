@@ -97,7 +97,10 @@ type proxyError struct {
 	err  error
 }
 
+// Error names the failure class and its cause.
 func (e *proxyError) Error() string { return e.kind + ": " + e.err.Error() }
+
+// Unwrap returns the cause.
 func (e *proxyError) Unwrap() error { return e.err }
 
 // exchange is the state of one client request.
@@ -116,6 +119,7 @@ type exchange struct {
 	err            error
 }
 
+// clock reads the injected clock.
 func (p *Proxy) clock() time.Time {
 	if p.now == nil {
 		return time.Now()
@@ -165,7 +169,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	up.uri = rt.uriPrefix + canonicalURI(rt.keyPrefix+key)
 	up.query = canonicalQuery(params)
-	resp, err := p.roundTrip(r.Context(), &up, &x)
+	resp, err := p.attempts(r.Context(), &up, &x, nil)
 	if err != nil {
 		p.fail(w, r, &x, err)
 		return
@@ -261,14 +265,10 @@ func (p *Proxy) newRequest(ctx context.Context, up *upstream, creds *Credentials
 	return req
 }
 
-// roundTrip sends the request, retrying connect errors, header timeouts
-// and 500/502/503/504 with a fresh signature each time. It returns the
-// final response, whatever its status, or an error only when no response
-// came.
-func (p *Proxy) roundTrip(ctx context.Context, up *upstream, x *exchange) (*http.Response, error) {
-	return p.attempts(ctx, up, x, nil)
-}
-
+// attempts sends the request, retrying connect errors, header timeouts
+// and 500/502/503/504 with a fresh signature each time. extra headers (a
+// resume's Range and If-Match) replace the client's. It returns the final
+// response, whatever its status, or an error only when no response came.
 func (p *Proxy) attempts(ctx context.Context, up *upstream, x *exchange, extra http.Header) (*http.Response, error) {
 	for n := 0; ; n++ {
 		now := p.clock()
@@ -348,6 +348,7 @@ type attemptBody struct {
 	stalled atomic.Bool
 }
 
+// Read restarts the stall timer on progress and names a stall as the cause.
 func (b *attemptBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if b.timer != nil && n > 0 {
@@ -359,6 +360,7 @@ func (b *attemptBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Close ends the attempt.
 func (b *attemptBody) Close() error {
 	if b.timer != nil {
 		b.timer.Stop()
@@ -395,6 +397,7 @@ func classifyUpstream(err error, resp *http.Response) *proxyError {
 	return &proxyError{http.StatusBadGateway, "transport", err}
 }
 
+// retryPause is full jitter over 50 ms doubling per retry, capped at 1 s.
 func (p *Proxy) retryPause(n int) time.Duration {
 	if p.backoff != nil {
 		return p.backoff(n)
@@ -472,6 +475,7 @@ func (p *Proxy) respond(w http.ResponseWriter, r *http.Request, resp *http.Respo
 	p.stream(r.Context(), w, resp, up, x)
 }
 
+// codeOrStatus names an S3 error by its code, or by its status when it has none (HEAD).
 func codeOrStatus(code string, status int) string {
 	if code != "" {
 		return code
@@ -559,6 +563,7 @@ func copyBody(w io.Writer, src io.Reader, buf []byte) (int64, error) {
 	}
 }
 
+// getBuffer takes a copy buffer from the pool.
 func (p *Proxy) getBuffer() *[]byte {
 	if b, ok := p.bufs.Get().(*[]byte); ok {
 		return b
@@ -577,6 +582,7 @@ type resumePlan struct {
 	done int64
 }
 
+// complete reports whether every byte of a known-length response was delivered.
 func (r *resumePlan) complete() bool { return r.last >= 0 && r.first+r.done > r.last }
 
 // planResume reads the ETag and range of a 200 or 206; resuming without an

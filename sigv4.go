@@ -151,6 +151,7 @@ func canonicalQuery(params []queryParam) string {
 	return b.String()
 }
 
+// queryLess orders encoded parameters by name, then value.
 func queryLess(a, b queryParam) bool {
 	if a.name != b.name {
 		return a.name < b.name
@@ -247,6 +248,7 @@ type signBuf struct {
 	out  []byte // amzDate followed by the Authorization value
 }
 
+// service returns the signing name, "s3" by default.
 func (s *Signer) service() string {
 	if s.Service == "" {
 		return serviceS3
@@ -328,6 +330,7 @@ func (s *Signer) explain(in *signingRequest, creds *Credentials, t time.Time, he
 	}
 }
 
+// getBuf takes a signing buffer from the pool.
 func (s *Signer) getBuf() *signBuf {
 	if b, ok := s.bufs.Get().(*signBuf); ok {
 		return b
@@ -335,6 +338,7 @@ func (s *Signer) getBuf() *signBuf {
 	return &signBuf{creq: make([]byte, 0, 1024), sts: make([]byte, 0, 256), out: make([]byte, 0, 512)}
 }
 
+// payloadHashOrEmpty returns the payload hash, the empty-body hash by default.
 func (in *signingRequest) payloadHashOrEmpty() string {
 	if in.payloadHash == "" {
 		return emptyPayloadHash
@@ -401,6 +405,7 @@ type signedField struct {
 	canonical   bool
 }
 
+// add appends a header; past maxSignedHeaderCount it is dropped (only test vectors come near).
 func (f *signedFields) add(name, value string, canonical bool) {
 	if f.n < len(f.fields) {
 		f.fields[f.n] = signedField{name, value, canonical}
@@ -408,6 +413,7 @@ func (f *signedFields) add(name, value string, canonical bool) {
 	}
 }
 
+// list returns the headers added so far.
 func (f *signedFields) list() []signedField { return f.fields[:f.n] }
 
 // fields collects the headers to sign, lower-cases their names and sorts
@@ -532,6 +538,7 @@ func needsTrim(v string) bool {
 	return false
 }
 
+// isSpace reports the whitespace bytes SigV4 trims.
 func isSpace(c byte) bool {
 	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'
 }
@@ -661,6 +668,7 @@ func percentDecode(s string) (string, error) {
 	return string(b), nil
 }
 
+// unhex decodes one hex digit.
 func unhex(c byte) (byte, bool) {
 	switch {
 	case '0' <= c && c <= '9':
