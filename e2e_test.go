@@ -341,9 +341,11 @@ func TestE2ERotationUnderLoad(t *testing.T) {
 	restoreIMDS(t, env)
 	start := time.Now()
 	oldAKID, newAKID := "ASIAROTATEOLD0000001", "ASIAROTATENEW0000002"
-	editSessions(t, env, oldAKID, "old-secret-0123456789abcdefghijklmnopqrs", "old-token-"+env.token[:20], start.Add(20*time.Second))
-	rewriteIMDS(t, env, oldAKID, "old-secret-0123456789abcdefghijklmnopqrs", "old-token-"+env.token[:20], start.Add(20*time.Second))
-	// The refresher switches between 15 s and 10 s before the old set expires.
+	// The old set expires at +25 s; the refresher switches between +10 s and
+	// +15 s; the new set is served from about +4 s; the old one is revoked
+	// at +17 s, and load runs until +27 s.
+	editSessions(t, env, oldAKID, "old-secret-0123456789abcdefghijklmnopqrs", "old-token-"+env.token[:20], start.Add(25*time.Second))
+	rewriteIMDS(t, env, oldAKID, "old-secret-0123456789abcdefghijklmnopqrs", "old-token-"+env.token[:20], start.Add(25*time.Second))
 	h := startHelper(t, env, "127.0.0.1:0", "-refresh-before", "15s")
 	big := readSeed(t, env, "big.bin")
 	var ok, failed atomic.Int64
@@ -375,12 +377,14 @@ func TestE2ERotationUnderLoad(t *testing.T) {
 			}
 		})
 	}
-	time.Sleep(2 * time.Second)
+	time.Sleep(time.Until(start.Add(3 * time.Second)))
 	editSessions(t, env, newAKID, "new-secret-0123456789abcdefghijklmnopqrs", "new-token-"+env.token[:20], start.Add(time.Hour))
-	rewriteIMDS(t, env, newAKID, "new-secret-0123456789abcdefghijklmnopqrs", "new-token-"+env.token[:20], start.Add(time.Hour))
-	time.Sleep(time.Until(start.Add(12 * time.Second)))
+	// Written, not polled: s3-helper may be asking the emulator right now,
+	// and the emulator crashes on concurrent requests.
+	writeIMDSConfig(t, env, newAKID, "new-secret-0123456789abcdefghijklmnopqrs", "new-token-"+env.token[:20], start.Add(time.Hour))
+	time.Sleep(time.Until(start.Add(17 * time.Second)))
 	editSessions(t, env, oldAKID, "", "", time.Time{}) // revoke the old session
-	time.Sleep(time.Until(start.Add(22 * time.Second)))
+	time.Sleep(time.Until(start.Add(27 * time.Second)))
 	close(stop)
 	wg.Wait()
 	t.Logf("rotation under load: %d ranges served, %d failed", ok.Load(), failed.Load())
