@@ -329,7 +329,7 @@ func TestE2EWrongCredentialsAre403(t *testing.T) {
 	if resp.StatusCode != 403 {
 		t.Fatalf("GET with a wrong secret = %d %q, want 403", resp.StatusCode, body)
 	}
-	if !strings.Contains(h.logs.String(), `"s3_code":"SignatureDoesNotMatch"`) {
+	if !h.logs.waitFor(`"s3_code":"SignatureDoesNotMatch"`) {
 		t.Errorf("log does not name SignatureDoesNotMatch:\n%s", h.logs)
 	}
 }
@@ -395,6 +395,34 @@ func TestE2ERotationUnderLoad(t *testing.T) {
 		t.Errorf("the new session was never used:\n%s", h.logs)
 	}
 	editSessions(t, env, newAKID, "", "", time.Time{})
+}
+
+// TestE2ERevokedSessionRecovers: a session revoked before its Expiration
+// makes versitygw answer InvalidAccessKeyId; s3-helper fetches the new set
+// from the emulator and the request still succeeds.
+func TestE2ERevokedSessionRecovers(t *testing.T) {
+	env := needE2E(t)
+	restoreIMDS(t, env)
+	const first, second = "ASIAREVOKEFIRST00001", "ASIAREVOKESECOND0002"
+	secret, token := "revoke-secret-0123456789abcdefghijklmnop", "revoke-token-"+env.token[:20]
+	editSessions(t, env, first, secret, token, time.Now().Add(time.Hour))
+	rewriteIMDS(t, env, first, secret, token, time.Now().Add(time.Hour))
+	h := startHelper(t, env, "127.0.0.1:0")
+	if resp, _ := get(t, "GET", h.url("/hello.txt"), nil); resp.StatusCode != 200 {
+		t.Fatalf("GET with the first session = %d", resp.StatusCode)
+	}
+	editSessions(t, env, second, secret, token, time.Now().Add(time.Hour))
+	writeIMDSConfig(t, env, second, secret, token, time.Now().Add(time.Hour))
+	time.Sleep(1500 * time.Millisecond) // the emulator re-reads its config within a second
+	editSessions(t, env, first, "", "", time.Time{})
+	resp, body := get(t, "GET", h.url("/hello.txt"), nil)
+	if resp.StatusCode != 200 || !bytes.Equal(body, readSeed(t, env, "hello.txt")) {
+		t.Errorf("GET after the revocation = %d %q, want 200", resp.StatusCode, body)
+	}
+	if !strings.Contains(h.logs.String(), "retrying with a fresh set") || !strings.Contains(h.logs.String(), `"access_key_id":"`+second+`"`) {
+		t.Errorf("no forced refresh in the log:\n%s", h.logs)
+	}
+	editSessions(t, env, second, "", "", time.Time{})
 }
 
 func TestE2ENginxInFront(t *testing.T) {

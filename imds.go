@@ -60,6 +60,9 @@ const (
 	maxExtension = 15 * time.Minute
 	// fetchTimeout bounds one shared fetch (token, role and credentials).
 	fetchTimeout = 10 * time.Second
+	// minForcedRefreshInterval limits fetches forced by S3 rejecting the
+	// credentials, so a persistent rejection cannot hammer IMDS.
+	minForcedRefreshInterval = 10 * time.Second
 
 	sourceEnvironment = "environment"
 	sourceIMDS        = "imds"
@@ -456,6 +459,7 @@ type credentialCache struct {
 	refreshes   int64
 	failures    int64
 	nextRefresh time.Time
+	lastForced  time.Time
 	started     bool
 	// wake tells the refresher that nextRefresh moved.
 	wake chan struct{}
@@ -662,6 +666,39 @@ func (c *credentialCache) extendExpired() *cachedCredentials {
 		"access_key_id", cc.creds.AccessKeyID, "expired_ago", now.Sub(cc.creds.Expires).Round(time.Second),
 		"extension", ext.Round(time.Second), "last_err", c.lastErr)
 	return next
+}
+
+// errSameCredentials is returned by Refresh when no other set is available.
+var errSameCredentials = errors.New("no other credentials available yet")
+
+// Refresh is called when S3 rejected dead (revoked, or expired before its
+// Expiration). It joins or starts a fetch, at most one forced fetch per
+// 10 s, and returns the set that replaced dead, or errSameCredentials.
+func (c *credentialCache) Refresh(ctx context.Context, dead *Credentials) (*Credentials, error) {
+	now := c.clock()
+	c.mu.Lock()
+	if cc := c.current.Load(); cc != nil && cc.creds != dead && cc.usable(now) {
+		c.mu.Unlock()
+		return cc.creds, nil // already replaced
+	}
+	if c.inflight == nil && !c.lastForced.IsZero() && now.Sub(c.lastForced) < minForcedRefreshInterval {
+		c.mu.Unlock()
+		return nil, errSameCredentials
+	}
+	if c.inflight == nil {
+		c.lastForced = now
+	}
+	done := c.startFetchLocked(ctx)
+	c.mu.Unlock()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: %w", errCredentialsUnavailable, ctx.Err())
+	}
+	if cc := c.current.Load(); cc != nil && cc.creds != dead && cc.usable(c.clock()) {
+		return cc.creds, nil
+	}
+	return nil, errSameCredentials
 }
 
 // Start fetches the first set in the background and starts the refresher.

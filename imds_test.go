@@ -343,6 +343,17 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// waitFor waits up to 3 s for sub to appear: a request's log line may be
+// written after the client has read the whole response.
+func (s *syncBuffer) waitFor(sub string) bool {
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if strings.Contains(s.String(), sub) {
+			return true
+		}
+	}
+	return false
+}
+
 func newTestCache(p credentialProvider, logs *syncBuffer, jitter float64) *credentialCache {
 	return &credentialCache{
 		provider: p,

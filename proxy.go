@@ -55,6 +55,9 @@ type route struct {
 // are cached; see credentialCache.Get.
 type credentialGetter interface {
 	Get(ctx context.Context, now time.Time) (*Credentials, error)
+	// Refresh fetches a new set after S3 rejected dead; see
+	// credentialCache.Refresh.
+	Refresh(ctx context.Context, dead *Credentials) (*Credentials, error)
 }
 
 // Proxy is an http.Handler that serves GET and HEAD for object keys from S3,
@@ -270,6 +273,7 @@ func (p *Proxy) newRequest(ctx context.Context, up *upstream, creds *Credentials
 // resume's Range and If-Match) replace the client's. It returns the final
 // response, whatever its status, or an error only when no response came.
 func (p *Proxy) attempts(ctx context.Context, up *upstream, x *exchange, extra http.Header) (*http.Response, error) {
+	refreshed := false
 	for n := 0; ; n++ {
 		now := p.clock()
 		creds, err := p.creds.Get(ctx, now)
@@ -296,6 +300,20 @@ func (p *Proxy) attempts(ctx context.Context, up *upstream, x *exchange, extra h
 				resp.Body.Close()
 			}
 			return nil, &proxyError{499, "client_gone", ctx.Err()}
+		}
+		if err == nil && !refreshed && (resp.StatusCode == http.StatusBadRequest || resp.StatusCode == http.StatusForbidden) {
+			x.s3Code = s3ErrorCode(resp)
+			if credentialsRejected(x.s3Code) {
+				// The set was revoked or expired early: fetch another once
+				// and retry, instead of failing until the next refresh.
+				refreshed = true
+				if _, rerr := p.creds.Refresh(ctx, creds); rerr == nil {
+					p.log.Warn("S3 rejected the credentials; retrying with a fresh set", "key", x.key,
+						"s3_code", x.s3Code, "rejected_access_key_id", creds.AccessKeyID)
+					continue
+				}
+			}
+			return resp, nil // body already read; respond() maps the status
 		}
 		if err == nil && !retryableStatus(resp.StatusCode) {
 			return resp, nil
@@ -368,6 +386,17 @@ func (b *attemptBody) Close() error {
 	err := b.ReadCloser.Close()
 	b.cancel()
 	return err
+}
+
+// credentialsRejected reports S3 error codes that mean the credential set
+// itself is no longer valid
+// (https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html).
+func credentialsRejected(code string) bool {
+	switch code {
+	case "ExpiredToken", "InvalidToken", "TokenRefreshRequired", "InvalidAccessKeyId":
+		return true
+	}
+	return false
 }
 
 // retryableStatus reports S3 answers worth another attempt: internal

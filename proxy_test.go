@@ -34,6 +34,8 @@ const (
 type fakeS3 struct {
 	secret string
 	region string
+	// rejectAKID is an access key S3 no longer knows (revoked early).
+	rejectAKID string
 
 	mu       sync.Mutex // guards every field below
 	objects  map[string]fakeObject
@@ -76,6 +78,10 @@ func (f *fakeS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Server", "AmazonS3")
 	w.Header().Set("X-Amz-Request-Id", "REQ123")
 	w.Header().Set("X-Amz-Id-2", "id2")
+	if f.rejectAKID != "" && strings.Contains(r.Header.Get("Authorization"), "Credential="+f.rejectAKID+"/") {
+		s3Error(w, http.StatusForbidden, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.")
+		return
+	}
 	if err := verifySignature(r, f.secret, f.region); err != nil {
 		s3Error(w, http.StatusForbidden, "SignatureDoesNotMatch", err.Error())
 		return
@@ -315,7 +321,7 @@ func TestProxyRejections(t *testing.T) {
 	if n := len(tp.s3.received()); n != 0 {
 		t.Errorf("rejected requests reached S3 %d times", n)
 	}
-	if !strings.Contains(tp.logs.String(), "invalid object key") {
+	if !tp.logs.waitFor("invalid object key") {
 		t.Errorf("no log line names the cause:\n%s", tp.logs)
 	}
 }
@@ -375,7 +381,7 @@ func TestProxyStatusPassthrough(t *testing.T) {
 			}
 		})
 	}
-	if !strings.Contains(tp.logs.String(), "s3_code=NoSuchKey") {
+	if !tp.logs.waitFor("s3_code=NoSuchKey") {
 		t.Errorf("the S3 error code is not logged:\n%s", tp.logs)
 	}
 }
@@ -387,7 +393,7 @@ func TestProxyWrongSecretIs403WithCodeLogged(t *testing.T) {
 	if resp.StatusCode != http.StatusForbidden || !strings.HasPrefix(string(body), "403 Forbidden") {
 		t.Fatalf("GET = %d %q, want 403", resp.StatusCode, body)
 	}
-	if !strings.Contains(tp.logs.String(), "s3_code=SignatureDoesNotMatch") {
+	if !tp.logs.waitFor("s3_code=SignatureDoesNotMatch") {
 		t.Errorf("log lacks the S3 error code:\n%s", tp.logs)
 	}
 }
@@ -492,7 +498,7 @@ func TestProxyOwnErrors(t *testing.T) {
 			if tt.transport != nil && attempts != 4 {
 				t.Errorf("attempts = %d, want 4 (1 + 3 retries)", attempts)
 			}
-			if !strings.Contains(tp.logs.String(), tt.logWord) || !strings.Contains(tp.logs.String(), "level=ERROR") {
+			if !tp.logs.waitFor(tt.logWord) || !tp.logs.waitFor("level=ERROR") {
 				t.Errorf("no error log line names %q:\n%s", tt.logWord, tp.logs)
 			}
 		})
@@ -604,7 +610,7 @@ func TestProxyResumesMidBody(t *testing.T) {
 			if !bytes.Equal(got, tt.want) {
 				t.Fatalf("body differs: got %d bytes, want %d (status %d)", len(got), len(tt.want), resp.StatusCode)
 			}
-			if cuts.Load() != 4 || !strings.Contains(tp.logs.String(), "resumes=4") {
+			if cuts.Load() != 4 || !tp.logs.waitFor("resumes=4") {
 				t.Errorf("cuts = %d; log:\n%s", cuts.Load(), tp.logs)
 			}
 		})
@@ -637,7 +643,7 @@ func TestProxyResumeAbortsWhenObjectChanged(t *testing.T) {
 	if bytes.Contains(got, []byte("b")) {
 		t.Error("the response mixed two object versions")
 	}
-	if !strings.Contains(tp.logs.String(), "object changed") {
+	if !tp.logs.waitFor("object changed") {
 		t.Errorf("log does not name the cause:\n%s", tp.logs)
 	}
 }
@@ -956,7 +962,7 @@ func TestProxyStallMidBodyResumes(t *testing.T) {
 	if resp.StatusCode != 200 || !bytes.Equal(got, body) {
 		t.Fatalf("GET = %d, %d bytes; want the whole object", resp.StatusCode, len(got))
 	}
-	if !strings.Contains(tp.logs.String(), "upstream body stalled") || !strings.Contains(tp.logs.String(), "resumes=1") {
+	if !tp.logs.waitFor("resumes=1") || !tp.logs.waitFor("upstream body stalled") {
 		t.Errorf("log does not show the stall and the resume:\n%s", tp.logs)
 	}
 }
@@ -1087,7 +1093,55 @@ func TestProxyRedirectIsAConfigurationError(t *testing.T) {
 	if resp.StatusCode != http.StatusBadGateway || resp.Header.Get("Location") != "" {
 		t.Errorf("S3 301 = %d %q, want 502", resp.StatusCode, body)
 	}
-	if !strings.Contains(tp.logs.String(), "another region than -region") || !strings.Contains(tp.logs.String(), "PermanentRedirect") {
+	if !tp.logs.waitFor("another region than -region") || !tp.logs.waitFor("PermanentRedirect") {
 		t.Errorf("log does not explain the redirect:\n%s", tp.logs)
+	}
+}
+
+// TestProxyRefreshesRejectedCredentials: when S3 says the set in use is
+// no longer valid, s3-helper fetches another once and retries.
+func TestProxyRefreshesRejectedCredentials(t *testing.T) {
+	tp := newTestProxy(t)
+	tp.s3.put("k", []byte("fresh"))
+	tp.s3.rejectAKID = "ASIAREVOKED"
+	p := &fakeProvider{next: func(n int) (*Credentials, error) {
+		if n == 1 {
+			return newCredentials("ASIAREVOKED", testSecret, testToken, time.Now().Add(time.Hour), sourceIMDS), nil
+		}
+		return newCredentials("ASIAFRESH", testSecret, testToken, time.Now().Add(time.Hour), sourceIMDS), nil
+	}}
+	tp.creds = &credentialCache{provider: p, log: slog.New(slog.DiscardHandler)}
+	resp, body := get(t, "GET", tp.url+"/k", nil)
+	if resp.StatusCode != 200 || string(body) != "fresh" {
+		t.Fatalf("GET = %d %q, want 200 after a credential refresh", resp.StatusCode, body)
+	}
+	if p.count() != 2 || len(tp.s3.received()) != 2 {
+		t.Errorf("fetches = %d, upstream requests = %d; want 2 and 2", p.count(), len(tp.s3.received()))
+	}
+	if !tp.logs.waitFor("retrying with a fresh set") {
+		t.Errorf("log does not say why it retried:\n%s", tp.logs)
+	}
+}
+
+// TestProxyRejectedCredentialsDoNotHammerIMDS: when IMDS still serves the
+// rejected set, the 403 passes through and further requests force no fetch.
+func TestProxyRejectedCredentialsDoNotHammerIMDS(t *testing.T) {
+	tp := newTestProxy(t)
+	tp.s3.rejectAKID = "ASIAREVOKED"
+	expires := time.Now().Add(time.Hour)
+	p := &fakeProvider{next: func(int) (*Credentials, error) {
+		return newCredentials("ASIAREVOKED", testSecret, testToken, expires, sourceIMDS), nil
+	}}
+	tp.creds = &credentialCache{provider: p, log: slog.New(slog.DiscardHandler)}
+	for range 5 {
+		if resp, _ := get(t, "GET", tp.url+"/k", nil); resp.StatusCode != 403 {
+			t.Fatalf("GET = %d, want S3's 403", resp.StatusCode)
+		}
+	}
+	if p.count() != 2 {
+		t.Errorf("fetches = %d, want 2 (the first and one forced refresh)", p.count())
+	}
+	if !tp.logs.waitFor("s3_code=InvalidAccessKeyId") {
+		t.Errorf("log lacks the S3 code:\n%s", tp.logs)
 	}
 }
