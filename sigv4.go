@@ -9,9 +9,11 @@ package main
 import (
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"net/http"
 	"strconv"
 	"strings"
@@ -235,16 +237,22 @@ func (s *Signer) amzDate(t time.Time) string {
 	return d.amzDate
 }
 
-// signingKey is a derived key with its HMAC pads precomputed.
+// signingKey is a derived key with the SHA-256 states of its HMAC pads
+// precomputed, which saves two of the dozen blocks a signature hashes.
 type signingKey struct {
 	secret, date, region, service string
-	ipad, opad                    [sha256.BlockSize]byte
+	derived                       [sha256.Size]byte
+	// innerState and outerState are sha256 states after absorbing
+	// key^ipad and key^opad (encoding.BinaryMarshaler form).
+	innerState, outerState []byte
 }
 
 // signBuf is per-signature scratch space.
 type signBuf struct {
 	creq []byte // canonical request
-	sts  []byte // HMAC inner block: ipad, then the string to sign
+	sts  []byte // the string to sign
+	mac  hash.Hash
+	sum  [sha256.Size]byte
 	out  []byte // amzDate followed by the Authorization value
 }
 
@@ -268,17 +276,30 @@ func (s *Signer) key(secret, date string) *signingKey {
 	derived = hmacSum(derived[:], s.Region)
 	derived = hmacSum(derived[:], k.service)
 	derived = hmacSum(derived[:], scopeTerminator)
-	for i := range k.ipad {
-		k.ipad[i] = 0x36
-		k.opad[i] = 0x5c
+	var ipad, opad [sha256.BlockSize]byte
+	for i := range ipad {
+		ipad[i], opad[i] = 0x36, 0x5c
 	}
 	for i, c := range derived {
-		k.ipad[i] ^= c
-		k.opad[i] ^= c
+		ipad[i] ^= c
+		opad[i] ^= c
 	}
+	k.derived = derived
+	k.innerState, k.outerState = padState(ipad[:]), padState(opad[:])
 	// Concurrent derivations race benignly: each stores an equal key.
 	s.keyCache.Store(k)
 	return k
+}
+
+// padState returns the marshaled SHA-256 state after absorbing pad.
+func padState(pad []byte) []byte {
+	h := sha256.New()
+	h.Write(pad)
+	state, err := h.(encoding.BinaryMarshaler).MarshalBinary()
+	if err != nil {
+		panic("sha256 state cannot be marshaled: " + err.Error()) // the standard library guarantees it can
+	}
+	return state
 }
 
 // hmacSum is HMAC-SHA256(key, msg), used only to derive signing keys.
@@ -323,7 +344,7 @@ func (s *Signer) explain(in *signingRequest, creds *Credentials, t time.Time, he
 		amzDate:          o.amzDate,
 		credentialScope:  string(b.out[o.scopeStart:o.scopeEnd]),
 		canonicalRequest: string(b.creq),
-		stringToSign:     string(b.sts[sha256.BlockSize:]),
+		stringToSign:     string(b.sts),
 		signedHeaders:    string(b.out[o.signedStart:o.signedEnd]),
 		signature:        string(b.out[o.signatureStart:]),
 		authorization:    string(b.out),
@@ -335,7 +356,22 @@ func (s *Signer) getBuf() *signBuf {
 	if b, ok := s.bufs.Get().(*signBuf); ok {
 		return b
 	}
-	return &signBuf{creq: make([]byte, 0, 1024), sts: make([]byte, 0, 256), out: make([]byte, 0, 512)}
+	return &signBuf{creq: make([]byte, 0, 1024), sts: make([]byte, 0, 256), out: make([]byte, 0, 512), mac: sha256.New()}
+}
+
+// hmac returns HMAC-SHA256(key, msg) from the key's precomputed pad states.
+func (b *signBuf) hmac(key *signingKey, msg []byte) []byte {
+	restore := b.mac.(encoding.BinaryUnmarshaler)
+	if err := restore.UnmarshalBinary(key.innerState); err != nil {
+		panic("sha256 state cannot be restored: " + err.Error()) // marshaled by padState
+	}
+	b.mac.Write(msg)
+	inner := b.mac.Sum(b.sum[:0])
+	if err := restore.UnmarshalBinary(key.outerState); err != nil {
+		panic("sha256 state cannot be restored: " + err.Error())
+	}
+	b.mac.Write(inner)
+	return b.mac.Sum(b.sum[:0])
 }
 
 // payloadHashOrEmpty returns the payload hash, the empty-body hash by default.
@@ -358,14 +394,8 @@ func (s *Signer) sign(b *signBuf, in *signingRequest, creds *Credentials, t time
 	b.creq = appendCanonicalRequest(b.creq[:0], in, &f)
 	key := s.key(creds.SecretAccessKey, date)
 
-	// The HMAC inner block is ipad || stringToSign; build it in place.
-	b.sts = append(b.sts[:0], key.ipad[:]...)
-	b.sts = s.appendStringToSign(b.sts, amzDate, date, sha256.Sum256(b.creq))
-	inner := sha256.Sum256(b.sts)
-	var outer [sha256.BlockSize + sha256.Size]byte
-	copy(outer[:], key.opad[:])
-	copy(outer[sha256.BlockSize:], inner[:])
-	mac := sha256.Sum256(outer[:])
+	b.sts = s.appendStringToSign(b.sts[:0], amzDate, date, sha256.Sum256(b.creq))
+	mac := b.hmac(key, b.sts)
 
 	b.out = append(b.out[:0], signingAlgorithm+" Credential="...)
 	b.out = append(b.out, creds.AccessKeyID...)
@@ -379,7 +409,7 @@ func (s *Signer) sign(b *signBuf, in *signingRequest, creds *Credentials, t time
 	signedEnd := len(b.out)
 	b.out = append(b.out, ", Signature="...)
 	sigStart := len(b.out)
-	b.out = hex.AppendEncode(b.out, mac[:])
+	b.out = hex.AppendEncode(b.out, mac)
 	return signOutput{amzDate, scopeStart, scopeEnd, signedStart, signedEnd, sigStart}
 }
 
