@@ -524,10 +524,8 @@ func (c *credentialCache) wait(ctx context.Context) (*Credentials, error) {
 	}
 	done := c.startFetchLocked(ctx)
 	c.mu.Unlock()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("%w: %w", errCredentialsUnavailable, ctx.Err())
+	if err := awaitFetch(ctx, done); err != nil {
+		return nil, err
 	}
 	if cc := c.current.Load(); cc.usable(c.clock()) {
 		return cc.creds, nil
@@ -539,6 +537,16 @@ func (c *credentialCache) wait(ctx context.Context) (*Credentials, error) {
 		err = errors.New("no credentials fetched yet")
 	}
 	return nil, fmt.Errorf("%w: %w", errCredentialsUnavailable, err)
+}
+
+// awaitFetch waits for the shared fetch to end, or for the caller's ctx.
+func awaitFetch(ctx context.Context, done <-chan struct{}) error {
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w", errCredentialsUnavailable, ctx.Err())
+	}
 }
 
 // startFetchLocked starts the shared fetch unless one runs, and returns the
@@ -690,10 +698,8 @@ func (c *credentialCache) Refresh(ctx context.Context, dead *Credentials) (*Cred
 	}
 	done := c.startFetchLocked(ctx)
 	c.mu.Unlock()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		return nil, fmt.Errorf("%w: %w", errCredentialsUnavailable, ctx.Err())
+	if err := awaitFetch(ctx, done); err != nil {
+		return nil, err
 	}
 	if cc := c.current.Load(); cc != nil && cc.creds != dead && cc.usable(c.clock()) {
 		return cc.creds, nil
