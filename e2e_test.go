@@ -394,6 +394,12 @@ func TestE2ERotationUnderLoad(t *testing.T) {
 	if !strings.Contains(h.logs.String(), `"access_key_id":"`+newAKID+`"`) {
 		t.Errorf("the new session was never used:\n%s", h.logs)
 	}
+	// The switch must come from the refresher, before the revocation: a
+	// forced refetch after S3 rejected the old set would hide a refresher
+	// that never runs.
+	if strings.Contains(h.logs.String(), "retrying with a fresh set") {
+		t.Errorf("S3 rejected the old session: the refresher did not switch in time:\n%s", h.logs)
+	}
 	editSessions(t, env, newAKID, "", "", time.Time{})
 }
 
