@@ -67,15 +67,22 @@ var errBadRequestHeader = errors.New("invalid request header")
 // errBadQuery is wrapped when the query string cannot be parsed.
 var errBadQuery = errors.New("invalid query string")
 
-// copyRequestHeaders copies the forwarded client headers from src to dst.
-// Headers the client lists in Connection are hop-by-hop (RFC 9110 §7.6.1)
-// and are not forwarded. src is not modified.
-func copyRequestHeaders(dst, src http.Header) error {
+// checkRequestHeaders rejects client headers that cannot be forwarded as
+// they are.
+func checkRequestHeaders(src http.Header) error {
 	for _, name := range singleValuedRequestHeaders {
 		if len(src[name]) > 1 {
 			return fmt.Errorf("%w: %d %s headers", errBadRequestHeader, len(src[name]), name)
 		}
 	}
+	return nil
+}
+
+// copyRequestHeaders copies the forwarded client headers from src (checked
+// by checkRequestHeaders) to dst. Headers the client lists in Connection
+// are hop-by-hop (RFC 9110 §7.6.1) and are not forwarded. src is not
+// modified.
+func copyRequestHeaders(dst, src http.Header) {
 	conn := src["Connection"]
 	for _, name := range forwardedRequestHeaders {
 		vs := src[name]
@@ -88,7 +95,6 @@ func copyRequestHeaders(dst, src http.Header) error {
 		}
 		dst[name] = vs
 	}
-	return nil
 }
 
 // copyResponseHeaders copies the returned S3 headers from src to dst.

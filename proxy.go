@@ -165,11 +165,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if dropped > 0 {
 		p.log.Debug("dropped query parameters", "key", key, "count", dropped)
 	}
-	up := upstream{route: rt, method: r.Method, header: make(http.Header, len(forwardedRequestHeaders))}
-	if err := copyRequestHeaders(up.header, r.Header); err != nil {
+	if err := checkRequestHeaders(r.Header); err != nil {
 		p.reject(w, &x, http.StatusBadRequest, err)
 		return
 	}
+	up := upstream{route: rt, method: r.Method, client: r.Header}
 	up.uri = rt.uriPrefix + canonicalURI(rt.keyPrefix+key)
 	up.query = canonicalQuery(params)
 	resp, err := p.attempts(r.Context(), &up, &x, nil)
@@ -236,8 +236,9 @@ func checkClientKey(key string) error {
 type upstream struct {
 	route  route
 	method string
-	// header holds the forwarded client headers; never signed or modified.
-	header http.Header
+	// client is the inbound request's header, read only: each attempt
+	// copies the forwarded ones from it.
+	client http.Header
 	// uri and query are canonical and are sent exactly as signed.
 	uri   string
 	query string
@@ -246,10 +247,8 @@ type upstream struct {
 // newRequest builds one signed attempt. extra headers (a resume's Range and
 // If-Match) replace the client's.
 func (p *Proxy) newRequest(ctx context.Context, up *upstream, creds *Credentials, now time.Time, extra http.Header) *http.Request {
-	h := make(http.Header, len(up.header)+len(extra)+5)
-	for k, v := range up.header {
-		h[k] = v
-	}
+	h := make(http.Header, len(forwardedRequestHeaders)+5)
+	copyRequestHeaders(h, up.client)
 	for k, v := range extra {
 		h[k] = v
 	}
@@ -504,6 +503,38 @@ func (p *Proxy) respond(w http.ResponseWriter, r *http.Request, resp *http.Respo
 	p.stream(r.Context(), w, resp, up, x)
 }
 
+// statusString formats the statuses s3-helper answers without allocating
+// (strconv.Itoa allocates above 99), for the per-request metric.
+func statusString(status int) string {
+	switch status {
+	case 200:
+		return "200"
+	case 206:
+		return "206"
+	case 304:
+		return "304"
+	case 400:
+		return "400"
+	case 403:
+		return "403"
+	case 404:
+		return "404"
+	case 412:
+		return "412"
+	case 416:
+		return "416"
+	case 499:
+		return "499"
+	case 502:
+		return "502"
+	case 503:
+		return "503"
+	case 504:
+		return "504"
+	}
+	return strconv.Itoa(status)
+}
+
 // codeOrStatus names an S3 error by its code, or by its status when it has none (HEAD).
 func codeOrStatus(code string, status int) string {
 	if code != "" {
@@ -742,7 +773,7 @@ func (p *Proxy) finish(ctx context.Context, x *exchange) {
 	if status == 0 {
 		status = http.StatusOK
 	}
-	p.metrics.Count2(metricRequests, x.method, strconv.Itoa(status), 1)
+	p.metrics.Count2(metricRequests, x.method, statusString(status), 1)
 	p.metrics.Count(metricBytesOut, x.bytes)
 	p.metrics.Timing(metricRequestDuration, dur)
 	level := slog.LevelInfo

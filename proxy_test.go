@@ -906,9 +906,10 @@ func BenchmarkMapAndScrub(b *testing.B) {
 		if _, _, err := filterQuery(""); err != nil {
 			b.Fatal(err)
 		}
-		if err := copyRequestHeaders(out, in); err != nil {
+		if err := checkRequestHeaders(in); err != nil {
 			b.Fatal(err)
 		}
+		copyRequestHeaders(out, in)
 		copyResponseHeaders(back, s3)
 	}
 }
@@ -1143,5 +1144,13 @@ func TestProxyRejectedCredentialsDoNotHammerIMDS(t *testing.T) {
 	}
 	if !tp.logs.waitFor("s3_code=InvalidAccessKeyId") {
 		t.Errorf("log lacks the S3 code:\n%s", tp.logs)
+	}
+}
+
+func TestStatusString(t *testing.T) {
+	for _, status := range []int{200, 206, 304, 400, 403, 404, 405, 412, 416, 431, 499, 500, 502, 503, 504} {
+		if got := statusString(status); got != fmt.Sprint(status) {
+			t.Errorf("statusString(%d) = %q", status, got)
+		}
 	}
 }
