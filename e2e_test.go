@@ -675,3 +675,54 @@ func vmKiB(pid int, field string) float64 {
 	}
 	return -1
 }
+
+// TestE2ESlowReaderGetsEveryByte: through the real stack, a client that
+// stops reading for 2.5× -timeout in the middle of a 48 MiB object receives
+// every byte, and s3-helper neither resumes nor aborts: only time spent
+// waiting on S3 counts against -timeout.
+func TestE2ESlowReaderGetsEveryByte(t *testing.T) {
+	env := needE2E(t)
+	h := startHelper(t, env, "127.0.0.1:0", "-timeout", "1s")
+	large := readSeed(t, env, "large.bin")
+	tests := []struct {
+		name, rangeHeader string
+		want              []byte
+	}{
+		{"whole object", "", large},
+		{"closed range", "bytes=1000-40000000", large[1000:40000001]},
+		{"open range", "bytes=5000-", large[5000:]},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			req, _ := http.NewRequestWithContext(t.Context(), "GET", h.url("/large.bin"), nil)
+			if tt.rangeHeader != "" {
+				req.Header.Set("Range", tt.rangeHeader)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			head := make([]byte, 1<<20)
+			if _, err := io.ReadFull(resp.Body, head); err != nil {
+				t.Fatalf("first MiB: %v", err)
+			}
+			time.Sleep(2500 * time.Millisecond) // the paused player
+			rest, err := io.ReadAll(resp.Body)
+			if err != nil {
+				t.Fatalf("after the pause, read %d more bytes: %v", len(rest), err)
+			}
+			if got := append(head, rest...); !bytes.Equal(got, tt.want) {
+				t.Fatalf("got %d bytes, want %d identical ones", len(got), len(tt.want))
+			}
+		})
+	}
+	t.Cleanup(func() {
+		for _, word := range []string{"resuming", "stalled", "abort"} {
+			if strings.Contains(h.logs.String(), word) {
+				t.Errorf("s3-helper log mentions %q after a client pause:\n%s", word, h.logs)
+			}
+		}
+	})
+}

@@ -501,25 +501,28 @@ func (c *credentialCache) window() time.Duration {
 }
 
 // Get returns usable credentials. now is the caller's clock reading (the
-// proxy reads the clock once per request). It does not block while a usable
-// set is cached; otherwise it joins the shared fetch, bounded by ctx.
+// proxy reads the clock once per request). While any set is cached it never
+// waits on the provider: a set past its expiry is kept by keepExpired.
+// Only before the first set arrives does it join the shared fetch, bounded
+// by ctx.
 func (c *credentialCache) Get(ctx context.Context, now time.Time) (*Credentials, error) {
 	if cc := c.current.Load(); cc.usable(now) {
 		return cc.creds, nil
 	}
-	return c.wait(ctx)
+	if cc := c.keepExpired(now); cc != nil {
+		return cc.creds, nil
+	}
+	return c.waitForFirst(ctx)
 }
 
-// wait joins or starts the shared fetch, unless the last fetch failed so
-// recently that the refresher's backoff forbids another.
-func (c *credentialCache) wait(ctx context.Context) (*Credentials, error) {
+// waitForFirst joins or starts the shared fetch when no set is cached yet,
+// unless the last fetch failed so recently that the refresher's backoff
+// forbids another.
+func (c *credentialCache) waitForFirst(ctx context.Context) (*Credentials, error) {
 	c.mu.Lock()
 	if c.inflight == nil && c.failStreak > 0 && c.clock().Before(c.nextRefresh) {
 		err := c.lastErr
 		c.mu.Unlock()
-		if cc := c.extendExpired(); cc != nil {
-			return cc.creds, nil
-		}
 		return nil, fmt.Errorf("%w: %w", errCredentialsUnavailable, err)
 	}
 	done := c.startFetchLocked(ctx)
@@ -591,6 +594,7 @@ func (c *credentialCache) finishFetch(creds *Credentials, err error) {
 		c.metrics.Count(metricCredentialFailures, 1)
 		c.logger().Warn("credential refresh failed", "err", err, "failures_in_a_row", c.failStreak,
 			"retry_in", c.nextRefresh.Sub(now).Round(time.Millisecond))
+		c.keepExpiredLocked(now) // so health reports the extension without waiting for a request
 		return
 	}
 	c.refreshes++
@@ -651,28 +655,35 @@ func (c *credentialCache) jittered(d time.Duration) time.Duration {
 	return d/2 + time.Duration(c.jitter()*float64(d))
 }
 
-// extendExpired applies the static-stability rule: when the cached set has
-// expired and no new one can be had, keep using it for a random 5 to 15
-// minutes and let S3 decide whether it still works. It returns the
-// extended set, or nil when there is none.
-func (c *credentialCache) extendExpired() *cachedCredentials {
+// keepExpired is the one static-stability decision: a cached set past its
+// expiry is kept for a random 5 to 15 minutes more, and S3 decides whether
+// it still works, rather than a request waiting on a provider that has
+// already failed to replace it in the 10 to 15 minutes before expiry. The
+// refresher goes on trying meanwhile. It returns the usable or extended
+// set, or nil when none was ever fetched.
+func (c *credentialCache) keepExpired(now time.Time) *cachedCredentials {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	now := c.clock()
+	return c.keepExpiredLocked(now)
+}
+
+// keepExpiredLocked is keepExpired with c.mu held.
+func (c *credentialCache) keepExpiredLocked(now time.Time) *cachedCredentials {
 	cc := c.current.Load()
-	if cc == nil {
-		return nil
-	}
-	if cc.usable(now) {
+	if cc == nil || cc.usable(now) {
 		return cc
 	}
 	ext := minExtension + time.Duration(c.jitter()*float64(maxExtension-minExtension))
 	next := &cachedCredentials{creds: cc.creds, fetched: cc.fetched, usableUntil: now.Add(ext), extended: true}
 	c.current.Store(next)
 	c.metrics.Count(metricCredentialExtensions, 1)
-	c.logger().Warn("credentials expired and no new set can be fetched; extending their use, S3 may reject them",
+	lastErr := "none yet: the provider still serves this set"
+	if c.lastErr != nil {
+		lastErr = c.lastErr.Error()
+	}
+	c.logger().Warn("credentials expired and no new set was fetched; extending their use, S3 may reject them",
 		"access_key_id", cc.creds.AccessKeyID, "expired_ago", now.Sub(cc.creds.Expires).Round(time.Second),
-		"extension", ext.Round(time.Second), "last_err", c.lastErr)
+		"extension", ext.Round(time.Second), "last_err", lastErr)
 	return next
 }
 
@@ -723,8 +734,7 @@ func (c *credentialCache) Start(ctx context.Context) {
 	go c.refresher(ctx)
 }
 
-// refresher sleeps until the next refresh moment, fetches, and repeats. On
-// a failure it also extends an expired set, so requests keep being signed.
+// refresher sleeps until the next refresh moment, fetches, and repeats.
 func (c *credentialCache) refresher(ctx context.Context) {
 	defer c.wg.Done()
 	timer := time.NewTimer(time.Hour)
@@ -736,7 +746,6 @@ func (c *credentialCache) refresher(ctx context.Context) {
 		if inflight != nil {
 			select {
 			case <-inflight:
-				c.afterFetch()
 				continue
 			case <-c.stop:
 				return
@@ -758,18 +767,6 @@ func (c *credentialCache) refresher(ctx context.Context) {
 		c.mu.Lock()
 		c.startFetchLocked(ctx)
 		c.mu.Unlock()
-	}
-}
-
-// afterFetch extends the cached set if the fetch failed and it has expired.
-func (c *credentialCache) afterFetch() {
-	c.mu.Lock()
-	failed := c.failStreak > 0
-	c.mu.Unlock()
-	if failed {
-		if cc := c.current.Load(); cc != nil && !cc.usable(c.clock()) {
-			c.extendExpired()
-		}
 	}
 }
 

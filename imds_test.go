@@ -688,3 +688,44 @@ func TestCacheSlowIMDSDoesNotDelayRequests(t *testing.T) {
 		}
 	})
 }
+
+// TestCacheNoWaitAtExpiry: when the provider is failing slowly at the
+// moment the cached set expires, no request waits on it: each gets the
+// extended set at once.
+func TestCacheNoWaitAtExpiry(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		start := time.Now()
+		p := &fakeProvider{next: func(n int) (*Credentials, error) {
+			if n == 1 {
+				return imdsCreds("ASIAONE", start.Add(time.Hour)), nil
+			}
+			time.Sleep(3 * time.Second) // a fetch that hangs, then fails
+			return nil, errors.New("IMDS answered 500")
+		}}
+		c := newTestCache(p, &syncBuffer{}, 0.5)
+		c.refreshBefore = 2 * time.Second // the refresh starts 1.67 s before expiry
+		c.Start(t.Context())
+		defer c.Close()
+		time.Sleep(time.Hour)
+		if p.count() != 2 {
+			t.Fatalf("fetches at expiry = %d, want 2 (the second still running)", p.count())
+		}
+		at := time.Now()
+		var wg sync.WaitGroup
+		for range 100 {
+			wg.Go(func() {
+				creds, err := c.Get(t.Context(), time.Now())
+				if err != nil || creds.AccessKeyID != "ASIAONE" {
+					t.Errorf("Get at expiry = %v, %v; want the extended set", creds, err)
+				}
+				if waited := time.Since(at); waited != 0 {
+					t.Errorf("Get at expiry waited %v on a failing provider", waited)
+				}
+			})
+		}
+		wg.Wait()
+		if !c.Status(time.Now()).Extended {
+			t.Error("Status.Extended = false after requests at expiry")
+		}
+	})
+}

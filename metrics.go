@@ -273,3 +273,83 @@ func (m *Metrics) Close() error {
 	})
 	return err
 }
+
+// labelOther stands for every value outside a label's bounded set, so text
+// chosen by a client or by S3 can never mint a new metric name.
+const labelOther = "other"
+
+// methodLabel reduces a request method to GET, HEAD or other: the method is
+// client text, and every distinct value would otherwise be a new metric.
+func methodLabel(method string) string {
+	switch method {
+	case "GET", "HEAD":
+		return method
+	}
+	return labelOther
+}
+
+// knownS3ErrorCodes are the S3 error codes a GET or HEAD can meet
+// (https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html);
+// any other code is counted as other.
+var knownS3ErrorCodes = [...]string{
+	"AccessDenied", "AccountProblem", "AllAccessDisabled", "AuthorizationHeaderMalformed",
+	"ExpiredToken", "InternalError", "InvalidAccessKeyId", "InvalidArgument", "InvalidBucketName",
+	"InvalidObjectState", "InvalidRange", "InvalidRequest", "InvalidToken", "InvalidURI",
+	"KeyTooLongError", "MethodNotAllowed", "NoSuchBucket", "NoSuchKey", "NoSuchVersion",
+	"NotImplemented", "PermanentRedirect", "PreconditionFailed", "RequestTimeTooSkewed",
+	"RequestTimeout", "ServiceUnavailable", "SignatureDoesNotMatch", "SlowDown",
+	"TemporaryRedirect", "TokenRefreshRequired",
+}
+
+// s3ErrorLabel names an S3 error for a metric: its code when it is a known
+// one, its status when S3 sent no code (answers to HEAD have no body), and
+// other for anything else.
+func s3ErrorLabel(code string, status int) string {
+	if code == "" {
+		return statusString(status)
+	}
+	for _, known := range knownS3ErrorCodes {
+		if code == known {
+			return known
+		}
+	}
+	return labelOther
+}
+
+// statusString formats an HTTP status for a metric name without allocating
+// for the statuses s3-helper answers (strconv.Itoa allocates above 99);
+// anything outside 100–599 is other.
+func statusString(status int) string {
+	switch status {
+	case 200:
+		return "200"
+	case 206:
+		return "206"
+	case 304:
+		return "304"
+	case 400:
+		return "400"
+	case 403:
+		return "403"
+	case 404:
+		return "404"
+	case 405:
+		return "405"
+	case 412:
+		return "412"
+	case 416:
+		return "416"
+	case 499:
+		return "499"
+	case 502:
+		return "502"
+	case 503:
+		return "503"
+	case 504:
+		return "504"
+	}
+	if status < 100 || status > 599 {
+		return labelOther
+	}
+	return strconv.Itoa(status)
+}

@@ -34,6 +34,10 @@ const (
 	// defaultRetryBase and maxRetryBackoff bound the pause between attempts.
 	defaultRetryBase = 50 * time.Millisecond
 	maxRetryBackoff  = time.Second
+	// maxLoggedMethodBytes and maxLoggedRangeBytes bound client text in log
+	// lines; slog quotes what remains. Keys are bounded by maxKeyBytes.
+	maxLoggedMethodBytes = 16
+	maxLoggedRangeBytes  = 128
 	// userAgent identifies us in S3 server access logs.
 	userAgent = "s3-helper"
 )
@@ -141,7 +145,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer p.finish(r.Context(), &x)
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
-		p.reject(w, &x, http.StatusMethodNotAllowed, fmt.Errorf("method %q not allowed: read-only", r.Method))
+		p.reject(w, &x, http.StatusMethodNotAllowed, fmt.Errorf("method %q not allowed: read-only", clip(r.Method, maxLoggedMethodBytes)))
 		return
 	}
 	if vs := r.Header["Range"]; len(vs) == 1 {
@@ -340,19 +344,21 @@ func (p *Proxy) attempts(ctx context.Context, up *upstream, x *exchange, extra h
 // errBodyStalled is the cause when S3 sends no body bytes for -timeout.
 var errBodyStalled = errors.New("upstream body stalled")
 
-// watchBody cancels the attempt (and so unblocks the read) when no body
-// bytes arrive for bodyTimeout: ResponseHeaderTimeout covers only the wait
-// for headers, and a stalled body would otherwise hold the client forever.
-// Closing the body ends the attempt.
+// watchBody cancels the attempt (and so unblocks the read) when one read of
+// the body waits bodyTimeout for S3: ResponseHeaderTimeout covers only the
+// wait for headers, and a stalled body would otherwise hold the client
+// forever. Only time blocked on S3 counts: while s3-helper writes to a slow
+// or paused client (a paused player, nginx with proxy_buffering off) the
+// watch is off. Closing the body ends the attempt.
 func (p *Proxy) watchBody(body io.ReadCloser, cancel context.CancelFunc) io.ReadCloser {
-	if p.bodyTimeout <= 0 {
-		return &attemptBody{ReadCloser: body, cancel: cancel}
-	}
 	b := &attemptBody{ReadCloser: body, cancel: cancel, timeout: p.bodyTimeout}
-	b.timer = time.AfterFunc(p.bodyTimeout, func() {
-		b.stalled.Store(true)
-		cancel()
-	})
+	if p.bodyTimeout > 0 {
+		b.timer = time.AfterFunc(p.bodyTimeout, func() {
+			b.stalled.Store(true)
+			cancel()
+		})
+		b.timer.Stop() // armed only inside Read
+	}
 	return b
 }
 
@@ -361,16 +367,21 @@ type attemptBody struct {
 	io.ReadCloser
 	cancel  context.CancelFunc
 	timeout time.Duration
+	// timer cancels the attempt when a Read waits longer than timeout; nil
+	// when reads are not watched.
 	timer   *time.Timer
 	stalled atomic.Bool
 }
 
-// Read restarts the stall timer on progress and names a stall as the cause.
+// Read arms the stall timer for the duration of one read from S3 and names
+// a stall as the cause.
 func (b *attemptBody) Read(p []byte) (int, error) {
-	n, err := b.ReadCloser.Read(p)
-	if b.timer != nil && n > 0 {
-		b.timer.Reset(b.timeout)
+	if b.timer == nil {
+		return b.ReadCloser.Read(p)
 	}
+	b.timer.Reset(b.timeout)
+	n, err := b.ReadCloser.Read(p)
+	b.timer.Stop()
 	if err != nil && err != io.EOF && b.stalled.Load() {
 		err = fmt.Errorf("%w: no bytes for %v", errBodyStalled, b.timeout)
 	}
@@ -483,7 +494,7 @@ func (p *Proxy) respond(w http.ResponseWriter, r *http.Request, resp *http.Respo
 			x.s3Code = s3ErrorCode(resp)
 		}
 		resp.Body.Close()
-		p.metrics.Count2(metricS3Errors, codeOrStatus(x.s3Code, resp.StatusCode), "", 1)
+		p.metrics.Count2(metricS3Errors, s3ErrorLabel(x.s3Code, resp.StatusCode), "", 1)
 		x.err = fmt.Errorf("S3 answered %d %s", resp.StatusCode, x.s3Code)
 		if redirect {
 			// 301 PermanentRedirect and 307 TemporaryRedirect: nginx cannot
@@ -501,46 +512,6 @@ func (p *Proxy) respond(w http.ResponseWriter, r *http.Request, resp *http.Respo
 		return
 	}
 	p.stream(r.Context(), w, resp, up, x)
-}
-
-// statusString formats the statuses s3-helper answers without allocating
-// (strconv.Itoa allocates above 99), for the per-request metric.
-func statusString(status int) string {
-	switch status {
-	case 200:
-		return "200"
-	case 206:
-		return "206"
-	case 304:
-		return "304"
-	case 400:
-		return "400"
-	case 403:
-		return "403"
-	case 404:
-		return "404"
-	case 412:
-		return "412"
-	case 416:
-		return "416"
-	case 499:
-		return "499"
-	case 502:
-		return "502"
-	case 503:
-		return "503"
-	case 504:
-		return "504"
-	}
-	return strconv.Itoa(status)
-}
-
-// codeOrStatus names an S3 error by its code, or by its status when it has none (HEAD).
-func codeOrStatus(code string, status int) string {
-	if code != "" {
-		return code
-	}
-	return strconv.Itoa(status)
 }
 
 // writeText writes an error status with a one-line text body.
@@ -773,7 +744,7 @@ func (p *Proxy) finish(ctx context.Context, x *exchange) {
 	if status == 0 {
 		status = http.StatusOK
 	}
-	p.metrics.Count2(metricRequests, x.method, statusString(status), 1)
+	p.metrics.Count2(metricRequests, methodLabel(x.method), statusString(status), 1)
 	p.metrics.Count(metricBytesOut, x.bytes)
 	p.metrics.Timing(metricRequestDuration, dur)
 	level := slog.LevelInfo
@@ -793,8 +764,8 @@ func (p *Proxy) finish(ctx context.Context, x *exchange) {
 		msg = "request failed"
 	}
 	attrs := []slog.Attr{
-		slog.String("method", x.method),
-		slog.String("key", x.key),
+		slog.String("method", clip(x.method, maxLoggedMethodBytes)),
+		slog.String("key", clip(x.key, maxKeyBytes)),
 		slog.Int("status", status),
 		slog.Int("upstream_status", x.upstreamStatus),
 		slog.Int64("bytes", x.bytes),
@@ -803,7 +774,7 @@ func (p *Proxy) finish(ctx context.Context, x *exchange) {
 		slog.String("remote", x.remote),
 	}
 	if x.rangeHeader != "" {
-		attrs = append(attrs, slog.String("range", x.rangeHeader))
+		attrs = append(attrs, slog.String("range", clip(x.rangeHeader, maxLoggedRangeBytes)))
 	}
 	if x.resumes > 0 {
 		attrs = append(attrs, slog.Int("resumes", x.resumes))
@@ -815,6 +786,15 @@ func (p *Proxy) finish(ctx context.Context, x *exchange) {
 		attrs = append(attrs, slog.String("err", x.err.Error()))
 	}
 	p.log.LogAttrs(ctx, level, msg, attrs...)
+}
+
+// clip bounds text that came from outside the process before it reaches a
+// log line, marking the cut.
+func clip(s string, maxBytes int) string {
+	if len(s) <= maxBytes {
+		return s
+	}
+	return s[:maxBytes] + "…"
 }
 
 // upstreamURL builds a URL whose request target is uri and query exactly as

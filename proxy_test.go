@@ -19,6 +19,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -1151,6 +1152,167 @@ func TestStatusString(t *testing.T) {
 	for _, status := range []int{200, 206, 304, 400, 403, 404, 405, 412, 416, 431, 499, 500, 502, 503, 504} {
 		if got := statusString(status); got != fmt.Sprint(status) {
 			t.Errorf("statusString(%d) = %q", status, got)
+		}
+	}
+}
+
+// ctxBody is an upstream body that fails once its request is cancelled, as
+// a real connection does when the attempt's context ends.
+type ctxBody struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (b *ctxBody) Read(p []byte) (int, error) {
+	if err := b.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return b.r.Read(p)
+}
+
+func (b *ctxBody) Close() error { return nil }
+
+// pausingWriter is a client that stops reading for pause once it has
+// received after bytes.
+type pausingWriter struct {
+	h      http.Header
+	status int
+	body   bytes.Buffer
+	after  int
+	pause  time.Duration
+	paused bool
+}
+
+func (w *pausingWriter) Header() http.Header  { return w.h }
+func (w *pausingWriter) WriteHeader(code int) { w.status = code }
+func (w *pausingWriter) Write(p []byte) (int, error) {
+	if !w.paused && w.body.Len()+len(p) > w.after {
+		w.paused = true
+		time.Sleep(w.pause)
+	}
+	return w.body.Write(p)
+}
+
+// TestProxySlowReaderIsNotAStall: a client that pauses for 2.5× -timeout
+// mid-body gets every byte from a healthy S3, with no resume: only time
+// spent waiting on S3 counts against -timeout.
+func TestProxySlowReaderIsNotAStall(t *testing.T) {
+	body := make([]byte, 1<<20)
+	for i := range body {
+		body[i] = byte(i * 7)
+	}
+	tests := []struct {
+		name, rangeHeader string
+		want              []byte
+	}{
+		{"whole object", "", body},
+		{"closed range", "bytes=1000-800999", body[1000:801000]},
+		{"open range", "bytes=5000-", body[5000:]},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				const timeout = time.Second
+				var upstreamRequests atomic.Int64
+				logs := &syncBuffer{}
+				p := benchProxy(nil)
+				p.log = slog.New(slog.NewTextHandler(logs, nil))
+				p.accessLog = true
+				p.retries = 3
+				p.bodyTimeout = timeout
+				p.transport = roundTripperFunc(func(r *http.Request) (*http.Response, error) {
+					upstreamRequests.Add(1)
+					rec := httptest.NewRecorder()
+					rec.Header().Set("Etag", `"v1"`)
+					http.ServeContent(rec, r, "", time.Time{}, bytes.NewReader(body))
+					resp := rec.Result()
+					resp.Body = &ctxBody{ctx: r.Context(), r: resp.Body}
+					return resp, nil
+				})
+				req := httptest.NewRequest("GET", "/v.mp4", nil)
+				if tt.rangeHeader != "" {
+					req.Header.Set("Range", tt.rangeHeader)
+				}
+				w := &pausingWriter{h: http.Header{}, after: 200_000, pause: timeout * 5 / 2}
+				start := time.Now()
+				p.ServeHTTP(w, req)
+				if !w.paused || time.Since(start) < w.pause {
+					t.Fatalf("the client never paused")
+				}
+				if !bytes.Equal(w.body.Bytes(), tt.want) {
+					t.Fatalf("client got %d bytes (status %d), want %d", w.body.Len(), w.status, len(tt.want))
+				}
+				if n := upstreamRequests.Load(); n != 1 {
+					t.Errorf("upstream requests = %d, want 1: a paused client is not a stalled S3", n)
+				}
+				for _, word := range []string{"resuming", "stalled", "abort", "resumes=1"} {
+					if strings.Contains(logs.String(), word) {
+						t.Errorf("log says %q:\n%s", word, logs)
+					}
+				}
+			})
+		})
+	}
+}
+
+// TestProxyMetricNamesAreBounded: client methods and S3 error codes never
+// become metric name segments; they are reduced to a fixed set.
+func TestProxyMetricNamesAreBounded(t *testing.T) {
+	tp := newTestProxy(t)
+	ln, conn := udpListener(t)
+	tp.metrics = NewMetrics(conn, "s3helper", "", time.Hour)
+	tp.s3.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
+		switch r.URL.Path {
+		case "/" + testBucket + "/new-code":
+			s3Error(w, http.StatusForbidden, "BrandNewCode"+strings.Repeat("X", 40), "a code no list knows")
+		case "/" + testBucket + "/hostile-code":
+			s3Error(w, http.StatusForbidden, "Evil|ms|#tag:1\nx", "punctuation in the code")
+		default:
+			return false
+		}
+		return true
+	}
+	for _, m := range []string{"GET|ms|#evil", "PROPFIND", "get", "X" + strings.Repeat("Y", 200)} {
+		if resp, _ := get(t, m, tp.url+"/k", nil); resp.StatusCode != 405 {
+			t.Errorf("%.20s = %d, want 405", m, resp.StatusCode)
+		}
+	}
+	get(t, "GET", tp.url+"/new-code", nil)
+	get(t, "GET", tp.url+"/hostile-code", nil)
+	tp.metrics.Close()
+	var got strings.Builder
+	for _, p := range readPackets(t, ln, 10) {
+		got.WriteString(p)
+	}
+	for line := range strings.SplitSeq(strings.TrimSpace(got.String()), "\n") {
+		name, _, _ := strings.Cut(line, ":")
+		for _, c := range name {
+			if !(c == '.' || c == '_' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9') {
+				t.Errorf("metric name %q has %q", name, c)
+			}
+		}
+	}
+	for _, want := range []string{"s3helper.requests.other.405:1|c\n", "s3helper.upstream.s3_errors.other:1|c\n",
+		"s3helper.upstream.s3_errors.403:1|c\n"} {
+		if !strings.Contains(got.String(), want) {
+			t.Errorf("metrics lack %q:\n%s", want, got.String())
+		}
+	}
+	if strings.Contains(got.String(), "BrandNewCode") || strings.Contains(got.String(), "Evil") {
+		t.Errorf("an S3 error code reached a metric name:\n%s", got.String())
+	}
+}
+
+func TestMetricLabels(t *testing.T) {
+	tests := []struct{ got, want string }{
+		{methodLabel("GET"), "GET"}, {methodLabel("HEAD"), "HEAD"}, {methodLabel("get"), "other"},
+		{methodLabel("GET|ms|#evil"), "other"},
+		{s3ErrorLabel("NoSuchKey", 404), "NoSuchKey"}, {s3ErrorLabel("", 404), "404"},
+		{s3ErrorLabel("Whatever", 403), "other"}, {s3ErrorLabel("", 1000), "other"},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("label = %q, want %q", tt.got, tt.want)
 		}
 	}
 }

@@ -131,7 +131,9 @@ seed() {
 		printf '\x00\x01\x00\x08mdat'
 		head -c 65528 /dev/urandom
 	} >"$DIR/seed/sample.mp4"
-	for f in hello.txt big.bin sample.mp4; do put "$f" "$DIR/seed/$f"; done
+	# Large enough that socket buffers cannot hide a paused client.
+	head -c 50331648 /dev/urandom >"$DIR/seed/large.bin"
+	for f in hello.txt big.bin sample.mp4 large.bin; do put "$f" "$DIR/seed/$f"; done
 	mkdir -p "$DATA/$BUCKET/dir/sub"
 	printf 'nested\n' >"$DATA/$BUCKET/dir/sub/nested.txt"
 }
