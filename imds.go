@@ -437,7 +437,8 @@ type credentialCache struct {
 	// provider fetches new sets; it must be set.
 	provider credentialProvider
 	// refreshBefore is how long before expiry a refresh starts; zero means
-	// 15 minutes. The refresh moment is uniform in the last third of it.
+	// 15 minutes. The refresh moment is uniform between refreshBefore and
+	// two thirds of it before expiry: the earliest third of the window.
 	refreshBefore time.Duration
 	// now is the clock; nil means time.Now.
 	now func() time.Time

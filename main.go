@@ -23,6 +23,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -65,14 +66,23 @@ func main() {
 	}
 }
 
-// configError wraps every invalid-configuration problem; main exits 2.
-type configError struct{ err error }
+// configError lists every invalid-configuration problem; main exits 2.
+type configError struct{ problems []error }
 
-// Error lists every configuration problem, one a line.
-func (e configError) Error() string { return "invalid configuration:\n" + e.err.Error() }
+// Error lists the problems one a line and points to -help.
+func (e configError) Error() string {
+	var b strings.Builder
+	b.WriteString("invalid configuration:")
+	for _, p := range e.problems {
+		b.WriteString("\n  ")
+		b.WriteString(p.Error())
+	}
+	b.WriteString("\nrun 's3-helper -help' for every flag, its form and its S3_HELPER_* variable")
+	return b.String()
+}
 
-// Unwrap returns the joined problems.
-func (e configError) Unwrap() error { return e.err }
+// Unwrap returns the problems.
+func (e configError) Unwrap() []error { return e.problems }
 
 // routeFlags collects repeatable -route values.
 type routeFlags []string
@@ -111,6 +121,9 @@ type config struct {
 	showVersion     bool
 	presign         string
 	presignExpires  time.Duration
+	// presignRequested is set when -presign or its variable was given, even
+	// empty: an empty -presign is an error, never a silent start.
+	presignRequested bool
 }
 
 // newFlagSet defines every flag, writing into cfg.
@@ -127,7 +140,7 @@ func newFlagSet(cfg *config, stderr io.Writer) *flag.FlagSet {
 	fs.BoolVar(&cfg.pathStyle, "path-style", false, "force path-style addressing (automatic for buckets with dots and IP or localhost endpoints)")
 	fs.StringVar(&cfg.imdsEndpoint, "imds-endpoint", "", "instance metadata endpoint; default $AWS_EC2_METADATA_SERVICE_ENDPOINT, then "+defaultIMDSEndpoint)
 	fs.StringVar(&cfg.imdsRole, "imds-role", "", "instance role name; default the first role IMDS lists")
-	fs.DurationVar(&cfg.refreshBefore, "refresh-before", defaultRefreshBefore, "refresh credentials this long before they expire (at a random moment in the last third of it)")
+	fs.DurationVar(&cfg.refreshBefore, "refresh-before", defaultRefreshBefore, "refresh credentials at a random moment between this long and two thirds of it before they expire (15m: 15 to 10 minutes before)")
 	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Second, "per upstream attempt: limit to connect and receive S3's response headers, and longest pause within a body")
 	fs.IntVar(&cfg.retries, "retries", 3, "retries of a failed upstream attempt (connect errors, timeouts, 500/502/503/504), and mid-body resumes; 0 disables")
 	fs.StringVar(&cfg.statsd, "statsd", "", "statsd HOST:PORT (UDP); empty disables metrics")
@@ -146,20 +159,39 @@ func newFlagSet(cfg *config, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
+// usageIntro opens -help.
+const usageIntro = `s3-helper serves a private S3 bucket to a local nginx as if it were a bucket
+that needs no signature: plain GET and HEAD in, SigV4-signed requests to S3
+out, with the instance role's credentials.
+
+Usage: s3-helper -bucket NAME [flags]
+
+Every flag can also be set in the environment as S3_HELPER_<FLAG> (upper
+case, '-' as '_'), e.g. S3_HELPER_BUCKET=media or S3_HELPER_ROUTE=/a/=b1,/b/=b2;
+a flag on the command line wins. Credentials come from AWS_ACCESS_KEY_ID and
+AWS_SECRET_ACCESS_KEY, else the instance metadata service (IMDSv2).
+
+Flags:
+`
+
 // parseConfig parses args, then fills every flag not given on the command
-// line from S3_HELPER_<FLAG> (upper case, '-' as '_'): the flag wins.
-func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*config, error) {
+// line from S3_HELPER_<FLAG> (upper case, '-' as '_'): the flag wins. Unlike
+// flag.FlagSet.Parse it does not stop at the first problem: it returns the
+// config with a configError naming every unknown flag and unparsable value
+// with the form expected. -help prints the usage on stdout and returns
+// flag.ErrHelp.
+func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*config, error) {
 	cfg := &config{}
-	fs := newFlagSet(cfg, stderr)
-	if err := fs.Parse(args); err != nil {
+	fs := newFlagSet(cfg, stdout)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usageIntro)
+		fs.PrintDefaults()
+	}
+	given, problems, err := parseArgs(fs, args)
+	if err != nil {
+		fs.Usage()
 		return nil, err
 	}
-	if fs.NArg() > 0 {
-		return nil, configError{fmt.Errorf("unexpected argument %q: every setting is a flag", fs.Arg(0))}
-	}
-	given := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	var errs []error
 	fs.VisitAll(func(f *flag.Flag) {
 		env := envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
 		v := getenv(env)
@@ -171,15 +203,82 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 			values = strings.Split(v, ",")
 		}
 		for _, one := range values {
-			if err := fs.Set(f.Name, strings.TrimSpace(one)); err != nil {
-				errs = append(errs, fmt.Errorf("$%s %q: %w", env, v, err))
+			if err := f.Value.Set(strings.TrimSpace(one)); err != nil {
+				problems = append(problems, fmt.Errorf("$%s %q: must be %s", env, clip(v, maxQuotedValueBytes), expectedForm(f)))
 			}
 		}
 	})
-	if len(errs) > 0 {
-		return nil, configError{errors.Join(errs...)}
+	cfg.presignRequested = given["presign"] || getenv(envPrefix+"PRESIGN") != ""
+	if len(problems) > 0 {
+		return cfg, configError{problems}
 	}
 	return cfg, nil
+}
+
+// maxQuotedValueBytes bounds a bad value quoted back in an error.
+const maxQuotedValueBytes = 64
+
+// parseArgs sets the flags named in args as flag.FlagSet.Parse does
+// (-name value, -name=value, --name, bool flags without a value, "--" ends
+// the flags), collecting every problem instead of stopping at the first.
+// It returns which flags were given, and flag.ErrHelp for -h or -help.
+func parseArgs(fs *flag.FlagSet, args []string) (given map[string]bool, problems []error, err error) {
+	given = map[string]bool{}
+	for i := 0; i < len(args); i++ {
+		arg := args[i]
+		if arg == "--" {
+			for _, rest := range args[i+1:] {
+				problems = append(problems, fmt.Errorf("unexpected argument %q: every setting is a flag", clip(rest, maxQuotedValueBytes)))
+			}
+			break
+		}
+		name, hasDash := strings.CutPrefix(arg, "-")
+		if !hasDash || name == "" {
+			problems = append(problems, fmt.Errorf("unexpected argument %q: every setting is a flag", clip(arg, maxQuotedValueBytes)))
+			continue
+		}
+		name = strings.TrimPrefix(name, "-")
+		name, value, hasValue := strings.Cut(name, "=")
+		if name == "h" || name == "help" {
+			return nil, nil, flag.ErrHelp
+		}
+		f := fs.Lookup(name)
+		if f == nil {
+			problems = append(problems, fmt.Errorf("unknown flag -%s", clip(name, maxQuotedValueBytes)))
+			continue
+		}
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() && !hasValue {
+			value, hasValue = "true", true
+		}
+		if !hasValue {
+			if i+1 == len(args) {
+				problems = append(problems, fmt.Errorf("-%s needs a value: %s", name, expectedForm(f)))
+				continue
+			}
+			i++
+			value = args[i]
+		}
+		given[name] = true
+		if err := f.Value.Set(value); err != nil {
+			problems = append(problems, fmt.Errorf("-%s %q: must be %s", name, clip(value, maxQuotedValueBytes), expectedForm(f)))
+		}
+	}
+	return given, problems, nil
+}
+
+// expectedForm describes the values a flag takes, for error messages.
+func expectedForm(f *flag.Flag) string {
+	if g, ok := f.Value.(flag.Getter); ok {
+		switch g.Get().(type) {
+		case time.Duration:
+			return "a duration such as 5s, 250ms or 1m30s"
+		case int:
+			return "a whole number such as 3"
+		case bool:
+			return "true or false"
+		}
+	}
+	return "a value as -help describes"
 }
 
 // settings is the validated configuration, ready to wire.
@@ -300,9 +399,14 @@ func validate(cfg *config, getenv func(string) string) (*settings, error) {
 	if cfg.shutdownTimeout < 0 {
 		bad("shutdown-timeout", cfg.shutdownTimeout.String(), "must not be negative")
 	}
-	if cfg.presign != "" {
-		if err := validateKey(cfg.prefix + cfg.presign); err != nil {
-			bad("presign", cfg.presign, err.Error())
+	if cfg.presignRequested {
+		// The same key rules as the proxy, so a printed URL names an object
+		// the proxy would also serve.
+		if err := checkPresignKey(cfg.prefix, cfg.presign); err != nil {
+			bad("presign", clip(cfg.presign, maxQuotedValueBytes), err.Error())
+		}
+		if cfg.presignExpires < time.Second || cfg.presignExpires > maxPresignExpiry {
+			bad("presign-expires", cfg.presignExpires.String(), "must be between 1s and 168h (7 days, S3's limit)")
 		}
 	}
 
@@ -314,9 +418,20 @@ func validate(cfg *config, getenv func(string) string) (*settings, error) {
 		errs = append(errs, errors.New("$AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY: set both or neither"))
 	}
 	if len(errs) > 0 {
-		return nil, configError{errors.Join(errs...)}
+		return nil, configError{errs}
 	}
 	return s, nil
+}
+
+// checkPresignKey applies the proxy's key rules to a -presign key.
+func checkPresignKey(prefix, key string) error {
+	if key == "" {
+		return errors.New("needs an object key")
+	}
+	if err := checkClientKey(key); err != nil {
+		return err
+	}
+	return validateKey(prefix + key)
 }
 
 // firstNonEmpty returns the first non-empty value, or "".
@@ -501,17 +616,22 @@ func newUpstreamTransport(timeout time.Duration) *http.Transport {
 // run is main without the process: it parses args, validates, wires and
 // serves until ctx ends, then drains in-flight requests.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	cfg, err := parseConfig(args, getenv, stderr)
-	if err != nil {
+	cfg, err := parseConfig(args, getenv, stdout)
+	var parseProblems configError
+	if err != nil && !errors.As(err, &parseProblems) {
 		return err
 	}
-	if cfg.showVersion {
+	if cfg.showVersion && err == nil {
 		fmt.Fprintln(stdout, "s3-helper", versionString())
 		return nil
 	}
 	st, err := validate(cfg, getenv)
-	if err != nil {
+	var problems configError
+	if err != nil && !errors.As(err, &problems) {
 		return err
+	}
+	if all := append(parseProblems.problems, problems.problems...); len(all) > 0 {
+		return configError{all}
 	}
 	var level slog.LevelVar
 	level.Set(st.logLevel)
@@ -556,7 +676,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	signer := &Signer{Region: cfg.region}
 	routes := buildRoutes(st.routes, st.endpoint, cfg.pathStyle)
-	if cfg.presign != "" {
+	if cfg.presignRequested {
 		return presign(ctx, stdout, signer, cache, routes, st.endpoint.Scheme, cfg)
 	}
 
@@ -591,8 +711,7 @@ func serve(ctx context.Context, st *settings, proxy *Proxy, cache *credentialCac
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          errorLog,
 	}
-	servers := []*http.Server{srv}
-	errc := make(chan error, 2)
+	servers := []serving{{"proxy", srv, ln}}
 	if cfg.admin != "" {
 		aln, err := net.Listen("tcp", cfg.admin)
 		if err != nil {
@@ -600,9 +719,8 @@ func serve(ctx context.Context, st *settings, proxy *Proxy, cache *credentialCac
 			return fmt.Errorf("-admin %q: %w", cfg.admin, err)
 		}
 		admin := &http.Server{Handler: adminHandler(cache, cfg.pprof), ReadHeaderTimeout: readHeaderTimeout, ErrorLog: errorLog}
-		servers = append(servers, admin)
+		servers = append(servers, serving{"admin", admin, aln})
 		log.Info("admin listening", "addr", aln.Addr().String(), "pprof", cfg.pprof)
-		go func() { errc <- admin.Serve(aln) }()
 	}
 	if !isLoopbackListener(ln.Addr()) {
 		log.Warn("listening on a non-loopback address: anyone who can reach it can read the bucket", "addr", ln.Addr().String())
@@ -610,27 +728,49 @@ func serve(ctx context.Context, st *settings, proxy *Proxy, cache *credentialCac
 	log.Info("listening", "addr", ln.Addr().String(), "version", version, "region", cfg.region,
 		"endpoint", st.endpoint.String(), "bucket", cfg.bucket, "routes", len(proxy.routes),
 		"credentials", credentialSourceName(st), "statsd", cfg.statsd != "")
-	go func() { errc <- srv.Serve(ln) }()
+	return runServers(ctx, servers, cfg.shutdownTimeout, log, proxy.InFlight)
+}
 
+// serving is one server and the listener it serves.
+type serving struct {
+	name string
+	srv  *http.Server
+	ln   net.Listener
+}
+
+// runServers serves every listener until ctx ends or one server fails,
+// then shuts them all down, draining in-flight requests for up to
+// shutdownTimeout. A failed server is an error, so the process exits
+// non-zero instead of running on half its listeners.
+func runServers(ctx context.Context, servers []serving, shutdownTimeout time.Duration, log *slog.Logger, inFlight func() int64) error {
+	errc := make(chan error, len(servers))
+	var serveLoops sync.WaitGroup
+	for _, s := range servers {
+		serveLoops.Go(func() {
+			if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("%s server on %s: %w", s.name, s.ln.Addr(), err)
+			}
+		})
+	}
+	var serveErr error
 	select {
 	case <-ctx.Done():
-	case err := <-errc:
-		if !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("serve: %w", err)
-		}
+	case serveErr = <-errc:
+		log.Error("a server failed; stopping the others", "err", serveErr)
 	}
-	log.Info("shutting down", "in_flight", proxy.InFlight(), "timeout", cfg.shutdownTimeout)
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownTimeout)
+	log.Info("shutting down", "in_flight", inFlight(), "timeout", shutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 	defer cancel()
 	var shutdownErr error
 	for _, s := range servers {
-		if err := s.Shutdown(sctx); err != nil {
+		if err := s.srv.Shutdown(sctx); err != nil {
 			shutdownErr = fmt.Errorf("shutdown: %w (requests still in flight were cut off)", err)
-			s.Close()
+			s.srv.Close()
 		}
 	}
+	serveLoops.Wait() // every listener is closed once its Serve returns
 	log.Info("stopped")
-	return shutdownErr
+	return errors.Join(serveErr, shutdownErr)
 }
 
 // credentialSourceName names the credential source for the start-up log, never a value.
@@ -702,7 +842,7 @@ func presign(ctx context.Context, stdout io.Writer, signer *Signer, cache *crede
 	uri := rt.uriPrefix + canonicalURI(rt.keyPrefix+cfg.presign)
 	query, err := signer.Presign(signingRequest{method: http.MethodGet, host: rt.host, uri: uri}, creds, now, cfg.presignExpires)
 	if err != nil {
-		return configError{fmt.Errorf("-presign-expires: %w", err)}
+		return fmt.Errorf("presign: %w", err)
 	}
 	fmt.Fprintf(stdout, "%s://%s%s?%s\n", scheme, rt.host, uri, query)
 	return nil

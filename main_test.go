@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -52,6 +54,98 @@ func TestValidationReportsEveryProblem(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("validation error lacks %q:\n%v", want, err)
 		}
+	}
+}
+
+// TestCommandLineReportsEveryProblem: unparsable values and unknown flags
+// are configuration errors (exit 2) reported together with the validation
+// problems, in a few lines that give the expected form and point to -help.
+func TestCommandLineReportsEveryProblem(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want []string
+	}{
+		{"bad duration and remote listen", []string{"-timeout", "banana", "-listen", "0.0.0.0:80", "-bucket", "media"}, nil,
+			[]string{`-timeout "banana": must be a duration such as 5s`, `-listen "0.0.0.0:80": not a loopback address`}},
+		{"unknown flag and bad number", []string{"-bukket", "media", "-retries=many", "--log-level", "debug"}, nil,
+			[]string{"unknown flag -bukket", `-retries "many": must be a whole number`, `-bucket "": required`}},
+		{"missing value and stray argument", []string{"-bucket", "media", "extra", "-timeout"}, nil,
+			[]string{`unexpected argument "extra"`, "-timeout needs a value: a duration"}},
+		{"bad bool", []string{"-bucket", "media", "-access-log=maybe"}, nil,
+			[]string{`-access-log "maybe": must be true or false`}},
+		{"environment", []string{"-bucket", "media"}, map[string]string{"S3_HELPER_TIMEOUT": "banana", "S3_HELPER_RETRIES": "x"},
+			[]string{`$S3_HELPER_TIMEOUT "banana": must be a duration such as 5s`, `$S3_HELPER_RETRIES "x": must be a whole number`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			err := run(t.Context(), tt.args, envFrom(tt.env), &stdout, &stderr)
+			var ce configError
+			if !errors.As(err, &ce) {
+				t.Fatalf("run = %v, want a configError (exit 2)", err)
+			}
+			for _, want := range append(tt.want, "s3-helper -help") {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error lacks %q:\n%v", want, err)
+				}
+			}
+			if lines := strings.Count(err.Error(), "\n") + 1; lines > len(tt.want)+3 {
+				t.Errorf("error has %d lines for %d problems:\n%v", lines, len(tt.want), err)
+			}
+			if stdout.Len()+stderr.Len() > 0 {
+				t.Errorf("printed a usage dump besides the error:\n%s%s", stdout.String(), stderr.String())
+			}
+		})
+	}
+}
+
+func TestHelp(t *testing.T) {
+	var stdout bytes.Buffer
+	err := run(t.Context(), []string{"-help"}, envFrom(nil), &stdout, io.Discard)
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("run -help = %v, want flag.ErrHelp (exit 0)", err)
+	}
+	first, _, _ := strings.Cut(stdout.String(), "\n")
+	if !strings.HasPrefix(first, "s3-helper serves a private S3 bucket") {
+		t.Errorf("help starts with %q, want what s3-helper is", first)
+	}
+	for _, want := range []string{"S3_HELPER_", "-refresh-before", "two thirds of it before"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("help lacks %q", want)
+		}
+	}
+}
+
+// TestPresignChecksBeforeTheNetwork: -presign takes the proxy's key rules
+// and a valid -presign-expires, checked before any credential or region
+// lookup (the IMDS endpoint here would refuse the connection).
+func TestPresignChecksBeforeTheNetwork(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"empty key", []string{"-presign", ""}, `-presign "": needs an object key`},
+		{"dot segment", []string{"-presign", "a/../b.mp4"}, `-presign "a/../b.mp4": invalid object key: ".." segment`},
+		{"control character", []string{"-presign", "a\x01b"}, "control character"},
+		{"expiry too long", []string{"-presign", "a.mp4", "-presign-expires", "200h"}, `-presign-expires "200h0m0s": must be between 1s and 168h`},
+		{"expiry zero", []string{"-presign", "a.mp4", "-presign-expires", "0s"}, `-presign-expires "0s"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append([]string{"-bucket", "media", "-imds-endpoint", "http://127.0.0.1:1"}, tt.args...)
+			var out bytes.Buffer
+			err := run(t.Context(), args, envFrom(nil), &out, io.Discard)
+			var ce configError
+			if !errors.As(err, &ce) || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("run = %v, want a configError with %q", err, tt.want)
+			}
+			if out.Len() > 0 {
+				t.Errorf("printed %q", out.String())
+			}
+		})
 	}
 }
 
@@ -405,5 +499,49 @@ func TestShutdownUnderLoad(t *testing.T) {
 	}
 	if err := <-d.done; err != nil {
 		t.Errorf("run = %v", err)
+	}
+}
+
+// brokenListener fails its first Accept with a permanent error, as a
+// listener whose socket was closed or exhausted does.
+type brokenListener struct{ net.Listener }
+
+func (l brokenListener) Accept() (net.Conn, error) { return nil, errors.New("accept: socket gone") }
+
+// TestOneServerFailingStopsTheOther: when the admin server fails, the proxy
+// is shut down too and the error is returned (so main exits non-zero).
+func TestOneServerFailingStopsTheOther(t *testing.T) {
+	proxyLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	adminLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {})
+	servers := []serving{
+		{"proxy", &http.Server{Handler: ok}, proxyLn},
+		{"admin", &http.Server{Handler: ok}, brokenListener{adminLn}},
+	}
+	logs := &syncBuffer{}
+	done := make(chan error, 1)
+	go func() {
+		done <- runServers(t.Context(), servers, time.Second, slog.New(slog.NewTextHandler(logs, nil)), func() int64 { return 0 })
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "admin server") || !strings.Contains(err.Error(), "socket gone") {
+			t.Errorf("runServers = %v, want the admin server's failure", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("runServers still running after the admin server failed")
+	}
+	if c, err := net.Dial("tcp", proxyLn.Addr().String()); err == nil {
+		c.Close()
+		t.Error("the proxy still accepts connections after the admin server failed")
+	}
+	if !strings.Contains(logs.String(), "a server failed") {
+		t.Errorf("no log line names the failure:\n%s", logs)
 	}
 }

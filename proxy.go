@@ -112,12 +112,15 @@ func (e *proxyError) Unwrap() error { return e.err }
 
 // exchange is the state of one client request.
 type exchange struct {
-	start          time.Time
-	method         string
-	remote         string
-	key            string
-	rangeHeader    string
-	status         int
+	start       time.Time
+	method      string
+	remote      string
+	key         string
+	rangeHeader string
+	// status is what the client was answered.
+	status int
+	// upstreamStatus is S3's status on the response the client's answer
+	// started from (after retries, before any resume).
 	upstreamStatus int
 	s3Code         string
 	bytes          int64
@@ -293,7 +296,9 @@ func (p *Proxy) attempts(ctx context.Context, up *upstream, x *exchange, extra h
 		resp, err := p.transport.RoundTrip(req)
 		if err == nil {
 			p.metrics.Timing(metricUpstreamTTFB, p.clock().Sub(sent))
-			x.upstreamStatus = resp.StatusCode
+			if extra == nil { // a resume's 206 is not what the client was answered
+				x.upstreamStatus = resp.StatusCode
+			}
 			resp.Body = p.watchBody(resp.Body, cancel)
 		} else {
 			cancel()
@@ -495,7 +500,10 @@ func (p *Proxy) respond(w http.ResponseWriter, r *http.Request, resp *http.Respo
 		}
 		resp.Body.Close()
 		p.metrics.Count2(metricS3Errors, s3ErrorLabel(x.s3Code, resp.StatusCode), "", 1)
-		x.err = fmt.Errorf("S3 answered %d %s", resp.StatusCode, x.s3Code)
+		x.err = fmt.Errorf("S3 answered %d", resp.StatusCode)
+		if x.s3Code != "" {
+			x.err = fmt.Errorf("S3 answered %d %s", resp.StatusCode, x.s3Code)
+		}
 		if redirect {
 			// 301 PermanentRedirect and 307 TemporaryRedirect: nginx cannot
 			// follow them, and they mean our configuration is wrong.
@@ -771,13 +779,11 @@ func (p *Proxy) finish(ctx context.Context, x *exchange) {
 		slog.Int64("bytes", x.bytes),
 		slog.Duration("dur", dur),
 		slog.Int("attempts", x.attempts),
+		slog.Int("resumes", x.resumes),
 		slog.String("remote", x.remote),
 	}
 	if x.rangeHeader != "" {
 		attrs = append(attrs, slog.String("range", clip(x.rangeHeader, maxLoggedRangeBytes)))
-	}
-	if x.resumes > 0 {
-		attrs = append(attrs, slog.Int("resumes", x.resumes))
 	}
 	if x.s3Code != "" {
 		attrs = append(attrs, slog.String("s3_code", x.s3Code))

@@ -387,6 +387,18 @@ func TestProxyStatusPassthrough(t *testing.T) {
 	}
 }
 
+// TestProxyErrorTextWithoutCode: S3 sends no body (and so no code) to a
+// HEAD; the logged cause has no dangling separator.
+func TestProxyErrorTextWithoutCode(t *testing.T) {
+	tp := newTestProxy(t)
+	if resp, _ := get(t, "HEAD", tp.url+"/missing", nil); resp.StatusCode != 404 {
+		t.Fatalf("HEAD missing = %d", resp.StatusCode)
+	}
+	if !tp.logs.waitFor(`err="S3 answered 404"`) {
+		t.Errorf("log lacks the exact cause:\n%s", tp.logs)
+	}
+}
+
 func TestProxyWrongSecretIs403WithCodeLogged(t *testing.T) {
 	tp := newTestProxy(t)
 	tp.s3.secret = "another secret"
@@ -613,6 +625,12 @@ func TestProxyResumesMidBody(t *testing.T) {
 			}
 			if cuts.Load() != 4 || !tp.logs.waitFor("resumes=4") {
 				t.Errorf("cuts = %d; log:\n%s", cuts.Load(), tp.logs)
+			}
+			// The access log names what the client got and S3's status on
+			// the response it started from, not the last resume's 206.
+			want := fmt.Sprintf("status=%d upstream_status=%d", resp.StatusCode, resp.StatusCode)
+			if !strings.Contains(tp.logs.String(), want) {
+				t.Errorf("access log lacks %q:\n%s", want, tp.logs)
 			}
 		})
 	}

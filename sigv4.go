@@ -57,7 +57,9 @@ const (
 	lowerAmzDate         = "x-amz-date"
 	lowerContentSHA256   = "x-amz-content-sha256"
 	lowerSecurityToken   = "x-amz-security-token"
-	maxSignedHeaderCount = 16
+	// inlineSignedHeaders is how many signed headers fit without an
+	// allocation: S3 requests sign four.
+	inlineSignedHeaders = 16
 )
 
 // errInvalidKey is wrapped by every object-key rejection; the proxy maps it
@@ -422,10 +424,14 @@ type signOutput struct {
 	signatureStart         int
 }
 
-// signedFields is a sorted list of headers to sign, kept on the stack.
+// signedFields is a sorted list of headers to sign. The first
+// inlineSignedHeaders live on the stack; more spill to the heap, so no
+// header is ever dropped from a signature.
 type signedFields struct {
 	n      int
-	fields [maxSignedHeaderCount]signedField
+	inline [inlineSignedHeaders]signedField
+	// spill holds every field once there are more than fit inline.
+	spill []signedField
 }
 
 // signedField is a header to sign; canonical values (ours: host, hashes,
@@ -435,16 +441,27 @@ type signedField struct {
 	canonical   bool
 }
 
-// add appends a header; past maxSignedHeaderCount it is dropped (only test vectors come near).
+// add appends a header.
 func (f *signedFields) add(name, value string, canonical bool) {
-	if f.n < len(f.fields) {
-		f.fields[f.n] = signedField{name, value, canonical}
+	field := signedField{name, value, canonical}
+	switch {
+	case f.spill != nil:
+		f.spill = append(f.spill, field)
+	case f.n < len(f.inline):
+		f.inline[f.n] = field
 		f.n++
+	default:
+		f.spill = append(append(make([]signedField, 0, 2*len(f.inline)), f.inline[:]...), field)
 	}
 }
 
 // list returns the headers added so far.
-func (f *signedFields) list() []signedField { return f.fields[:f.n] }
+func (f *signedFields) list() []signedField {
+	if f.spill != nil {
+		return f.spill
+	}
+	return f.inline[:f.n]
+}
 
 // fields collects the headers to sign, lower-cases their names and sorts
 // them once; both the canonical headers and the signed-header list derive

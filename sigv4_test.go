@@ -5,10 +5,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -692,5 +694,32 @@ func BenchmarkSignFloor(b *testing.B) {
 		h := sha256.Sum256(creq)
 		hex.Encode(sts[len(sts)-2*sha256.Size:], h[:])
 		buf.hmac(key, sts)
+	}
+}
+
+// TestSignManyHeaders: more signed headers than fit on the stack are all
+// signed; the canonical request is checked against a plain-string build.
+func TestSignManyHeaders(t *testing.T) {
+	s := &Signer{Region: "us-east-1"}
+	creds := newCredentials(docsAccessKeyID, docsSecret, "", time.Time{}, sourceEnvironment)
+	in := &signingRequest{method: "GET", host: docsHost, uri: "/test.txt"}
+	var lines, names []string
+	for i := range 3 * inlineSignedHeaders {
+		name := fmt.Sprintf("x-amz-meta-h%02d", i)
+		in.headers = append(in.headers, headerField{name, fmt.Sprintf(" value  %d ", i)})
+		lines = append(lines, fmt.Sprintf("%s:value %d", name, i))
+		names = append(names, name)
+	}
+	lines = append(lines, "host:"+docsHost, "x-amz-content-sha256:"+emptyPayloadHash, "x-amz-date:20130524T000000Z")
+	names = append(names, "host", "x-amz-content-sha256", "x-amz-date")
+	slices.Sort(lines)
+	slices.Sort(names)
+	want := strings.Join([]string{"GET", "/test.txt", "", strings.Join(lines, "\n"), "", strings.Join(names, ";"), emptyPayloadHash}, "\n")
+	got := s.explain(in, creds, docsTime, true)
+	if got.canonicalRequest != want {
+		t.Errorf("canonical request with %d headers:\n%s\nwant:\n%s", len(in.headers), got.canonicalRequest, want)
+	}
+	if got.signedHeaders != strings.Join(names, ";") {
+		t.Errorf("SignedHeaders = %s", got.signedHeaders)
 	}
 }
