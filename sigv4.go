@@ -49,14 +49,14 @@ const (
 // Header names the signer adds, in canonical (net/http) form so that they are
 // stored in an http.Header without re-canonicalisation.
 const (
-	headerAuthorization  = "Authorization"
-	headerAmzDate        = "X-Amz-Date"
-	headerContentSHA256  = "X-Amz-Content-Sha256"
-	headerSecurityToken  = "X-Amz-Security-Token"
-	lowerHost            = "host"
-	lowerAmzDate         = "x-amz-date"
-	lowerContentSHA256   = "x-amz-content-sha256"
-	lowerSecurityToken   = "x-amz-security-token"
+	headerAuthorization = "Authorization"
+	headerAmzDate       = "X-Amz-Date"
+	headerContentSHA256 = "X-Amz-Content-Sha256"
+	headerSecurityToken = "X-Amz-Security-Token"
+	lowerHost           = "host"
+	lowerAmzDate        = "x-amz-date"
+	lowerContentSHA256  = "x-amz-content-sha256"
+	lowerSecurityToken  = "x-amz-security-token"
 	// inlineSignedHeaders is how many signed headers fit without an
 	// allocation: S3 requests sign four.
 	inlineSignedHeaders = 16
