@@ -726,3 +726,25 @@ func TestE2ESlowReaderGetsEveryByte(t *testing.T) {
 		}
 	})
 }
+
+// TestE2EConfigErrorExitStatus: the real binary exits 2 on bad flags, with
+// every problem in a few lines and no usage dump.
+func TestE2EConfigErrorExitStatus(t *testing.T) {
+	env := needE2E(t)
+	cmd := exec.Command(env.binary, "-timeout", "banana", "-listen", "0.0.0.0:80", "-bucket", "media", "-no-such-flag")
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	if code := cmd.ProcessState.ExitCode(); code != 2 {
+		t.Fatalf("exit status %d (%v), want 2:\n%s", code, err, stderr.String())
+	}
+	for _, want := range []string{`-timeout "banana": must be a duration`, `-listen "0.0.0.0:80"`, "unknown flag -no-such-flag", "-help"} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr.String())
+		}
+	}
+	if lines := strings.Count(stderr.String(), "\n"); lines > 6 {
+		t.Errorf("stderr has %d lines:\n%s", lines, stderr.String())
+	}
+}

@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -84,6 +86,10 @@ func (f *fakeIMDS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Method == http.MethodPut && r.URL.Path == imdsTokenPath {
+		if r.Header.Get("X-Forwarded-For") != "" { // IMDSv2 refuses forwarded token requests
+			http.Error(w, "forbidden", http.StatusForbidden)
+			return
+		}
 		ttl, err := strconv.Atoi(r.Header.Get(imdsTokenTTLHeader))
 		if err != nil || ttl < 1 || ttl > 21600 {
 			http.Error(w, "bad ttl", http.StatusBadRequest)
@@ -270,6 +276,28 @@ func TestIMDSTokenTimeoutNamesHopLimit(t *testing.T) {
 	_, err := (&imdsClient{endpoint: srv.URL, client: client}).Retrieve(t.Context())
 	if !errors.Is(err, errHopLimit) || !strings.Contains(err.Error(), "http-put-response-hop-limit") {
 		t.Errorf("Retrieve with an unanswered token PUT = %v, want the hop-limit explanation", err)
+	}
+}
+
+// TestIMDSForbiddenNamesCauses: a 403 from IMDS, here because a proxy in
+// between added X-Forwarded-For, is reported with its likely causes and
+// fixes; so is an injected 403 on the credentials GET.
+func TestIMDSForbiddenNamesCauses(t *testing.T) {
+	f, srv := newFakeIMDS(t, time.Now().Add(time.Hour))
+	target, _ := url.Parse(srv.URL)
+	sidecar := httptest.NewServer(httputil.NewSingleHostReverseProxy(target)) // adds X-Forwarded-For
+	t.Cleanup(sidecar.Close)
+	_, err := (&imdsClient{endpoint: sidecar.URL}).Retrieve(t.Context())
+	for _, want := range []string{"403", "X-Forwarded-For", "--http-endpoint enabled"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Retrieve through a forwarding proxy = %v, want it to name %q", err, want)
+		}
+	}
+	f.mu.Lock()
+	f.fail = []int{http.StatusForbidden}
+	f.mu.Unlock()
+	if _, err := (&imdsClient{endpoint: srv.URL}).Retrieve(t.Context()); err == nil || !strings.Contains(err.Error(), "metadata endpoint is turned off") {
+		t.Errorf("Retrieve after a 403 = %v, want the causes named", err)
 	}
 }
 

@@ -96,6 +96,7 @@ func (r *routeFlags) Set(v string) error { *r = append(*r, v); return nil }
 // config is the parsed command line.
 type config struct {
 	listen          string
+	socketMode      string
 	allowRemote     bool
 	bucket          string
 	prefix          string
@@ -103,6 +104,11 @@ type config struct {
 	routes          routeFlags
 	endpoint        string
 	pathStyle       bool
+	credentials     string
+	stsEndpoint     string
+	assumeRole      string
+	externalID      string
+	roleSessionName string
 	imdsEndpoint    string
 	imdsRole        string
 	refreshBefore   time.Duration
@@ -131,6 +137,7 @@ func newFlagSet(cfg *config, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("s3-helper", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.listen, "listen", "127.0.0.1:8080", "address to serve on: HOST:PORT, or unix:/PATH for a Unix socket; a non-loopback address needs -allow-remote")
+	fs.StringVar(&cfg.socketMode, "socket-mode", "0660", "permissions of the -listen unix: socket, in octal; 0660 lets the socket's group (e.g. www-data for nginx) connect")
 	fs.BoolVar(&cfg.allowRemote, "allow-remote", false, "allow -listen and -admin on non-loopback addresses (anyone who reaches the port reads the bucket)")
 	fs.StringVar(&cfg.bucket, "bucket", "", "S3 bucket served under / (required)")
 	fs.StringVar(&cfg.prefix, "prefix", "", "key prefix prepended to every key of -bucket, e.g. videos/")
@@ -138,10 +145,15 @@ func newFlagSet(cfg *config, stderr io.Writer) *flag.FlagSet {
 	fs.Var(&cfg.routes, "route", "PATHPREFIX=BUCKET[/KEYPREFIX]: serve another bucket under a URL prefix, e.g. /avod/=ads-bucket; repeatable, longest prefix wins")
 	fs.StringVar(&cfg.endpoint, "endpoint", "", "S3 endpoint URL; default https://s3.REGION.amazonaws.com with virtual-hosted addressing")
 	fs.BoolVar(&cfg.pathStyle, "path-style", false, "force path-style addressing (automatic for buckets with dots and IP or localhost endpoints)")
+	fs.StringVar(&cfg.credentials, "credentials", sourceAuto, "credential source: auto (the AWS SDKs' order: environment keys, web identity, container endpoint, IMDS), or pin one: environment, web-identity, container or imds")
+	fs.StringVar(&cfg.stsEndpoint, "sts-endpoint", "", "STS endpoint for web identity and -assume-role; default $AWS_ENDPOINT_URL_STS, then $AWS_ENDPOINT_URL, then https://sts.REGION.amazonaws.com")
+	fs.StringVar(&cfg.assumeRole, "assume-role", "", "ARN of a role to assume (e.g. in the bucket's account) with the source's credentials; empty uses the source's own")
+	fs.StringVar(&cfg.externalID, "external-id", "", "ExternalId for -assume-role, when the role's trust policy requires one")
+	fs.StringVar(&cfg.roleSessionName, "role-session-name", "", "RoleSessionName for -assume-role (2-64 of A-Za-z0-9_+=,.@-); default s3-helper-UNIXTIME")
 	fs.StringVar(&cfg.imdsEndpoint, "imds-endpoint", "", "instance metadata endpoint; default $AWS_EC2_METADATA_SERVICE_ENDPOINT, then "+defaultIMDSEndpoint)
 	fs.StringVar(&cfg.imdsRole, "imds-role", "", "instance role name; default the first role IMDS lists")
 	fs.DurationVar(&cfg.refreshBefore, "refresh-before", defaultRefreshBefore, "refresh credentials at a random moment between this long and two thirds of it before they expire (15m: 15 to 10 minutes before)")
-	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Second, "per upstream attempt: limit to connect and receive S3's response headers, and longest pause within a body")
+	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Second, "per upstream attempt: limit to connect and receive S3's response headers, and longest wait on S3 for body bytes (time writing to a slow client does not count)")
 	fs.IntVar(&cfg.retries, "retries", 3, "retries of a failed upstream attempt (connect errors, timeouts, 500/502/503/504), and mid-body resumes; 0 disables")
 	fs.StringVar(&cfg.statsd, "statsd", "", "statsd HOST:PORT (UDP); empty disables metrics")
 	fs.StringVar(&cfg.statsdPrefix, "statsd-prefix", "s3helper", "prefix of every metric name")
@@ -286,11 +298,18 @@ type settings struct {
 	cfg          *config
 	listenNet    string
 	listenAddr   string
+	socketMode   os.FileMode
 	endpoint     *url.URL
 	routes       []routeSpec
 	logLevel     slog.Level
 	imdsEndpoint string
-	static       *Credentials
+	// source is the chosen credential source; static is its set when it is
+	// the environment.
+	source sourceChoice
+	static *Credentials
+	// stsEndpoint is -sts-endpoint or its variables; nil means the
+	// regional endpoint.
+	stsEndpoint *url.URL
 }
 
 // routeSpec is a route before the endpoint (and so the host) is known.
@@ -313,6 +332,11 @@ func validate(cfg *config, getenv func(string) string) (*settings, error) {
 		if path == "" {
 			bad("listen", cfg.listen, "unix: needs a socket path")
 		}
+		mode, err := strconv.ParseUint(cfg.socketMode, 8, 32)
+		if err != nil || mode > 0o777 {
+			bad("socket-mode", cfg.socketMode, "must be octal permissions such as 0660")
+		}
+		s.socketMode = os.FileMode(mode)
 	} else if err := checkListenAddr(cfg.listen, cfg.allowRemote); err != nil {
 		bad("listen", cfg.listen, err.Error())
 	}
@@ -410,17 +434,75 @@ func validate(cfg *config, getenv func(string) string) (*settings, error) {
 		}
 	}
 
-	akid, secret := getenv("AWS_ACCESS_KEY_ID"), getenv("AWS_SECRET_ACCESS_KEY")
-	switch {
-	case akid != "" && secret != "":
-		s.static = newCredentials(akid, secret, getenv("AWS_SESSION_TOKEN"), time.Time{}, sourceEnvironment)
-	case akid != "" || secret != "":
-		errs = append(errs, errors.New("$AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY: set both or neither"))
-	}
+	errs = append(errs, validateCredentialSource(s, cfg, getenv)...)
 	if len(errs) > 0 {
 		return nil, configError{errs}
 	}
 	return s, nil
+}
+
+// validateCredentialSource chooses the credential source and checks what it
+// and -assume-role need, without touching the network.
+func validateCredentialSource(s *settings, cfg *config, getenv func(string) string) []error {
+	var errs []error
+	bad := func(flagName, value, rule string) {
+		errs = append(errs, fmt.Errorf("-%s %q: %s", flagName, clip(value, maxQuotedValueBytes), rule))
+	}
+	akid, secret := getenv("AWS_ACCESS_KEY_ID"), getenv("AWS_SECRET_ACCESS_KEY")
+	if (akid == "") != (secret == "") {
+		errs = append(errs, errors.New("$AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY: set both or neither"))
+	}
+	choice, err := chooseSource(cfg.credentials, getenv)
+	if err != nil {
+		bad("credentials", cfg.credentials, err.Error())
+	}
+	s.source = choice
+	switch choice.name {
+	case sourceEnvironment:
+		s.static = newCredentials(akid, secret, getenv("AWS_SESSION_TOKEN"), time.Time{}, sourceEnvironment)
+	case sourceWebIdentity:
+		if !isRoleARN(getenv("AWS_ROLE_ARN")) {
+			errs = append(errs, fmt.Errorf("$AWS_ROLE_ARN %q: must be a role ARN such as arn:aws:iam::123456789012:role/NAME", clip(getenv("AWS_ROLE_ARN"), maxQuotedValueBytes)))
+		}
+		if n := getenv("AWS_ROLE_SESSION_NAME"); n != "" && !validSessionName(n) {
+			errs = append(errs, fmt.Errorf("$AWS_ROLE_SESSION_NAME %q: must be 2 to 64 of A-Za-z0-9_+=,.@-", clip(n, maxQuotedValueBytes)))
+		}
+	case sourceContainer:
+		if getenv("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") == "" {
+			if err := checkContainerURL(getenv("AWS_CONTAINER_CREDENTIALS_FULL_URI")); err != nil {
+				errs = append(errs, fmt.Errorf("$AWS_CONTAINER_CREDENTIALS_FULL_URI %q: %w", clip(getenv("AWS_CONTAINER_CREDENTIALS_FULL_URI"), maxQuotedValueBytes), err))
+			}
+		}
+		if strings.ContainsAny(getenv("AWS_CONTAINER_AUTHORIZATION_TOKEN"), "\r\n") {
+			errs = append(errs, errors.New("$AWS_CONTAINER_AUTHORIZATION_TOKEN: contains a line break"))
+		}
+	}
+	if cfg.assumeRole != "" && !isRoleARN(cfg.assumeRole) {
+		bad("assume-role", cfg.assumeRole, "must be a role ARN such as arn:aws:iam::123456789012:role/NAME")
+	}
+	if cfg.roleSessionName != "" && !validSessionName(cfg.roleSessionName) {
+		bad("role-session-name", cfg.roleSessionName, "must be 2 to 64 of A-Za-z0-9_+=,.@-")
+	}
+	if cfg.externalID != "" && (len(cfg.externalID) < 2 || len(cfg.externalID) > 1224 || strings.ContainsAny(cfg.externalID, " \t\r\n")) {
+		bad("external-id", cfg.externalID, "must be 2 to 1224 characters without spaces")
+	}
+	if (cfg.externalID != "" || cfg.roleSessionName != "") && cfg.assumeRole == "" {
+		bad("assume-role", "", "needed by -external-id and -role-session-name")
+	}
+	if v := firstNonEmpty(cfg.stsEndpoint, getenv("AWS_ENDPOINT_URL_STS"), getenv("AWS_ENDPOINT_URL")); v != "" {
+		u, err := parseEndpoint(v)
+		if err != nil {
+			bad("sts-endpoint", v, err.Error())
+		}
+		s.stsEndpoint = u
+	}
+	return errs
+}
+
+// isRoleARN reports whether v looks like an IAM role ARN.
+func isRoleARN(v string) bool {
+	rest, ok := strings.CutPrefix(v, "arn:")
+	return ok && strings.Contains(rest, ":iam::") && strings.Contains(rest, ":role/") && len(v) <= 2048
 }
 
 // checkPresignKey applies the proxy's key rules to a -presign key.
@@ -637,20 +719,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	level.Set(st.logLevel)
 	log := newLogger(stderr, cfg.logFormat, &level)
 
-	var imds *imdsClient
-	var provider credentialProvider
-	if st.static != nil {
-		provider = staticProvider{st.static}
-	} else {
-		imds = &imdsClient{endpoint: st.imdsEndpoint, role: cfg.imdsRole}
-		provider = imds
-	}
 	if cfg.region == "" {
-		if imds == nil {
-			imds = &imdsClient{endpoint: st.imdsEndpoint}
-		}
 		rctx, cancel := context.WithTimeout(ctx, regionTimeout)
-		cfg.region, err = imds.Region(rctx)
+		cfg.region, err = (&imdsClient{endpoint: st.imdsEndpoint}).Region(rctx)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("no -region, $AWS_REGION or $AWS_DEFAULT_REGION, and %w", err)
@@ -670,9 +741,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		defer metrics.Close()
 	}
 
-	cache := &credentialCache{provider: provider, refreshBefore: cfg.refreshBefore, log: log.With("component", "credentials"), metrics: metrics}
-	cache.Start(ctx)
-	defer cache.Close()
+	caches := newCredentialCaches(st, getenv, log.With("component", "credentials"), metrics)
+	for _, c := range caches {
+		c.Start(ctx)
+		defer c.Close()
+	}
+	cache := caches[len(caches)-1] // the one that signs S3 requests
 
 	signer := &Signer{Region: cfg.region}
 	routes := buildRoutes(st.routes, st.endpoint, cfg.pathStyle)
@@ -692,6 +766,44 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	return serve(ctx, st, proxy, cache, log)
 }
 
+// newCredentialCaches builds the chosen source behind a cache and, with
+// -assume-role, the assumed role behind a second cache on top of it. The
+// last cache returned is the one that signs S3 requests.
+func newCredentialCaches(st *settings, getenv func(string) string, log *slog.Logger, metrics *Metrics) []*credentialCache {
+	cfg := st.cfg
+	newCache := func(p credentialProvider) *credentialCache {
+		return &credentialCache{provider: p, refreshBefore: cfg.refreshBefore, log: log, metrics: metrics}
+	}
+	sts := &stsClient{endpoint: "https://sts." + cfg.region + ".amazonaws.com"}
+	if st.stsEndpoint != nil {
+		sts.endpoint = st.stsEndpoint.String()
+	}
+	var base credentialProvider
+	switch st.source.name {
+	case sourceEnvironment:
+		base = staticProvider{st.static}
+	case sourceWebIdentity:
+		base = &webIdentityProvider{sts: sts, roleARN: getenv("AWS_ROLE_ARN"), tokenFile: getenv("AWS_WEB_IDENTITY_TOKEN_FILE"),
+			sessionName: firstNonEmpty(getenv("AWS_ROLE_SESSION_NAME"), defaultSessionName(time.Now()))}
+	case sourceContainer:
+		u := getenv("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+		if rel := getenv("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"); rel != "" {
+			u = containerHost + rel
+		}
+		base = &containerProvider{url: u, authTokenFile: getenv("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
+			authToken: getenv("AWS_CONTAINER_AUTHORIZATION_TOKEN")}
+	default:
+		base = &imdsClient{endpoint: st.imdsEndpoint, role: cfg.imdsRole}
+	}
+	caches := []*credentialCache{newCache(base)}
+	if cfg.assumeRole != "" {
+		caches = append(caches, newCache(&assumeRoleProvider{sts: sts, base: caches[0],
+			signer: &Signer{Region: cfg.region, Service: serviceSTS}, roleARN: cfg.assumeRole, externalID: cfg.externalID,
+			sessionName: firstNonEmpty(cfg.roleSessionName, defaultSessionName(time.Now()))}))
+	}
+	return caches
+}
+
 // serve listens (failing fast on bind errors), serves until ctx ends, then
 // drains in-flight requests for up to -shutdown-timeout.
 func serve(ctx context.Context, st *settings, proxy *Proxy, cache *credentialCache, log *slog.Logger) error {
@@ -702,6 +814,14 @@ func serve(ctx context.Context, st *settings, proxy *Proxy, cache *credentialCac
 	ln, err := net.Listen(st.listenNet, st.listenAddr)
 	if err != nil {
 		return fmt.Errorf("-listen %q: %w", cfg.listen, err)
+	}
+	if st.listenNet == "unix" {
+		// The umask would leave the socket writable by its owner only, and
+		// nginx (www-data) could not connect.
+		if err := os.Chmod(st.listenAddr, st.socketMode); err != nil {
+			ln.Close()
+			return fmt.Errorf("-socket-mode %s: %w", cfg.socketMode, err)
+		}
 	}
 	errorLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
 	srv := &http.Server{
@@ -718,7 +838,7 @@ func serve(ctx context.Context, st *settings, proxy *Proxy, cache *credentialCac
 			ln.Close()
 			return fmt.Errorf("-admin %q: %w", cfg.admin, err)
 		}
-		admin := &http.Server{Handler: adminHandler(cache, cfg.pprof), ReadHeaderTimeout: readHeaderTimeout, ErrorLog: errorLog}
+		admin := &http.Server{Handler: adminHandler(cache, credentialSourceName(st), cfg.pprof), ReadHeaderTimeout: readHeaderTimeout, ErrorLog: errorLog}
 		servers = append(servers, serving{"admin", admin, aln})
 		log.Info("admin listening", "addr", aln.Addr().String(), "pprof", cfg.pprof)
 	}
@@ -773,12 +893,17 @@ func runServers(ctx context.Context, servers []serving, shutdownTimeout time.Dur
 	return errors.Join(serveErr, shutdownErr)
 }
 
-// credentialSourceName names the credential source for the start-up log, never a value.
+// credentialSourceName names the credential source and why it was chosen,
+// for the start-up log and /healthz; never a value.
 func credentialSourceName(st *settings) string {
-	if st.static != nil {
-		return sourceEnvironment
+	name := st.source.name
+	if name == sourceIMDS {
+		name += " " + st.imdsEndpoint
 	}
-	return sourceIMDS + " " + st.imdsEndpoint
+	if st.cfg.assumeRole != "" {
+		name = sourceAssumeRole + " " + st.cfg.assumeRole + " with " + name
+	}
+	return name + " (" + st.source.reason + ")"
 }
 
 // isLoopbackListener reports whether a listener only accepts local connections.
@@ -798,7 +923,7 @@ func removeStaleSocket(path string) {
 }
 
 // adminHandler serves /healthz and, with withPprof, /debug/pprof/.
-func adminHandler(cache *credentialCache, withPprof bool) http.Handler {
+func adminHandler(cache *credentialCache, source string, withPprof bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		st := cache.Status(time.Now())
@@ -813,6 +938,7 @@ func adminHandler(cache *credentialCache, withPprof bool) http.Handler {
 		}
 		fmt.Fprintf(w, "source=%s access_key_id=%s age=%s expires_in=%s extended=%t refreshes=%d failures=%d\n",
 			st.Source, st.AccessKeyID, st.Age.Round(time.Second), expiresText(st.ExpiresIn), st.Extended, st.Refreshes, st.Failures)
+		fmt.Fprintf(w, "credentials: %s\n", source)
 	})
 	if withPprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)

@@ -13,10 +13,13 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -543,5 +546,104 @@ func TestOneServerFailingStopsTheOther(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "a server failed") {
 		t.Errorf("no log line names the failure:\n%s", logs)
+	}
+}
+
+// TestUnixSocketMode: the socket gets -socket-mode, and a process of the
+// socket's group (not its owner) can connect exactly when the mode lets it.
+func TestUnixSocketMode(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a client as another user (CI runs as root)")
+	}
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		t.Fatal("curl is needed: apt-get install curl")
+	}
+	dir, err := os.MkdirTemp("", "s3h-socket")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o711) // others may traverse, not list
+	for _, tt := range []struct {
+		mode    string
+		connect bool
+	}{{"0660", true}, {"0600", false}} {
+		t.Run(tt.mode, func(t *testing.T) {
+			sock := filepath.Join(dir, "s3-helper-"+tt.mode+".sock")
+			ctx, cancel := context.WithCancel(t.Context())
+			errc := make(chan error, 1)
+			logs := &syncBuffer{}
+			go func() {
+				errc <- run(ctx, []string{"-listen", "unix:" + sock, "-socket-mode", tt.mode, "-bucket", testBucket,
+					"-region", "us-east-1", "-endpoint", "http://127.0.0.1:1"}, envFrom(staticEnv()), io.Discard, logs)
+			}()
+			t.Cleanup(func() { cancel(); <-errc })
+			if !logs.waitFor("msg=listening") {
+				t.Fatalf("s3-helper did not start:\n%s", logs)
+			}
+			fi, err := os.Stat(sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Mode().Perm().String() != os.FileMode(must(strconv.ParseUint(tt.mode, 8, 32))).String() {
+				t.Errorf("socket mode = %v, want %s", fi.Mode().Perm(), tt.mode)
+			}
+			gid := fi.Sys().(*syscall.Stat_t).Gid
+			cmd := exec.Command(curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket", sock, "http://localhost/k")
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: gid}}
+			out, err := cmd.Output()
+			connected := err == nil && string(out) != "000"
+			if connected != tt.connect {
+				t.Errorf("a process of group %d (uid 65534) connected = %v (%q, %v), want %v", gid, connected, out, err, tt.connect)
+			}
+		})
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+// TestDemoChecksEveryPortFirst: with any one of its ports taken, the demo
+// stops at once, before starting anything, and names the variable that
+// moves the port.
+func TestDemoChecksEveryPortFirst(t *testing.T) {
+	free := func() int {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		return ln.Addr().(*net.TCPAddr).Port
+	}
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	busyPort := busy.Addr().(*net.TCPAddr).Port
+	for _, variable := range []string{"S3H_HELPER_PORT", "S3H_ADMIN_PORT", "S3H_NGINX_PORT", "S3H_IMDS_PORT", "S3H_S3_PORT"} {
+		t.Run(variable, func(t *testing.T) {
+			ports := map[string]int{"S3H_HELPER_PORT": free(), "S3H_ADMIN_PORT": free(), "S3H_NGINX_PORT": free(),
+				"S3H_IMDS_PORT": free(), "S3H_S3_PORT": free()}
+			ports[variable] = busyPort
+			cmd := exec.Command("bash", "scripts/testenv.sh", "demo")
+			cmd.Env = append(os.Environ(), "S3H_TESTENV_BIN="+t.TempDir()) // nothing installed there: must not get that far
+			for k, v := range ports {
+				cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", k, v))
+			}
+			out, err := cmd.CombinedOutput()
+			if err == nil {
+				t.Fatalf("demo with %s busy succeeded:\n%s", variable, out)
+			}
+			want := fmt.Sprintf("port %d on 127.0.0.1 is in use: set %s", busyPort, variable)
+			if !strings.Contains(string(out), want) || strings.Contains(string(out), "installing") {
+				t.Errorf("demo output lacks %q, or started installing:\n%s", want, out)
+			}
+		})
 	}
 }

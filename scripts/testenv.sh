@@ -5,7 +5,7 @@
 # credentials, and Debian's nginx in front of the port s3-helper will use.
 # Everything listens on 127.0.0.1 only.
 #
-#   scripts/testenv.sh install          install the pinned servers (cached)
+#   scripts/testenv.sh install          install Debian's packages and the pinned servers (cached)
 #   scripts/testenv.sh run -- CMD ...   start, run CMD with S3H_E2E_* set, stop
 #   scripts/testenv.sh demo             start, run s3-helper behind nginx until Ctrl-C
 #
@@ -20,6 +20,10 @@ S3_PORT=${S3H_S3_PORT:-17070}
 IMDS_PORT=${S3H_IMDS_PORT:-11338}
 NGINX_PORT=${S3H_NGINX_PORT:-18081}
 HELPER_PORT=${S3H_HELPER_PORT:-18080}
+ADMIN_PORT=${S3H_ADMIN_PORT:-18082}
+# Debian packages the build, the tests and the demo need; README.md gives
+# the same apt-get line.
+APT_PACKAGES=(make gcc git ca-certificates curl nginx prometheus collectd-core)
 REGION=us-east-1
 BUCKET=media
 ROLE=sidecar-role
@@ -29,6 +33,7 @@ log() { printf 'testenv: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
 install_servers() {
+	install_packages
 	mkdir -p "$BIN"
 	if [[ ! -x $BIN/versitygw ]]; then
 		log "installing versitygw $VERSITYGW_VERSION (about a minute on a cold cache)"
@@ -38,20 +43,53 @@ install_servers() {
 		log "installing amazon-ec2-metadata-mock $AEMM_VERSION"
 		GOBIN=$BIN GOFLAGS=-mod=mod go install "github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock@$AEMM_VERSION"
 	fi
-	if ! { command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]]; } || ! command -v curl >/dev/null; then
-		if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-			log "installing nginx and curl from Debian's packages"
-			DEBIAN_FRONTEND=noninteractive apt-get update -qq
-			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx curl >/dev/null
-		else
-			die "nginx and curl are needed: sudo apt-get install -y --no-install-recommends nginx curl"
-		fi
+}
+
+# install_packages installs the missing APT_PACKAGES, waiting for another
+# apt run (unattended-upgrades on a fresh machine) to release its lock.
+install_packages() {
+	local missing=() p
+	for p in "${APT_PACKAGES[@]}"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+	done
+	((${#missing[@]})) || return 0
+	if [[ $(id -u) != 0 ]] || ! command -v apt-get >/dev/null; then
+		die "missing Debian packages: sudo apt-get install -y --no-install-recommends ${APT_PACKAGES[*]}"
 	fi
+	log "installing ${missing[*]} from Debian's packages"
+	local try
+	for try in $(seq 60); do
+		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -qq && break
+		((try < 60)) || die "apt-get update kept failing"
+		log "apt-get update failed (another apt holding its lock?); retrying in 5 s"
+		sleep 5
+	done
+	DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	# Debian starts the packaged daemons; the tests run their own copies.
+	systemctl disable --now nginx collectd prometheus >/dev/null 2>&1 || true
 }
 
 nginx_bin() { command -v nginx 2>/dev/null || echo /usr/sbin/nginx; }
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# check_ports VAR=PORT...: fail before anything starts when a port is taken,
+# naming the variable that moves it.
+check_ports() {
+	local spec var port busy=()
+	for spec in "$@"; do
+		var=${spec%%=*} port=${spec#*=}
+		port_free "$port" || busy+=("port $port on 127.0.0.1 is in use: set $var to another port")
+	done
+	((${#busy[@]} == 0)) && return 0
+	printf 'testenv: %s\n' "${busy[@]}" >&2
+	exit 1
+}
+
+# env_ports lists the ports the environment itself uses.
+env_ports() {
+	echo "S3H_S3_PORT=$S3_PORT" "S3H_S3_PORT=$((S3_PORT + 1))" "S3H_IMDS_PORT=$IMDS_PORT" "S3H_NGINX_PORT=$NGINX_PORT"
+}
 
 # rand_chars SET N: N random characters from SET (no pipe is cut short,
 # so pipefail stays quiet).
@@ -140,9 +178,6 @@ seed() {
 
 start() {
 	install_servers
-	for p in "$S3_PORT" "$IMDS_PORT" "$NGINX_PORT"; do
-		port_free "$p" || die "port $p on 127.0.0.1 is in use (another testenv running?); set S3H_S3_PORT, S3H_IMDS_PORT or S3H_NGINX_PORT"
-	done
 	DIR=${S3H_TESTENV_DIR:-$(mktemp -d /tmp/s3h-testenv.XXXXXX)}
 	DIR=$(cd "$DIR" && pwd)
 	DATA=$DIR/s3data
@@ -213,6 +248,8 @@ imds_alive() {
 cmd_run() {
 	[[ ${1:-} == -- ]] && shift
 	[[ $# -gt 0 ]] || die "usage: $0 run -- COMMAND [ARGS...]"
+	# shellcheck disable=SC2046
+	check_ports $(env_ports)
 	trap stop EXIT
 	start
 	local status=0
@@ -225,12 +262,14 @@ cmd_run() {
 }
 
 cmd_demo() {
+	# shellcheck disable=SC2046
+	check_ports $(env_ports) "S3H_HELPER_PORT=$HELPER_PORT" "S3H_ADMIN_PORT=$ADMIN_PORT"
 	trap 'stop; [[ -n ${S3H_TESTENV_KEEP:-} || -z ${DIR:-} ]] || rm -rf "$DIR"' EXIT
 	start
 	go build -o "$DIR/s3-helper" "$ROOT"
 	"$DIR/s3-helper" -listen "127.0.0.1:$HELPER_PORT" -bucket "$BUCKET" -region "$REGION" \
 		-endpoint "$S3H_E2E_S3_ENDPOINT" -imds-endpoint "$S3H_E2E_IMDS_ENDPOINT" \
-		-admin 127.0.0.1:18082 -access-log &
+		-admin "127.0.0.1:$ADMIN_PORT" -access-log &
 	PIDS+=($!)
 	wait_for_helper
 	cat <<EOF
@@ -245,7 +284,7 @@ Try, in another terminal:
   curl -i http://127.0.0.1:$HELPER_PORT/no/such/key                      # 404
   curl -i -X PUT --data x http://127.0.0.1:$HELPER_PORT/hello.txt        # 405: read-only
   curl -i http://127.0.0.1:$NGINX_PORT/dir/sub/nested.txt                # through nginx
-  curl -s http://127.0.0.1:18082/healthz                                 # health
+  curl -s http://127.0.0.1:$ADMIN_PORT/healthz                                 # health
 
 Press Ctrl-C to stop everything.
 EOF
@@ -254,7 +293,7 @@ EOF
 
 wait_for_helper() {
 	for _ in $(seq 100); do
-		curl -sf "http://127.0.0.1:18082/healthz" >/dev/null 2>&1 && return 0
+		curl -sf "http://127.0.0.1:$ADMIN_PORT/healthz" >/dev/null 2>&1 && return 0
 		sleep 0.1
 	done
 	die "s3-helper did not become healthy"

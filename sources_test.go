@@ -1,0 +1,602 @@
+package main
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestChooseSourcePrecedence(t *testing.T) {
+	keys := map[string]string{"AWS_ACCESS_KEY_ID": "AKIAVALUE", "AWS_SECRET_ACCESS_KEY": "secret-value"}
+	web := map[string]string{"AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/token", "AWS_ROLE_ARN": "arn:aws:iam::1:role/r"}
+	rel := map[string]string{"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/credentials/x"}
+	full := map[string]string{"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://169.254.170.23/v1/credentials"}
+	merge := func(ms ...map[string]string) map[string]string {
+		out := map[string]string{}
+		for _, m := range ms {
+			for k, v := range m {
+				out[k] = v
+			}
+		}
+		return out
+	}
+	tests := []struct {
+		name    string
+		env     map[string]string
+		pin     string
+		want    string
+		wantErr string
+	}{
+		{"nothing set", nil, "", sourceIMDS, ""},
+		{"keys win over everything", merge(keys, web, rel), "", sourceEnvironment, ""},
+		{"half a key pair is not a source", map[string]string{"AWS_ACCESS_KEY_ID": "AKIAVALUE"}, "", sourceIMDS, ""},
+		{"web identity before container", merge(web, rel), "", sourceWebIdentity, ""},
+		{"web identity needs both variables", merge(map[string]string{"AWS_ROLE_ARN": "arn"}, rel), "", sourceContainer, ""},
+		{"relative URI", rel, "", sourceContainer, ""},
+		{"full URI", full, "", sourceContainer, ""},
+		{"pin skips the earlier sources", merge(keys, rel), sourceContainer, sourceContainer, ""},
+		{"pin imds", merge(keys, web), sourceIMDS, sourceIMDS, ""},
+		{"auto is the default", merge(web), sourceAuto, sourceWebIdentity, ""},
+		{"pinned source not configured", keys, sourceWebIdentity, "", "needs AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN"},
+		{"unknown pin", nil, "sso", "", "must be auto, environment"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := chooseSource(tt.pin, envFrom(tt.env))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("chooseSource = %v, %v; want error %q", got, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got.name != tt.want {
+				t.Fatalf("chooseSource = %+v, %v; want %s", got, err, tt.want)
+			}
+			for _, v := range tt.env {
+				if v != "" && strings.Contains(got.reason, v) {
+					t.Errorf("reason %q quotes a value", got.reason)
+				}
+			}
+		})
+	}
+}
+
+func TestContainerURLRules(t *testing.T) {
+	tests := []struct {
+		url string
+		ok  bool
+	}{
+		{"http://127.0.0.1:8080/creds", true},
+		{"http://[::1]/creds", true},
+		{"http://169.254.170.2/v2/credentials/x", true},
+		{"http://169.254.170.23/v1/credentials", true},
+		{"http://[fd00:ec2::23]/v1/credentials", true},
+		{"http://10.0.0.5/creds", false},
+		{"http://169.254.169.254/creds", false},
+		{"https://10.0.0.5/creds", true},
+		{"https://creds.example.com/x", true},
+		{"http://creds.example.com/x", true}, // checked when dialled
+		{"ftp://127.0.0.1/x", false},
+		{"/relative", false},
+	}
+	for _, tt := range tests {
+		if err := checkContainerURL(tt.url); (err == nil) != tt.ok {
+			t.Errorf("checkContainerURL(%q) = %v, want ok=%v", tt.url, err, tt.ok)
+		}
+	}
+}
+
+// TestContainerDialChecksResolvedAddresses: over http://, a host name is
+// dialled only when every address it resolves to is allowed.
+func TestContainerDialChecksResolvedAddresses(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	t.Cleanup(srv.Close)
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	lookup := func(_ context.Context, host string) ([]net.IP, error) {
+		switch host {
+		case "agent.local":
+			return []net.IP{net.ParseIP("127.0.0.1")}, nil
+		case "mixed.local":
+			return []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.1.2.3")}, nil
+		case "remote.local":
+			return []net.IP{net.ParseIP("10.1.2.3")}, nil
+		}
+		return nil, errors.New("no such host")
+	}
+	dial := allowedContainerDial(lookup)
+	if c, err := dial(t.Context(), "tcp", "agent.local:"+port); err != nil {
+		t.Errorf("dial agent.local (loopback) = %v", err)
+	} else {
+		c.Close()
+	}
+	for _, host := range []string{"remote.local", "mixed.local", "10.1.2.3"} {
+		if c, err := dial(t.Context(), "tcp", host+":"+port); err == nil || !strings.Contains(err.Error(), "only loopback") {
+			if c != nil {
+				c.Close()
+			}
+			t.Errorf("dial %s = %v, want a refusal naming the rule", host, err)
+		}
+	}
+}
+
+// fakeContainerEndpoint answers like the ECS agent or the EKS Pod Identity
+// agent: it requires the Authorization token and serves a credentials
+// document, or an error document while fail is set.
+type fakeContainerEndpoint struct {
+	mu        sync.Mutex // guards every field below
+	wantAuth  string
+	akid      string
+	expires   time.Time
+	failWith  int // status to answer with, 0 for success
+	requests  int
+	seenAuths []string
+}
+
+func (f *fakeContainerEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.requests++
+	f.seenAuths = append(f.seenAuths, r.Header.Get("Authorization"))
+	w.Header().Set("Content-Type", "application/json")
+	switch {
+	case f.wantAuth != "" && r.Header.Get("Authorization") != f.wantAuth:
+		w.WriteHeader(http.StatusUnauthorized)
+		json.NewEncoder(w).Encode(map[string]string{"code": "InvalidToken", "message": "Authorization token is invalid\nsecond line"})
+	case f.failWith != 0:
+		w.WriteHeader(f.failWith)
+		json.NewEncoder(w).Encode(map[string]string{"code": "InternalError", "message": "agent unavailable"})
+	default:
+		json.NewEncoder(w).Encode(map[string]string{"AccessKeyId": f.akid, "SecretAccessKey": testSecret, "Token": testToken,
+			"Expiration": f.expires.UTC().Format(time.RFC3339), "RoleArn": "arn:aws:iam::1:role/task"})
+	}
+}
+
+func (f *fakeContainerEndpoint) set(fn func(f *fakeContainerEndpoint)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn(f)
+}
+
+func TestContainerProvider(t *testing.T) {
+	f := &fakeContainerEndpoint{wantAuth: "first-token", akid: "ASIACONTAINER1", expires: time.Now().Add(time.Hour)}
+	srv := httptest.NewServer(f)
+	t.Cleanup(srv.Close)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokenFile, []byte("first-token\n"), 0o600)
+	p := &containerProvider{url: srv.URL + "/v1/credentials", authTokenFile: tokenFile, pause: func(int) time.Duration { return 0 }}
+
+	creds, err := p.Retrieve(t.Context())
+	if err != nil || creds.AccessKeyID != "ASIACONTAINER1" || creds.SessionToken != testToken || creds.Source != sourceContainer {
+		t.Fatalf("Retrieve = %v, %v", creds, err)
+	}
+	// The token file rotates between fetches: the new value is sent.
+	os.WriteFile(tokenFile, []byte("second-token"), 0o600)
+	f.set(func(f *fakeContainerEndpoint) { f.wantAuth = "second-token"; f.akid = "ASIACONTAINER2" })
+	if creds, err := p.Retrieve(t.Context()); err != nil || creds.AccessKeyID != "ASIACONTAINER2" {
+		t.Fatalf("Retrieve after the token file rotated = %v, %v", creds, err)
+	}
+	// A 4xx error document is reported with its code and message, bounded
+	// and on one line, and not retried.
+	os.WriteFile(tokenFile, []byte("stale-token"), 0o600)
+	f.set(func(f *fakeContainerEndpoint) { f.requests = 0 })
+	_, err = p.Retrieve(t.Context())
+	if err == nil || !strings.Contains(err.Error(), "401") || !strings.Contains(err.Error(), "InvalidToken") ||
+		strings.Contains(err.Error(), "\n") || strings.Contains(err.Error(), "stale-token") {
+		t.Errorf("Retrieve with a rejected token = %v", err)
+	}
+	if f.requests != 1 {
+		t.Errorf("requests for a 401 = %d, want 1 (not retried)", f.requests)
+	}
+	// 5xx is retried, and succeeds when the agent recovers.
+	os.WriteFile(tokenFile, []byte("second-token"), 0o600)
+	f.set(func(f *fakeContainerEndpoint) { f.failWith = 503; f.requests = 0 })
+	if _, err := p.Retrieve(t.Context()); err == nil || !strings.Contains(err.Error(), "agent unavailable") {
+		t.Errorf("Retrieve during an agent outage = %v", err)
+	}
+	if f.requests != sourceAttempts {
+		t.Errorf("requests for a 503 = %d, want %d", f.requests, sourceAttempts)
+	}
+	// A fixed token from the environment is used when there is no file.
+	f.set(func(f *fakeContainerEndpoint) { f.failWith = 0; f.wantAuth = "env-token" })
+	p2 := &containerProvider{url: srv.URL, authToken: "env-token"}
+	if _, err := p2.Retrieve(t.Context()); err != nil {
+		t.Errorf("Retrieve with AWS_CONTAINER_AUTHORIZATION_TOKEN = %v", err)
+	}
+	if _, err := (&containerProvider{url: srv.URL, authToken: "a\r\nX-Injected: 1"}).Retrieve(t.Context()); err == nil || !strings.Contains(err.Error(), "line break") {
+		t.Errorf("Retrieve with a token holding CRLF = %v", err)
+	}
+}
+
+func TestContainerDocumentValidation(t *testing.T) {
+	future := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	tests := []struct {
+		name, body, want string
+	}{
+		{"no token", `{"AccessKeyId":"A","SecretAccessKey":"S","Expiration":"` + future + `"}`, "lacks Token"},
+		{"expired", `{"AccessKeyId":"A","SecretAccessKey":"S","Token":"T","Expiration":"2020-01-01T00:00:00Z"}`, "expired at"},
+		{"bad expiration", `{"AccessKeyId":"A","SecretAccessKey":"S","Token":"T","Expiration":"tomorrow"}`, "not an RFC 3339 time"},
+		{"not JSON", `<html>`, "not JSON"},
+		{"too large", `{"AccessKeyId":"` + strings.Repeat("A", maxSourceBodyBytes) + `"}`, "exceeds"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, tt.body) }))
+			defer srv.Close()
+			_, err := (&containerProvider{url: srv.URL}).Retrieve(t.Context())
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("Retrieve = %v, want %q", err, tt.want)
+			}
+			if err != nil && strings.Contains(err.Error(), testSecret) {
+				t.Error("the error quotes the secret")
+			}
+		})
+	}
+}
+
+// fakeSTS answers AssumeRoleWithWebIdentity and AssumeRole like STS. For
+// AssumeRole it verifies the SigV4 signature with the base credentials it
+// knows, using referenceSignature (written independently of the signer).
+type fakeSTS struct {
+	mu sync.Mutex // guards every field below
+	// wantToken is the web identity token STS accepts.
+	wantToken string
+	// baseSecrets are the base credentials AssumeRole accepts, by key id.
+	baseSecrets map[string]string
+	// errors are answered first, one per request: code names an STS error.
+	errors []string
+	akid   string
+	calls  []url.Values
+}
+
+func (f *fakeSTS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	form, _ := url.ParseQuery(string(body))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, form)
+	fail := func(status int, code string) {
+		w.WriteHeader(status)
+		fmt.Fprintf(w, `<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type><Code>%s</Code><Message>%s failed</Message></Error><RequestId>r</RequestId></ErrorResponse>`, code, code)
+	}
+	if len(f.errors) > 0 {
+		code := f.errors[0]
+		f.errors = f.errors[1:]
+		status := http.StatusBadRequest
+		if code == "AccessDenied" {
+			status = http.StatusForbidden
+		}
+		fail(status, code)
+		return
+	}
+	if r.Method != http.MethodPost || form.Get("Version") != stsVersion || r.Header.Get("Content-Type") != stsContentType {
+		fail(400, "InvalidAction")
+		return
+	}
+	action := form.Get("Action")
+	switch action {
+	case "AssumeRoleWithWebIdentity":
+		if r.Header.Get("Authorization") != "" {
+			fail(400, "UnsignedRequestExpected")
+			return
+		}
+		if form.Get("WebIdentityToken") != f.wantToken {
+			fail(400, "InvalidIdentityToken")
+			return
+		}
+	case "AssumeRole":
+		if err := f.verify(r, body); err != nil {
+			fail(403, "SignatureDoesNotMatch")
+			return
+		}
+	default:
+		fail(400, "InvalidAction")
+		return
+	}
+	if !validSessionName(form.Get("RoleSessionName")) || !isRoleARN(form.Get("RoleArn")) {
+		fail(400, "ValidationError")
+		return
+	}
+	fmt.Fprintf(w, `<%[1]sResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><%[1]sResult>
+<Credentials><AccessKeyId>%[2]s</AccessKeyId><SecretAccessKey>%[3]s</SecretAccessKey><SessionToken>%[4]s</SessionToken><Expiration>%[5]s</Expiration></Credentials>
+<AssumedRoleUser><Arn>%[6]s/s</Arn><AssumedRoleId>AROA:s</AssumedRoleId></AssumedRoleUser></%[1]sResult>
+<ResponseMetadata><RequestId>r</RequestId></ResponseMetadata></%[1]sResponse>`,
+		action, f.akid, testSecret, testToken, time.Now().Add(time.Hour).UTC().Format(time.RFC3339), form.Get("RoleArn"))
+}
+
+// verify checks an AssumeRole request's Authorization header.
+func (f *fakeSTS) verify(r *http.Request, body []byte) error {
+	auth := r.Header.Get("Authorization")
+	rest, ok := strings.CutPrefix(auth, "AWS4-HMAC-SHA256 Credential=")
+	if !ok {
+		return errors.New("not signed")
+	}
+	cred, rest, _ := strings.Cut(rest, ", SignedHeaders=")
+	signed, sig, _ := strings.Cut(rest, ", Signature=")
+	parts := strings.Split(cred, "/")
+	if len(parts) != 5 || parts[3] != "sts" {
+		return fmt.Errorf("credential scope %q", cred)
+	}
+	secret, ok := f.baseSecrets[parts[0]]
+	if !ok {
+		return errors.New("unknown base access key")
+	}
+	sum := sha256.Sum256(body)
+	if r.Header.Get("X-Amz-Content-Sha256") != hex.EncodeToString(sum[:]) {
+		return errors.New("payload hash does not match the body")
+	}
+	want := referenceSignature(r, strings.Split(signed, ";"), hex.EncodeToString(sum[:]), secret, parts[1], parts[2], parts[3])
+	if want != sig {
+		return errors.New("signature mismatch")
+	}
+	return nil
+}
+
+// referenceSignature is SigV4 written plainly from the AWS documentation,
+// independent of sigv4.go: strings, sorting and crypto/hmac only.
+func referenceSignature(r *http.Request, signed []string, payloadHash, secret, date, region, service string) string {
+	var lines []string
+	for _, name := range signed {
+		v := r.Header.Get(name)
+		if name == "host" {
+			v = r.Host
+		}
+		lines = append(lines, name+":"+strings.Join(strings.Fields(v), " "))
+	}
+	slices.Sort(lines)
+	creq := strings.Join([]string{r.Method, r.URL.EscapedPath(), r.URL.RawQuery, strings.Join(lines, "\n") + "\n", strings.Join(signed, ";"), payloadHash}, "\n")
+	creqSum := sha256.Sum256([]byte(creq))
+	scope := date + "/" + region + "/" + service + "/aws4_request"
+	sts := "AWS4-HMAC-SHA256\n" + r.Header.Get("X-Amz-Date") + "\n" + scope + "\n" + hex.EncodeToString(creqSum[:])
+	mac := func(key []byte, msg string) []byte {
+		h := hmac.New(sha256.New, key)
+		h.Write([]byte(msg))
+		return h.Sum(nil)
+	}
+	key := mac([]byte("AWS4"+secret), date)
+	for _, part := range []string{region, service, "aws4_request"} {
+		key = mac(key, part)
+	}
+	return hex.EncodeToString(mac(key, sts))
+}
+
+func newTestSTS(t *testing.T) (*fakeSTS, *stsClient) {
+	t.Helper()
+	f := &fakeSTS{wantToken: "jwt-1", akid: "ASIASTS1", baseSecrets: map[string]string{"AKIABASE": "base/secret+key"}}
+	srv := httptest.NewServer(f)
+	t.Cleanup(srv.Close)
+	return f, &stsClient{endpoint: srv.URL, pause: func(int) time.Duration { return 0 }}
+}
+
+func TestWebIdentityProvider(t *testing.T) {
+	f, sts := newTestSTS(t)
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokenFile, []byte("jwt-1\n"), 0o600)
+	p := &webIdentityProvider{sts: sts, roleARN: "arn:aws:iam::111122223333:role/packager", sessionName: defaultSessionName(time.Now()), tokenFile: tokenFile}
+	creds, err := p.Retrieve(t.Context())
+	if err != nil || creds.AccessKeyID != "ASIASTS1" || creds.SessionToken != testToken || creds.Source != sourceWebIdentity {
+		t.Fatalf("Retrieve = %v, %v", creds, err)
+	}
+	call := f.calls[len(f.calls)-1]
+	if call.Get("RoleArn") != p.roleARN || call.Get("WebIdentityToken") != "jwt-1" || !validSessionName(call.Get("RoleSessionName")) {
+		t.Errorf("STS saw %v", call)
+	}
+	// The kubelet rotates the file: the next fetch sends the new token.
+	os.WriteFile(tokenFile, []byte("jwt-2"), 0o600)
+	f.mu.Lock()
+	f.wantToken = "jwt-2"
+	f.mu.Unlock()
+	if _, err := p.Retrieve(t.Context()); err != nil {
+		t.Fatalf("Retrieve after rotation = %v", err)
+	}
+
+	tests := []struct {
+		errors []string
+		ok     bool
+		want   string
+	}{
+		{[]string{"IDPCommunicationError"}, true, ""},
+		{[]string{"Throttling", "IDPCommunicationError"}, true, ""},
+		{[]string{"IDPCommunicationError", "IDPCommunicationError", "IDPCommunicationError"}, false, "IDPCommunicationError"},
+		{[]string{"InvalidIdentityToken"}, false, "OIDC provider"},
+		{[]string{"ExpiredTokenException"}, false, "has expired"},
+		{[]string{"AccessDenied"}, false, "trust policy"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.errors, ","), func(t *testing.T) {
+			f.mu.Lock()
+			f.errors, f.calls = tt.errors, nil
+			f.mu.Unlock()
+			_, err := p.Retrieve(t.Context())
+			if (err == nil) != tt.ok {
+				t.Fatalf("Retrieve = %v, want ok=%v", err, tt.ok)
+			}
+			if err != nil {
+				for _, want := range []string{tt.want, p.roleARN, tokenFile} {
+					if !strings.Contains(err.Error(), want) {
+						t.Errorf("error lacks %q: %v", want, err)
+					}
+				}
+				if strings.Contains(err.Error(), "jwt-2") {
+					t.Errorf("error quotes the token: %v", err)
+				}
+			}
+			if transient := tt.errors[0] != "InvalidIdentityToken" && tt.errors[0] != "ExpiredTokenException" && tt.errors[0] != "AccessDenied"; !transient && len(f.calls) != 1 {
+				t.Errorf("STS calls for %s = %d, want 1 (not retried)", tt.errors[0], len(f.calls))
+			}
+		})
+	}
+	os.WriteFile(tokenFile, nil, 0o600)
+	if _, err := p.Retrieve(t.Context()); err == nil || !strings.Contains(err.Error(), "empty") {
+		t.Errorf("Retrieve with an empty token file = %v", err)
+	}
+}
+
+func TestAssumeRoleProvider(t *testing.T) {
+	f, sts := newTestSTS(t)
+	base := &credentialCache{provider: staticProvider{newCredentials("AKIABASE", "base/secret+key", "", time.Time{}, sourceEnvironment)},
+		log: slog.New(slog.DiscardHandler)}
+	p := &assumeRoleProvider{sts: sts, base: base, signer: &Signer{Region: "eu-west-1", Service: serviceSTS},
+		roleARN: "arn:aws:iam::444455556666:role/media-reader", externalID: "ext-123", sessionName: "packager-1"}
+	creds, err := p.Retrieve(t.Context())
+	if err != nil || creds.AccessKeyID != "ASIASTS1" || creds.Source != sourceAssumeRole {
+		t.Fatalf("Retrieve = %v, %v", creds, err)
+	}
+	call := f.calls[0]
+	if call.Get("ExternalId") != "ext-123" || call.Get("RoleSessionName") != "packager-1" || call.Get("RoleArn") != p.roleARN {
+		t.Errorf("STS saw %v", call)
+	}
+	// Signed with another secret, STS refuses: the stand-in really checks.
+	p.base = &credentialCache{provider: staticProvider{newCredentials("AKIABASE", "wrong", "", time.Time{}, sourceEnvironment)},
+		log: slog.New(slog.DiscardHandler)}
+	if _, err := p.Retrieve(t.Context()); err == nil || !strings.Contains(err.Error(), "SignatureDoesNotMatch") {
+		t.Errorf("Retrieve signed with a wrong secret = %v, want SignatureDoesNotMatch", err)
+	}
+}
+
+// TestCacheGuaranteesForEachSource: whatever the source, the cache keeps
+// serving the last good set while the source fails, and a forced refresh
+// (S3 rejected the set) picks up a new one once the source recovers.
+func TestCacheGuaranteesForEachSource(t *testing.T) {
+	container := &fakeContainerEndpoint{akid: "ASIAONE", expires: time.Now().Add(time.Hour)}
+	containerSrv := httptest.NewServer(container)
+	t.Cleanup(containerSrv.Close)
+	stsFake, sts := newTestSTS(t)
+	stsFake.akid = "ASIAONE"
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokenFile, []byte("jwt-1"), 0o600)
+	base := &credentialCache{provider: staticProvider{newCredentials("AKIABASE", "base/secret+key", "", time.Time{}, sourceEnvironment)},
+		log: slog.New(slog.DiscardHandler)}
+	sources := []struct {
+		name     string
+		provider credentialProvider
+		breakIt  func()
+		rotate   func()
+	}{
+		{"container", &containerProvider{url: containerSrv.URL, pause: func(int) time.Duration { return 0 }},
+			func() { container.set(func(f *fakeContainerEndpoint) { f.failWith = 500 }) },
+			func() { container.set(func(f *fakeContainerEndpoint) { f.failWith = 0; f.akid = "ASIATWO" }) }},
+		{"web identity", &webIdentityProvider{sts: sts, roleARN: "arn:aws:iam::1:role/r", sessionName: "s3-helper-1", tokenFile: tokenFile},
+			func() { os.WriteFile(tokenFile, []byte("jwt-revoked"), 0o600) },
+			func() {
+				os.WriteFile(tokenFile, []byte("jwt-1"), 0o600)
+				stsFake.mu.Lock()
+				stsFake.akid = "ASIATWO"
+				stsFake.mu.Unlock()
+			}},
+		{"assume role", &assumeRoleProvider{sts: sts, base: base, signer: &Signer{Region: "us-east-1", Service: serviceSTS},
+			roleARN: "arn:aws:iam::1:role/r", sessionName: "s3-helper-1"},
+			func() {
+				stsFake.mu.Lock()
+				stsFake.akid = "ASIAONE"
+				stsFake.errors = []string{"AccessDenied", "AccessDenied", "AccessDenied"}
+				stsFake.mu.Unlock()
+			},
+			func() {
+				stsFake.mu.Lock()
+				stsFake.errors, stsFake.akid = nil, "ASIATWO"
+				stsFake.mu.Unlock()
+			}},
+	}
+	for _, src := range sources {
+		t.Run(src.name, func(t *testing.T) {
+			stsFake.mu.Lock()
+			stsFake.akid, stsFake.errors = "ASIAONE", nil
+			stsFake.mu.Unlock()
+			now := time.Now()
+			c := &credentialCache{provider: src.provider, log: slog.New(slog.DiscardHandler), now: func() time.Time { return now }}
+			first, err := c.Get(t.Context(), now)
+			if err != nil || first.AccessKeyID != "ASIAONE" {
+				t.Fatalf("first Get = %v, %v", first, err)
+			}
+			src.breakIt()
+			if _, err := c.Refresh(t.Context(), first); !errors.Is(err, errSameCredentials) {
+				t.Errorf("forced refresh while the source fails = %v, want errSameCredentials", err)
+			}
+			if got, err := c.Get(t.Context(), now); err != nil || got != first {
+				t.Errorf("Get while the source fails = %v, %v; want the cached set", got, err)
+			}
+			src.rotate()
+			now = now.Add(minForcedRefreshInterval) // the forced-refresh limit has passed
+			if got, err := c.Refresh(t.Context(), first); err != nil || got.AccessKeyID != "ASIATWO" {
+				t.Errorf("forced refresh after recovery = %v, %v; want ASIATWO", got, err)
+			}
+		})
+	}
+}
+
+func TestCredentialCachesFromEnvironment(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     map[string]string
+		args    []string
+		wantURL string
+		layers  int
+	}{
+		{"ECS relative URI", map[string]string{"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/credentials/abc"}, nil,
+			"http://169.254.170.2/v2/credentials/abc", 1},
+		{"Pod Identity full URI", map[string]string{"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://169.254.170.23/v1/credentials",
+			"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": "/var/run/secrets/pods.eks.amazonaws.com/serviceaccount/eks-pod-identity-token"}, nil,
+			"http://169.254.170.23/v1/credentials", 1},
+		{"assume role on top", map[string]string{"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/credentials/abc"},
+			[]string{"-assume-role", "arn:aws:iam::444455556666:role/media-reader"}, "http://169.254.170.2/v2/credentials/abc", 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := parseConfig(append([]string{"-bucket", "media", "-region", "eu-west-1"}, tt.args...), envFrom(tt.env), io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, err := validate(cfg, envFrom(tt.env))
+			if err != nil {
+				t.Fatal(err)
+			}
+			caches := newCredentialCaches(st, envFrom(tt.env), slog.New(slog.DiscardHandler), nil)
+			if len(caches) != tt.layers {
+				t.Fatalf("caches = %d, want %d", len(caches), tt.layers)
+			}
+			cp, ok := caches[0].provider.(*containerProvider)
+			if !ok || cp.url != tt.wantURL {
+				t.Errorf("provider = %#v, want a container provider for %s", caches[0].provider, tt.wantURL)
+			}
+			if tt.layers == 2 {
+				ar := caches[1].provider.(*assumeRoleProvider)
+				if ar.sts.endpoint != "https://sts.eu-west-1.amazonaws.com" || ar.base != caches[0] {
+					t.Errorf("assume-role provider: endpoint %s, base %p", ar.sts.endpoint, ar.base)
+				}
+			}
+		})
+	}
+}
+
+func TestCredentialFlagValidation(t *testing.T) {
+	err := run(t.Context(), []string{"-bucket", "media", "-region", "eu-west-1", "-credentials", "container",
+		"-assume-role", "role/x", "-role-session-name", "a b", "-sts-endpoint", "ftp://sts"},
+		envFrom(map[string]string{"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://10.0.0.9/creds"}), io.Discard, io.Discard)
+	for _, want := range []string{
+		`$AWS_CONTAINER_CREDENTIALS_FULL_URI "http://10.0.0.9/creds": container endpoint host "10.0.0.9" resolves to 10.0.0.9`,
+		`-assume-role "role/x": must be a role ARN`,
+		`-role-session-name "a b": must be 2 to 64`,
+		`-sts-endpoint "ftp://sts"`,
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("run = %v, want %q", err, want)
+		}
+	}
+}
