@@ -15,6 +15,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -114,6 +115,13 @@ type helperProcess struct {
 // startHelper runs the binary with IMDS as its only credential source.
 func startHelper(t *testing.T, env *e2eEnv, listen string, extra ...string) *helperProcess {
 	t.Helper()
+	return startHelperEnv(t, env, listen, nil, extra...)
+}
+
+// startHelperEnv runs the binary with extra environment variables (and
+// never the test process's own AWS_* variables).
+func startHelperEnv(t *testing.T, env *e2eEnv, listen string, extraEnv []string, extra ...string) *helperProcess {
+	t.Helper()
 	args := append([]string{"-listen", listen, "-admin", "127.0.0.1:0", "-log-format", "json", "-access-log",
 		"-bucket", env.bucket, "-region", env.region, "-endpoint", env.s3, "-imds-endpoint", env.imds}, extra...)
 	h := &helperProcess{logs: &syncBuffer{}}
@@ -122,7 +130,7 @@ func startHelper(t *testing.T, env *e2eEnv, listen string, extra ...string) *hel
 		t.Fatal(err)
 	}
 	h.cmd = exec.Command(env.binary, args...)
-	h.cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + env.dir} // no AWS_* credentials
+	h.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + env.dir}, extraEnv...) // no inherited AWS_* variables
 	h.cmd.Stdout = io.MultiWriter(h.logs, logFile)
 	h.cmd.Stderr = io.MultiWriter(h.logs, logFile)
 	if err := h.cmd.Start(); err != nil {
@@ -498,7 +506,8 @@ func TestE2ESecurity(t *testing.T) {
 // fails if the session secrets or any IMDS token the emulator issued
 // appears in it.
 func scanForSecrets(env *e2eEnv, logsDir string) error {
-	secrets := []string{env.secret, env.token, "old-secret-0123456789abcdefghijklmnopqrs", "new-secret-0123456789abcdefghijklmnopqrs"}
+	secrets := []string{env.secret, env.token, "old-secret-0123456789abcdefghijklmnopqrs", "new-secret-0123456789abcdefghijklmnopqrs",
+		e2eWebIdentityToken, e2eContainerToken, e2eBaseSecret}
 	if raw, err := os.ReadFile(filepath.Join(env.dir, "imds.log")); err == nil {
 		for _, m := range regexp.MustCompile(`X-Aws-Ec2-Metadata-Token:\[([^\]]+)\]`).FindAllSubmatch(raw, -1) {
 			secrets = append(secrets, string(m[1]))
@@ -746,5 +755,83 @@ func TestE2EConfigErrorExitStatus(t *testing.T) {
 	}
 	if lines := strings.Count(stderr.String(), "\n"); lines > 6 {
 		t.Errorf("stderr has %d lines:\n%s", lines, stderr.String())
+	}
+}
+
+// Secrets the credential stand-ins use; the secret scan looks for them too.
+const (
+	e2eWebIdentityToken = "eyJhbGciOiJSUzI1NiJ9.e2e-web-identity-token.c2lnbmF0dXJl"
+	e2eContainerToken   = "e2e-pod-identity-token-0123456789abcdef"
+	e2eBaseSecret       = "e2e-base-secret/0123456789abcdefghijklmn"
+)
+
+// TestE2ECredentialSources: s3-helper started with only the variables ECS,
+// EKS Pod Identity or IRSA set (or with -assume-role on top of static
+// keys) gets the role session versitygw knows from a stand-in for the
+// container endpoint or STS, and serves objects from the strict server,
+// which verifies every signature. IMDS is unreachable in every case.
+func TestE2ECredentialSources(t *testing.T) {
+	env := needE2E(t)
+	hello := readSeed(t, env, "hello.txt")
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte(e2eContainerToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	jwtFile := filepath.Join(dir, "jwt")
+	if err := os.WriteFile(jwtFile, []byte(e2eWebIdentityToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	expires := time.Now().Add(time.Hour)
+	container := &fakeContainerEndpoint{wantAuth: e2eContainerToken, akid: env.akid, secret: env.secret, token: env.token, expires: expires}
+	containerSrv := httptest.NewServer(container)
+	t.Cleanup(containerSrv.Close)
+	sts := &fakeSTS{wantToken: e2eWebIdentityToken, akid: env.akid, secret: env.secret, token: env.token,
+		baseSecrets: map[string]string{"AKIAE2EBASE000000001": e2eBaseSecret}}
+	stsSrv := httptest.NewServer(sts)
+	t.Cleanup(stsSrv.Close)
+
+	tests := []struct {
+		name       string
+		env        []string
+		args       []string
+		wantSource string
+	}{
+		{"EKS Pod Identity", []string{"AWS_CONTAINER_CREDENTIALS_FULL_URI=" + containerSrv.URL + "/v1/credentials",
+			"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=" + tokenFile}, nil, "container (AWS_CONTAINER_CREDENTIALS_FULL_URI is set)"},
+		{"ECS-style fixed token", []string{"AWS_CONTAINER_CREDENTIALS_FULL_URI=" + containerSrv.URL + "/v2/credentials/task",
+			"AWS_CONTAINER_AUTHORIZATION_TOKEN=" + e2eContainerToken}, nil, "container (AWS_CONTAINER_CREDENTIALS_FULL_URI is set)"},
+		{"IRSA", []string{"AWS_WEB_IDENTITY_TOKEN_FILE=" + jwtFile, "AWS_ROLE_ARN=arn:aws:iam::000000000000:role/sidecar-role",
+			"AWS_ENDPOINT_URL_STS=" + stsSrv.URL}, nil, "web-identity (AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN are set)"},
+		{"AssumeRole on static keys", []string{"AWS_ACCESS_KEY_ID=AKIAE2EBASE000000001", "AWS_SECRET_ACCESS_KEY=" + e2eBaseSecret},
+			[]string{"-assume-role", "arn:aws:iam::000000000000:role/sidecar-role", "-external-id", "e2e-external", "-sts-endpoint", stsSrv.URL},
+			"assume-role arn:aws:iam::000000000000:role/sidecar-role with environment"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append([]string{"-imds-endpoint", "http://127.0.0.1:1"}, tt.args...)
+			h := startHelperEnv(t, env, "127.0.0.1:0", tt.env, args...)
+			for _, path := range []string{"/hello.txt", "/big.bin"} {
+				resp, body := get(t, "GET", h.url(path), http.Header{"Range": {"bytes=0-9"}})
+				if resp.StatusCode != 206 || path == "/hello.txt" && !bytes.Equal(body, hello[:10]) {
+					t.Fatalf("GET %s = %d %q, want 206 with the object's bytes", path, resp.StatusCode, body)
+				}
+			}
+			if !strings.Contains(h.logs.String(), tt.wantSource) {
+				t.Errorf("start-up log does not name %q:\n%s", tt.wantSource, h.logs)
+			}
+			resp, body := get(t, "GET", "http://"+h.admin+"/healthz", nil)
+			if resp.StatusCode != 200 || !strings.Contains(string(body), tt.wantSource) {
+				t.Errorf("/healthz = %d %q, want 200 naming %q", resp.StatusCode, body, tt.wantSource)
+			}
+		})
+	}
+	var containerRequests int
+	container.set(func(f *fakeContainerEndpoint) { containerRequests = f.requests })
+	sts.mu.Lock()
+	stsCalls := len(sts.calls)
+	sts.mu.Unlock()
+	if containerRequests == 0 || stsCalls < 2 {
+		t.Errorf("stand-ins were not used: container %d requests, STS %d calls", containerRequests, stsCalls)
 	}
 }

@@ -180,8 +180,10 @@ Usage: s3-helper -bucket NAME [flags]
 
 Every flag can also be set in the environment as S3_HELPER_<FLAG> (upper
 case, '-' as '_'), e.g. S3_HELPER_BUCKET=media or S3_HELPER_ROUTE=/a/=b1,/b/=b2;
-a flag on the command line wins. Credentials come from AWS_ACCESS_KEY_ID and
-AWS_SECRET_ACCESS_KEY, else the instance metadata service (IMDSv2).
+a flag on the command line wins. Credentials come from the first source
+configured, in the AWS SDKs' order: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY;
+AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN (IRSA); AWS_CONTAINER_CREDENTIALS_*
+(ECS, EKS Pod Identity); else the instance metadata service (IMDSv2).
 
 Flags:
 `

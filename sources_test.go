@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -147,6 +148,8 @@ type fakeContainerEndpoint struct {
 	failWith  int // status to answer with, 0 for success
 	requests  int
 	seenAuths []string
+	// secret and token are served with akid; empty means the test constants.
+	secret, token string
 }
 
 func (f *fakeContainerEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -163,7 +166,7 @@ func (f *fakeContainerEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request
 		w.WriteHeader(f.failWith)
 		json.NewEncoder(w).Encode(map[string]string{"code": "InternalError", "message": "agent unavailable"})
 	default:
-		json.NewEncoder(w).Encode(map[string]string{"AccessKeyId": f.akid, "SecretAccessKey": testSecret, "Token": testToken,
+		json.NewEncoder(w).Encode(map[string]string{"AccessKeyId": f.akid, "SecretAccessKey": cmp.Or(f.secret, testSecret), "Token": cmp.Or(f.token, testToken),
 			"Expiration": f.expires.UTC().Format(time.RFC3339), "RoleArn": "arn:aws:iam::1:role/task"})
 	}
 }
@@ -263,6 +266,8 @@ type fakeSTS struct {
 	errors []string
 	akid   string
 	calls  []url.Values
+	// secret and token are served with akid; empty means the test constants.
+	secret, token string
 }
 
 func (f *fakeSTS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -317,7 +322,7 @@ func (f *fakeSTS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 <Credentials><AccessKeyId>%[2]s</AccessKeyId><SecretAccessKey>%[3]s</SecretAccessKey><SessionToken>%[4]s</SessionToken><Expiration>%[5]s</Expiration></Credentials>
 <AssumedRoleUser><Arn>%[6]s/s</Arn><AssumedRoleId>AROA:s</AssumedRoleId></AssumedRoleUser></%[1]sResult>
 <ResponseMetadata><RequestId>r</RequestId></ResponseMetadata></%[1]sResponse>`,
-		action, f.akid, testSecret, testToken, time.Now().Add(time.Hour).UTC().Format(time.RFC3339), form.Get("RoleArn"))
+		action, f.akid, cmp.Or(f.secret, testSecret), cmp.Or(f.token, testToken), time.Now().Add(time.Hour).UTC().Format(time.RFC3339), form.Get("RoleArn"))
 }
 
 // verify checks an AssumeRole request's Authorization header.
