@@ -411,7 +411,7 @@ func (c *credentialCache) finishFetch(creds *Credentials, err error) {
 		c.failStreak++
 		c.lastErr, c.lastErrAt = err, now
 		c.nextRefresh = now.Add(c.backoff(c.failStreak))
-		c.metrics.Count(metricCredentialFailures, 1)
+		c.metrics.CredentialFailure()
 		c.logger().Warn("credential refresh failed", "err", err, "failures_in_a_row", c.failStreak,
 			"retry_in", c.nextRefresh.Sub(now).Round(time.Millisecond))
 		c.keepExpiredLocked(now) // so health reports the extension without waiting for a request
@@ -432,7 +432,7 @@ func (c *credentialCache) finishFetch(creds *Credentials, err error) {
 	}
 	c.current.Store(&cachedCredentials{creds: creds, fetched: now, usableUntil: creds.Expires})
 	c.nextRefresh = c.refreshMoment(creds.Expires, now)
-	c.metrics.Count(metricCredentialRefreshes, 1)
+	c.metrics.CredentialRefresh()
 	c.logger().Info("credentials refreshed", "source", creds.Source, "access_key_id", creds.AccessKeyID,
 		"expires_in", durationOrNever(creds.Expires, now), "next_refresh_in", durationOrNever(c.nextRefresh, now))
 }
@@ -496,7 +496,7 @@ func (c *credentialCache) keepExpiredLocked(now time.Time) *cachedCredentials {
 	ext := minExtension + time.Duration(c.jitter()*float64(maxExtension-minExtension))
 	next := &cachedCredentials{creds: cc.creds, fetched: cc.fetched, usableUntil: now.Add(ext), extended: true}
 	c.current.Store(next)
-	c.metrics.Count(metricCredentialExtensions, 1)
+	c.metrics.CredentialExtension()
 	lastErr := "none yet: the provider still serves this set"
 	if c.lastErr != nil {
 		lastErr = c.lastErr.Error()

@@ -14,6 +14,7 @@ import (
 	"io"
 	"maps"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -833,5 +834,149 @@ func TestE2ECredentialSources(t *testing.T) {
 	sts.mu.Unlock()
 	if containerRequests == 0 || stsCalls < 2 {
 		t.Errorf("stand-ins were not used: container %d requests, STS %d calls", containerRequests, stsCalls)
+	}
+}
+
+// startCollectd runs Debian's collectd with its statsd plugin on a free UDP
+// port and the csv plugin writing to a temporary directory; it returns the
+// statsd address and the directory the csv files appear in.
+func startCollectd(t *testing.T) (statsdAddr, csvDir string) {
+	t.Helper()
+	bin, err := exec.LookPath("collectd")
+	if err != nil {
+		bin = "/usr/sbin/collectd"
+	}
+	udp, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	statsdAddr = udp.LocalAddr().String()
+	udp.Close()
+	host, port, _ := net.SplitHostPort(statsdAddr)
+	dir := t.TempDir()
+	conf := fmt.Sprintf(`Hostname "s3h"
+FQDNLookup false
+Interval 1
+BaseDir %[1]q
+PIDFile "%[1]s/collectd.pid"
+PluginDir "/usr/lib/collectd"
+TypesDB "/usr/share/collectd/types.db"
+LoadPlugin statsd
+LoadPlugin csv
+<Plugin statsd>
+  Host %[2]q
+  Port %[3]q
+  DeleteCounters false
+  DeleteTimers false
+  TimerCount true
+</Plugin>
+<Plugin csv>
+  DataDir "%[1]s/csv"
+  StoreRates false
+</Plugin>
+`, dir, host, port)
+	if err := os.WriteFile(filepath.Join(dir, "collectd.conf"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	cmd := exec.Command(bin, "-f", "-C", filepath.Join(dir, "collectd.conf"))
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("collectd (apt-get install collectd-core): %v", err)
+	}
+	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
+	if !logs.waitFor("Initialization complete") {
+		t.Fatalf("collectd did not start:\n%s", logs)
+	}
+	return statsdAddr, filepath.Join(dir, "csv", "s3h", "statsd")
+}
+
+// collectdValue returns the last value collectd recorded for a statsd
+// metric of a type (derive for counters, gauge for gauges), or "".
+func collectdValue(dir, kind, name string) string {
+	files, _ := filepath.Glob(filepath.Join(dir, kind+"-"+name+"-*"))
+	if len(files) == 0 {
+		return ""
+	}
+	raw, err := os.ReadFile(files[len(files)-1])
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
+	_, v, _ := strings.Cut(lines[len(lines)-1], ",")
+	return v
+}
+
+// TestE2EMetricsConsumers: after known traffic through the real binary,
+// Debian's promtool accepts the /metrics output and its counts equal the
+// traffic, and Debian's collectd, as the statsd server, recorded exactly
+// what was sent.
+func TestE2EMetricsConsumers(t *testing.T) {
+	env := needE2E(t)
+	statsdAddr, csvDir := startCollectd(t)
+	h := startHelper(t, env, "127.0.0.1:0", "-statsd", statsdAddr)
+	hello := readSeed(t, env, "hello.txt")
+	for range 10 {
+		if resp, _ := get(t, "GET", h.url("/hello.txt"), nil); resp.StatusCode != 200 {
+			t.Fatalf("GET = %d", resp.StatusCode)
+		}
+	}
+	for range 4 {
+		get(t, "HEAD", h.url("/hello.txt"), nil)
+	}
+	for range 3 {
+		get(t, "GET", h.url("/missing.mp4"), nil)
+	}
+	get(t, "BREW", h.url("/hello.txt"), nil)
+
+	resp, body := get(t, "GET", "http://"+h.admin+"/metrics", nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("/metrics = %d", resp.StatusCode)
+	}
+	promtool := exec.Command("promtool", "check", "metrics")
+	promtool.Stdin = bytes.NewReader(body)
+	if out, err := promtool.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics: %v\n%s\n--- output checked:\n%s", err, out, body)
+	}
+	got := promSamples(t, string(body))
+	for sample, want := range map[string]string{
+		`s3helper_requests_total{method="GET",status="200"}`:   "10",
+		`s3helper_requests_total{method="HEAD",status="200"}`:  "4",
+		`s3helper_requests_total{method="GET",status="404"}`:   "3",
+		`s3helper_requests_total{method="other",status="405"}`: "1",
+		`s3helper_response_body_bytes_total`:                   fmt.Sprint(10 * len(hello)),
+		`s3helper_s3_errors_total{code="NoSuchKey"}`:           "3",
+		`s3helper_request_duration_seconds_count`:              "18",
+		`s3helper_credential_refreshes_total`:                  "1",
+	} {
+		if got[sample] != want {
+			t.Errorf("/metrics %s = %q, want %s", sample, got[sample], want)
+		}
+	}
+
+	want := map[string]string{
+		"s3helper.requests.GET.200":             "10",
+		"s3helper.requests.HEAD.200":            "4",
+		"s3helper.requests.GET.404":             "3",
+		"s3helper.requests.other.405":           "1",
+		"s3helper.bytes_out":                    fmt.Sprint(10 * len(hello)),
+		"s3helper.upstream.s3_errors.NoSuchKey": "3",
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		missing := map[string]string{}
+		for name, v := range want {
+			if got := collectdValue(csvDir, "derive", name); got != v {
+				missing[name] = got
+			}
+		}
+		if len(missing) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			files, _ := filepath.Glob(filepath.Join(csvDir, "*"))
+			t.Fatalf("collectd recorded %v (want %v); files: %v", missing, want, files)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }

@@ -95,38 +95,41 @@ func (r *routeFlags) Set(v string) error { *r = append(*r, v); return nil }
 
 // config is the parsed command line.
 type config struct {
-	listen          string
-	socketMode      string
-	allowRemote     bool
-	bucket          string
-	prefix          string
-	region          string
-	routes          routeFlags
-	endpoint        string
-	pathStyle       bool
-	credentials     string
-	stsEndpoint     string
-	assumeRole      string
-	externalID      string
-	roleSessionName string
-	imdsEndpoint    string
-	imdsRole        string
-	refreshBefore   time.Duration
-	timeout         time.Duration
-	retries         int
-	statsd          string
-	statsdPrefix    string
-	statsdTags      string
-	admin           string
-	pprof           bool
-	logLevel        string
-	logFormat       string
-	accessLog       bool
-	shutdownTimeout time.Duration
-	readHeaderWait  time.Duration
-	showVersion     bool
-	presign         string
-	presignExpires  time.Duration
+	listen           string
+	socketMode       string
+	allowRemote      bool
+	bucket           string
+	prefix           string
+	region           string
+	routes           routeFlags
+	endpoint         string
+	pathStyle        bool
+	credentials      string
+	stsEndpoint      string
+	assumeRole       string
+	externalID       string
+	roleSessionName  string
+	imdsEndpoint     string
+	imdsRole         string
+	refreshBefore    time.Duration
+	timeout          time.Duration
+	retries          int
+	newRelicKeyFile  string
+	newRelicEndpoint string
+	newRelicInterval time.Duration
+	statsd           string
+	statsdPrefix     string
+	statsdTags       string
+	admin            string
+	pprof            bool
+	logLevel         string
+	logFormat        string
+	accessLog        bool
+	shutdownTimeout  time.Duration
+	readHeaderWait   time.Duration
+	showVersion      bool
+	presign          string
+	presignExpires   time.Duration
 	// presignRequested is set when -presign or its variable was given, even
 	// empty: an empty -presign is an error, never a silent start.
 	presignRequested bool
@@ -155,6 +158,9 @@ func newFlagSet(cfg *config, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&cfg.refreshBefore, "refresh-before", defaultRefreshBefore, "refresh credentials at a random moment between this long and two thirds of it before they expire (15m: 15 to 10 minutes before)")
 	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Second, "per upstream attempt: limit to connect and receive S3's response headers, and longest wait on S3 for body bytes (time writing to a slow client does not count)")
 	fs.IntVar(&cfg.retries, "retries", 3, "retries of a failed upstream attempt (connect errors, timeouts, 500/502/503/504), and mid-body resumes; 0 disables")
+	fs.StringVar(&cfg.newRelicKeyFile, "newrelic-license-key-file", "", "file holding a New Relic license key: push metrics to New Relic's Metric API (default: $NEW_RELIC_LICENSE_KEY; neither disables)")
+	fs.StringVar(&cfg.newRelicEndpoint, "newrelic-endpoint", defaultNewRelicEndpoint, "New Relic Metric API URL; EU: https://metric-api.eu.newrelic.com/metric/v1, FedRAMP: https://gov-metric-api.newrelic.com/metric/v1")
+	fs.DurationVar(&cfg.newRelicInterval, "newrelic-interval", defaultNewRelicInterval, "how often metrics are pushed to New Relic")
 	fs.StringVar(&cfg.statsd, "statsd", "", "statsd HOST:PORT (UDP); empty disables metrics")
 	fs.StringVar(&cfg.statsdPrefix, "statsd-prefix", "s3helper", "prefix of every metric name")
 	fs.StringVar(&cfg.statsdTags, "statsd-tags", "", "DogStatsD tags added to every metric, k:v,k2:v2; empty sends plain statsd")
@@ -312,6 +318,9 @@ type settings struct {
 	// stsEndpoint is -sts-endpoint or its variables; nil means the
 	// regional endpoint.
 	stsEndpoint *url.URL
+	// newRelicKey is the New Relic license key (a secret); empty disables
+	// the push.
+	newRelicKey string
 }
 
 // routeSpec is a route before the endpoint (and so the host) is known.
@@ -437,6 +446,7 @@ func validate(cfg *config, getenv func(string) string) (*settings, error) {
 	}
 
 	errs = append(errs, validateCredentialSource(s, cfg, getenv)...)
+	errs = append(errs, validateNewRelic(s, cfg, getenv)...)
 	if len(errs) > 0 {
 		return nil, configError{errs}
 	}
@@ -497,6 +507,34 @@ func validateCredentialSource(s *settings, cfg *config, getenv func(string) stri
 			bad("sts-endpoint", v, err.Error())
 		}
 		s.stsEndpoint = u
+	}
+	return errs
+}
+
+// validateNewRelic reads the license key (file first, then
+// $NEW_RELIC_LICENSE_KEY) and checks the push settings. No error quotes the
+// key.
+func validateNewRelic(s *settings, cfg *config, getenv func(string) string) []error {
+	var errs []error
+	s.newRelicKey = getenv("NEW_RELIC_LICENSE_KEY")
+	if cfg.newRelicKeyFile != "" {
+		key, err := readTokenFile(cfg.newRelicKeyFile)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("-newrelic-license-key-file: %w", err))
+		}
+		s.newRelicKey = key
+	}
+	for _, c := range s.newRelicKey {
+		if c <= ' ' || c > '~' {
+			errs = append(errs, errors.New("New Relic license key: must be printable ASCII without spaces"))
+			break
+		}
+	}
+	if u, err := url.Parse(cfg.newRelicEndpoint); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		errs = append(errs, fmt.Errorf("-newrelic-endpoint %q: must be an https:// URL", clip(cfg.newRelicEndpoint, maxQuotedValueBytes)))
+	}
+	if cfg.newRelicInterval < time.Second || cfg.newRelicInterval > 10*time.Minute {
+		errs = append(errs, fmt.Errorf("-newrelic-interval %q: must be between 1s and 10m", cfg.newRelicInterval))
 	}
 	return errs
 }
@@ -733,14 +771,25 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		st.endpoint = &url.URL{Scheme: "https", Host: "s3." + cfg.region + ".amazonaws.com"}
 	}
 
-	var metrics *Metrics
+	var statsd *statsdEmitter
 	if cfg.statsd != "" {
 		conn, err := net.Dial("udp", cfg.statsd)
 		if err != nil {
 			return fmt.Errorf("-statsd %q: %w", cfg.statsd, err)
 		}
-		metrics = NewMetrics(conn, cfg.statsdPrefix, cfg.statsdTags, 0)
-		defer metrics.Close()
+		statsd = newStatsdEmitter(conn, cfg.statsdPrefix, cfg.statsdTags, 0)
+	}
+	// Prometheus is served with -admin; statsd and New Relic push.
+	metrics := newMetrics(statsd, cfg.admin != "" || st.newRelicKey != "")
+	defer metrics.Close()
+	if st.newRelicKey != "" {
+		host, _ := os.Hostname()
+		nr := &newRelicPusher{metrics: metrics, endpoint: cfg.newRelicEndpoint, key: st.newRelicKey, interval: cfg.newRelicInterval,
+			attributes: map[string]any{"service.name": "s3-helper", "host.name": host, "instance": cfg.listen, "service.version": version},
+			log:        log.With("component", "newrelic")}
+		nr.start()
+		defer nr.close()
+		metrics.Gauge("", "newrelic_dropped_payloads_total", "New Relic payloads dropped: rejected, or pushed out while New Relic was unreachable.", nr.dropped.Load)
 	}
 
 	caches := newCredentialCaches(st, getenv, log.With("component", "credentials"), metrics)
@@ -761,11 +810,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		transport: newUpstreamTransport(cfg.timeout), metrics: metrics, log: log,
 		accessLog: cfg.accessLog, retries: cfg.retries, bodyTimeout: cfg.timeout,
 	}
-	metrics.GaugeFunc(metricInFlight, proxy.InFlight)
-	metrics.GaugeFunc(metricCredentialTTL, func() int64 {
+	metrics.Gauge(metricInFlight, "requests_in_flight", "Requests being served.", proxy.InFlight)
+	metrics.Gauge(metricCredentialTTL, "credential_expiry_seconds", "Seconds until the credentials in use expire (0: they never do).", func() int64 {
 		return int64(cache.Status(time.Now()).ExpiresIn / time.Second)
 	})
-	return serve(ctx, st, proxy, cache, log)
+	if statsd != nil {
+		metrics.Gauge("", "statsd_dropped_lines_total", "statsd lines dropped because the socket or the queue was full.", statsd.Dropped)
+	}
+	return serve(ctx, st, proxy, cache, metrics, log)
 }
 
 // newCredentialCaches builds the chosen source behind a cache and, with
@@ -808,7 +860,7 @@ func newCredentialCaches(st *settings, getenv func(string) string, log *slog.Log
 
 // serve listens (failing fast on bind errors), serves until ctx ends, then
 // drains in-flight requests for up to -shutdown-timeout.
-func serve(ctx context.Context, st *settings, proxy *Proxy, cache *credentialCache, log *slog.Logger) error {
+func serve(ctx context.Context, st *settings, proxy *Proxy, cache *credentialCache, metrics *Metrics, log *slog.Logger) error {
 	cfg := st.cfg
 	if st.listenNet == "unix" {
 		removeStaleSocket(st.listenAddr)
@@ -840,7 +892,7 @@ func serve(ctx context.Context, st *settings, proxy *Proxy, cache *credentialCac
 			ln.Close()
 			return fmt.Errorf("-admin %q: %w", cfg.admin, err)
 		}
-		admin := &http.Server{Handler: adminHandler(cache, credentialSourceName(st), cfg.pprof), ReadHeaderTimeout: readHeaderTimeout, ErrorLog: errorLog}
+		admin := &http.Server{Handler: adminHandler(cache, metrics, credentialSourceName(st), cfg.pprof), ReadHeaderTimeout: readHeaderTimeout, ErrorLog: errorLog}
 		servers = append(servers, serving{"admin", admin, aln})
 		log.Info("admin listening", "addr", aln.Addr().String(), "pprof", cfg.pprof)
 	}
@@ -849,7 +901,7 @@ func serve(ctx context.Context, st *settings, proxy *Proxy, cache *credentialCac
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "version", version, "region", cfg.region,
 		"endpoint", st.endpoint.String(), "bucket", cfg.bucket, "routes", len(proxy.routes),
-		"credentials", credentialSourceName(st), "statsd", cfg.statsd != "")
+		"credentials", credentialSourceName(st), "statsd", cfg.statsd != "", "newrelic", st.newRelicKey != "")
 	return runServers(ctx, servers, cfg.shutdownTimeout, log, proxy.InFlight)
 }
 
@@ -924,9 +976,13 @@ func removeStaleSocket(path string) {
 	}
 }
 
-// adminHandler serves /healthz and, with withPprof, /debug/pprof/.
-func adminHandler(cache *credentialCache, source string, withPprof bool) http.Handler {
+// adminHandler serves /healthz, /metrics (Prometheus) and, with withPprof,
+// /debug/pprof/.
+func adminHandler(cache *credentialCache, metrics *Metrics, source string, withPprof bool) http.Handler {
 	mux := http.NewServeMux()
+	if metrics != nil && metrics.agg != nil {
+		mux.Handle("GET /metrics", metrics)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		st := cache.Status(time.Now())
 		ok, reason := st.Healthy()

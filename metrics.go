@@ -1,292 +1,310 @@
 package main
 
-// A raw UDP statsd emitter (https://github.com/statsd/statsd/blob/master/docs/metric_types.md)
-// that never blocks the request path: lines are appended to a packet under a
-// short lock, full packets go to a sender goroutine through a bounded queue,
-// and whatever does not fit is dropped and counted.
+// The one set of measurements every output reads: the proxy and the
+// credential cache record events here, and each event is counted in
+// aggregates over bounded label sets (for Prometheus text on the admin
+// listener and New Relic pushes) and sent as a statsd line. An output that
+// is off costs nothing: without statsd no line is formatted, and without
+// an aggregating output no aggregate is kept. A nil *Metrics does nothing.
 
 import (
-	"io"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
-const (
-	// maxPacketBytes keeps a datagram inside one 1500-byte Ethernet frame
-	// (minus IP and UDP headers): losing one fragment loses the whole datagram.
-	maxPacketBytes = 1432
-	// packetQueueLen bounds the packets waiting for the sender.
-	packetQueueLen = 64
-	// defaultFlushInterval is how often a partial packet is sent.
-	defaultFlushInterval = time.Second
-)
-
-// Metric names. Dimensions such as method and status are name segments, so
-// plain statsd, collectd and nri-statsd all keep them apart.
-const (
-	metricRequests             = "requests"              // .METHOD.STATUS counter
-	metricBytesOut             = "bytes_out"             // counter
-	metricRequestDuration      = "request_ms"            // timer
-	metricUpstreamTTFB         = "upstream_ttfb_ms"      // timer
-	metricRetries              = "upstream.retries"      // counter
-	metricResumes              = "upstream.resumes"      // counter
-	metricUpstreamErrors       = "upstream.errors"       // .KIND counter
-	metricS3Errors             = "upstream.s3_errors"    // .CODE counter
-	metricCredentialRefreshes  = "credentials.refreshes" // counter
-	metricCredentialFailures   = "credentials.failures"  // counter
-	metricCredentialExtensions = "credentials.extensions"
-	metricCredentialTTL        = "credentials.seconds_to_expiry" // gauge
-	metricInFlight             = "in_flight"                     // gauge
-	metricDropped              = "metrics.dropped"               // counter
-)
-
-// Metrics emits statsd lines. A nil *Metrics does nothing, so call sites
-// need no checks when metrics are off. Methods never block and never return
-// errors.
+// Metrics records every measurement. Its methods never block and never
+// return errors; they are safe for concurrent use.
 type Metrics struct {
-	// prefix ends with '.', e.g. "s3helper.".
-	prefix string
-	// tags is the DogStatsD suffix, e.g. "|#env:prod", or empty.
-	tags string
-
-	mu  sync.Mutex // guards buf
-	buf []byte
-
-	queue   chan []byte
-	free    chan []byte
-	dropped atomic.Int64
-	// reportedDrops is the part of dropped already emitted; only run uses it.
-	reportedDrops int64
+	// statsd sends one line per event; nil when -statsd is off.
+	statsd *statsdEmitter
+	// agg holds the aggregates; nil when no output reads them.
+	agg *aggregates
 
 	gaugesMu sync.Mutex // guards gauges
-	gauges   []gaugeFunc
-
-	stop      chan struct{}
-	done      chan struct{}
-	closeOnce sync.Once
-	w         io.WriteCloser
+	gauges   []gauge
 }
 
-// gaugeFunc is a gauge read at every flush.
-type gaugeFunc struct {
-	name string
-	read func() int64
+// gauge is a value read when an output reports, not recorded per event.
+type gauge struct {
+	statsdName, promName, help string
+	read                       func() int64
 }
 
-// NewMetrics starts an emitter writing packets to w (a connected UDP socket
-// in production). prefix is prepended with a '.'; tags are DogStatsD
-// "k:v,k2:v2" or empty. flush is the flush interval (zero: 1 s).
-func NewMetrics(w io.WriteCloser, prefix, tags string, flush time.Duration) *Metrics {
-	if flush <= 0 {
-		flush = defaultFlushInterval
+// newMetrics returns measurements feeding statsd (when statsd is not nil)
+// and the aggregating outputs (when aggregate is set); nil when both are off.
+func newMetrics(statsd *statsdEmitter, aggregate bool) *Metrics {
+	if statsd == nil && !aggregate {
+		return nil
 	}
-	m := &Metrics{
-		w:     w,
-		queue: make(chan []byte, packetQueueLen),
-		free:  make(chan []byte, packetQueueLen),
-		stop:  make(chan struct{}),
-		done:  make(chan struct{}),
-		buf:   make([]byte, 0, maxPacketBytes),
+	m := &Metrics{statsd: statsd}
+	if aggregate {
+		m.agg = &aggregates{}
 	}
-	if prefix != "" {
-		m.prefix = prefix + "."
-	}
-	if tags != "" {
-		m.tags = "|#" + tags
-	}
-	go m.run(flush)
 	return m
 }
 
-// Count adds v to a counter.
-func (m *Metrics) Count(name string, v int64) { m.emit(name, "", "", v, "|c") }
-
-// Count2 adds v to the counter name.a.b, e.g. requests.GET.200.
-func (m *Metrics) Count2(name, a, b string, v int64) { m.emit(name, a, b, v, "|c") }
-
-// Timing records a duration in milliseconds.
-func (m *Metrics) Timing(name string, d time.Duration) {
-	m.emit(name, "", "", d.Milliseconds(), "|ms")
-}
-
-// Gauge sets a gauge.
-func (m *Metrics) Gauge(name string, v int64) { m.emit(name, "", "", v, "|g") }
-
-// GaugeFunc registers a gauge read at every flush.
-func (m *Metrics) GaugeFunc(name string, read func() int64) {
-	if m == nil {
-		return
-	}
-	m.gaugesMu.Lock()
-	m.gauges = append(m.gauges, gaugeFunc{name, read})
-	m.gaugesMu.Unlock()
-}
-
-// emit appends "prefix.name[.a[.b]]:v|type[|#tags]\n" to the packet, sending
-// the packet first when the line would not fit.
-func (m *Metrics) emit(name, a, b string, v int64, kind string) {
-	if m == nil {
-		return
-	}
-	m.mu.Lock()
-	start := len(m.buf)
-	m.buf = appendLine(m.buf, m.prefix, name, a, b, v, kind, m.tags)
-	if len(m.buf) > maxPacketBytes && start > 0 {
-		line := append([]byte(nil), m.buf[start:]...)
-		m.buf = m.buf[:start]
-		m.sendLocked()
-		m.buf = append(m.buf, line...)
-	}
-	if len(m.buf) > maxPacketBytes { // a single oversized line: never sendable
-		m.buf = m.buf[:0]
-		m.dropped.Add(1)
-	}
-	m.mu.Unlock()
-}
-
-// appendLine formats one statsd line with strconv only.
-func appendLine(dst []byte, prefix, name, a, b string, v int64, kind, tags string) []byte {
-	dst = append(dst, prefix...)
-	dst = append(dst, name...)
-	if a != "" {
-		dst = append(dst, '.')
-		dst = append(dst, a...)
-	}
-	if b != "" {
-		dst = append(dst, '.')
-		dst = append(dst, b...)
-	}
-	dst = append(dst, ':')
-	dst = strconv.AppendInt(dst, v, 10)
-	dst = append(dst, kind...)
-	dst = append(dst, tags...)
-	return append(dst, '\n')
-}
-
-// sendLocked hands the packet to the sender without blocking; a full queue
-// drops it and counts its lines. m.mu must be held.
-func (m *Metrics) sendLocked() {
-	if len(m.buf) == 0 {
-		return
-	}
-	packet := m.buf
-	select {
-	case m.queue <- packet:
-		select {
-		case m.buf = <-m.free:
-			m.buf = m.buf[:0]
-		default:
-			m.buf = make([]byte, 0, maxPacketBytes)
-		}
-	default:
-		m.dropped.Add(int64(countLines(packet)))
-		m.buf = m.buf[:0]
-	}
-}
-
-// Dropped returns how many lines were dropped so far.
-func (m *Metrics) Dropped() int64 {
-	if m == nil {
-		return 0
-	}
-	return m.dropped.Load()
-}
-
-// run writes queued packets and flushes on the ticker until Close.
-func (m *Metrics) run(flush time.Duration) {
-	defer close(m.done)
-	ticker := time.NewTicker(flush)
-	defer ticker.Stop()
-	for {
-		select {
-		case p := <-m.queue:
-			m.write(p)
-		case <-ticker.C:
-			m.flush()
-		case <-m.stop:
-			m.flush()
-			for {
-				select {
-				case p := <-m.queue:
-					m.write(p)
-				default:
-					return
-				}
-			}
-		}
-	}
-}
-
-// write sends one packet; a write error (no listener, full socket buffer)
-// drops it, which is what UDP would do anyway.
-func (m *Metrics) write(p []byte) {
-	if _, err := m.w.Write(p); err != nil {
-		m.dropped.Add(int64(countLines(p)))
-	}
-	select {
-	case m.free <- p:
-	default:
-	}
-}
-
-// countLines counts the statsd lines in a packet.
-func countLines(p []byte) int {
-	n := 0
-	for _, c := range p {
-		if c == '\n' {
-			n++
-		}
-	}
-	return n
-}
-
-// flush reads the registered gauges and sends the partial packet.
-func (m *Metrics) flush() {
-	m.gaugesMu.Lock()
-	gauges := append([]gaugeFunc(nil), m.gauges...)
-	m.gaugesMu.Unlock()
-	for _, g := range gauges {
-		m.Gauge(g.name, g.read())
-	}
-	if total := m.dropped.Load(); total > m.reportedDrops {
-		m.Count(metricDropped, total-m.reportedDrops)
-		m.reportedDrops = total
-	}
-	m.mu.Lock()
-	m.sendLocked()
-	m.mu.Unlock()
-}
-
-// Close flushes what is buffered, stops the sender and closes the socket.
-// It is idempotent.
+// Close flushes and stops the statsd emitter.
 func (m *Metrics) Close() error {
 	if m == nil {
 		return nil
 	}
-	var err error
-	m.closeOnce.Do(func() {
-		close(m.stop)
-		<-m.done
-		err = m.w.Close()
-	})
-	return err
+	return m.statsd.Close()
 }
+
+// latencyBuckets are the histogram bounds for request and upstream times:
+// S3 answers a ranged GET in 10–100 ms and throttles or stalls for seconds.
+var latencyBuckets = [...]time.Duration{
+	5 * time.Millisecond, 10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond,
+	100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond,
+	time.Second, 2500 * time.Millisecond, 5 * time.Second, 10 * time.Second,
+}
+
+// metricMethods and metricStatuses are the label values of requests; any
+// other status is counted as other (the last index).
+var (
+	metricMethods  = [...]string{"GET", "HEAD", labelOther}
+	metricStatuses = [...]int{200, 206, 304, 400, 403, 404, 405, 412, 416, 431, 499, 500, 502, 503, 504}
+)
+
+// upstreamErrorKinds are the kinds of failed upstream attempts; proxy.go
+// names them and nothing else.
+var upstreamErrorKinds = [...]string{"connect", "timeout", "transport", "body",
+	"status_500", "status_502", "status_503", "status_504", labelOther}
+
+// aggregates are the cumulative totals outputs read. Every label set is
+// fixed, so memory is bounded whatever clients and S3 send.
+type aggregates struct {
+	requests        [len(metricMethods)][len(metricStatuses) + 1]atomic.Int64
+	bytesOut        atomic.Int64
+	requestDuration histogram
+	upstreamTTFB    histogram
+	retries         atomic.Int64
+	resumes         atomic.Int64
+	upstreamErrors  [len(upstreamErrorKinds)]atomic.Int64
+	// s3Errors is indexed by s3ErrorIndex: known codes, then statuses, then other.
+	s3Errors             [len(knownS3ErrorCodes) + len(metricStatuses) + 1]atomic.Int64
+	credentialRefreshes  atomic.Int64
+	credentialFailures   atomic.Int64
+	credentialExtensions atomic.Int64
+}
+
+// histogram counts durations into latencyBuckets (cumulatively at read
+// time) and tracks the extremes of the current push interval.
+type histogram struct {
+	buckets  [len(latencyBuckets) + 1]atomic.Int64 // the last is +Inf
+	count    atomic.Int64
+	sumNanos atomic.Int64
+	// minNanos and maxNanos cover the New Relic interval; swapped out by
+	// each push. minNanos is 0 when nothing was observed.
+	minNanos, maxNanos atomic.Int64
+}
+
+// observe records one duration.
+func (h *histogram) observe(d time.Duration) {
+	i := 0
+	for i < len(latencyBuckets) && d > latencyBuckets[i] {
+		i++
+	}
+	h.buckets[i].Add(1)
+	h.count.Add(1)
+	h.sumNanos.Add(int64(d))
+	n := max(int64(d), 1) // 0 marks "none yet"
+	for cur := h.minNanos.Load(); cur == 0 || n < cur; cur = h.minNanos.Load() {
+		if h.minNanos.CompareAndSwap(cur, n) {
+			break
+		}
+	}
+	for cur := h.maxNanos.Load(); n > cur; cur = h.maxNanos.Load() {
+		if h.maxNanos.CompareAndSwap(cur, n) {
+			break
+		}
+	}
+}
+
+// Request records one answered request. method is the client's text and
+// is reduced to GET, HEAD or other here.
+func (m *Metrics) Request(method string, status int, bodyBytes int64, dur time.Duration) {
+	if m == nil {
+		return
+	}
+	mi, si := methodIndex(method), statusIndex(status)
+	if a := m.agg; a != nil {
+		a.requests[mi][si].Add(1)
+		a.bytesOut.Add(bodyBytes)
+		a.requestDuration.observe(dur)
+	}
+	m.statsd.Count2(metricRequests, metricMethods[mi], statusLabel(si), 1)
+	m.statsd.Count(metricBytesOut, bodyBytes)
+	m.statsd.Timing(metricRequestDuration, dur)
+}
+
+// UpstreamTTFB records S3's time to response headers for one attempt.
+func (m *Metrics) UpstreamTTFB(d time.Duration) {
+	if m == nil {
+		return
+	}
+	if m.agg != nil {
+		m.agg.upstreamTTFB.observe(d)
+	}
+	m.statsd.Timing(metricUpstreamTTFB, d)
+}
+
+// Retry records a retried upstream attempt.
+func (m *Metrics) Retry() {
+	m.count(metricRetries, func(a *aggregates) *atomic.Int64 { return &a.retries })
+}
+
+// Resume records a mid-body resume.
+func (m *Metrics) Resume() {
+	m.count(metricResumes, func(a *aggregates) *atomic.Int64 { return &a.resumes })
+}
+
+// CredentialRefresh records a new credential set.
+func (m *Metrics) CredentialRefresh() {
+	m.count(metricCredentialRefreshes, func(a *aggregates) *atomic.Int64 { return &a.credentialRefreshes })
+}
+
+// CredentialFailure records a failed credential fetch.
+func (m *Metrics) CredentialFailure() {
+	m.count(metricCredentialFailures, func(a *aggregates) *atomic.Int64 { return &a.credentialFailures })
+}
+
+// CredentialExtension records a static-stability extension.
+func (m *Metrics) CredentialExtension() {
+	m.count(metricCredentialExtensions, func(a *aggregates) *atomic.Int64 { return &a.credentialExtensions })
+}
+
+// count adds one to an unlabelled counter in every output.
+func (m *Metrics) count(statsdName string, counter func(*aggregates) *atomic.Int64) {
+	if m == nil {
+		return
+	}
+	if m.agg != nil {
+		counter(m.agg).Add(1)
+	}
+	m.statsd.Count(statsdName, 1)
+}
+
+// UpstreamError records a failed upstream attempt of a kind from
+// upstreamErrorKinds.
+func (m *Metrics) UpstreamError(kind string) {
+	if m == nil {
+		return
+	}
+	i := len(upstreamErrorKinds) - 1
+	for j, k := range upstreamErrorKinds {
+		if k == kind {
+			i = j
+			break
+		}
+	}
+	if m.agg != nil {
+		m.agg.upstreamErrors[i].Add(1)
+	}
+	m.statsd.Count2(metricUpstreamErrors, upstreamErrorKinds[i], "", 1)
+}
+
+// S3Error records an error answer from S3: its code (text from S3's body)
+// or, without one, its status.
+func (m *Metrics) S3Error(code string, status int) {
+	if m == nil {
+		return
+	}
+	i := s3ErrorIndex(code, status)
+	if m.agg != nil {
+		m.agg.s3Errors[i].Add(1)
+	}
+	m.statsd.Count2(metricS3Errors, s3ErrorLabelAt(i), "", 1)
+}
+
+// Gauge registers a value read whenever an output reports; an empty
+// statsdName keeps it out of statsd.
+func (m *Metrics) Gauge(statsdName, promName, help string, read func() int64) {
+	if m == nil {
+		return
+	}
+	m.gaugesMu.Lock()
+	m.gauges = append(m.gauges, gauge{statsdName, promName, help, read})
+	m.gaugesMu.Unlock()
+	if statsdName != "" {
+		m.statsd.GaugeFunc(statsdName, read)
+	}
+}
+
+// readGauges returns the registered gauges.
+func (m *Metrics) readGauges() []gauge {
+	m.gaugesMu.Lock()
+	defer m.gaugesMu.Unlock()
+	return append([]gauge(nil), m.gauges...)
+}
+
+// methodIndex is the index in metricMethods of a client's method.
+func methodIndex(method string) int {
+	switch method {
+	case "GET":
+		return 0
+	case "HEAD":
+		return 1
+	}
+	return 2
+}
+
+// statusIndex is the index in metricStatuses, or len(metricStatuses) for other.
+func statusIndex(status int) int {
+	for i, s := range metricStatuses {
+		if s == status {
+			return i
+		}
+	}
+	return len(metricStatuses)
+}
+
+// statusLabels are metricStatuses as text, formatted once.
+var statusLabels = func() (labels [len(metricStatuses) + 1]string) {
+	for i, s := range metricStatuses {
+		labels[i] = strconv.Itoa(s)
+	}
+	labels[len(metricStatuses)] = labelOther
+	return labels
+}()
+
+// statusLabel names a statusIndex.
+func statusLabel(i int) string { return statusLabels[i] }
+
+// s3ErrorIndex places an S3 error in aggregates.s3Errors: a known code, else
+// the status when S3 sent no code, else other.
+func s3ErrorIndex(code string, status int) int {
+	if code == "" {
+		return len(knownS3ErrorCodes) + statusIndex(status)
+	}
+	for i, known := range knownS3ErrorCodes {
+		if code == known {
+			return i
+		}
+	}
+	return len(knownS3ErrorCodes) + len(metricStatuses)
+}
+
+// s3ErrorLabelAt names an s3ErrorIndex.
+func s3ErrorLabelAt(i int) string {
+	if i < len(knownS3ErrorCodes) {
+		return knownS3ErrorCodes[i]
+	}
+	return statusLabel(i - len(knownS3ErrorCodes))
+}
+
+// s3ErrorLabel names an S3 error for a metric.
+func s3ErrorLabel(code string, status int) string { return s3ErrorLabelAt(s3ErrorIndex(code, status)) }
+
+// methodLabel reduces a request method to GET, HEAD or other: the method is
+// client text, and every distinct value would otherwise be a new metric.
+func methodLabel(method string) string { return metricMethods[methodIndex(method)] }
 
 // labelOther stands for every value outside a label's bounded set, so text
 // chosen by a client or by S3 can never mint a new metric name.
 const labelOther = "other"
-
-// methodLabel reduces a request method to GET, HEAD or other: the method is
-// client text, and every distinct value would otherwise be a new metric.
-func methodLabel(method string) string {
-	switch method {
-	case "GET", "HEAD":
-		return method
-	}
-	return labelOther
-}
 
 // knownS3ErrorCodes are the S3 error codes a GET or HEAD can meet
 // (https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html);
@@ -299,57 +317,4 @@ var knownS3ErrorCodes = [...]string{
 	"NotImplemented", "PermanentRedirect", "PreconditionFailed", "RequestTimeTooSkewed",
 	"RequestTimeout", "ServiceUnavailable", "SignatureDoesNotMatch", "SlowDown",
 	"TemporaryRedirect", "TokenRefreshRequired",
-}
-
-// s3ErrorLabel names an S3 error for a metric: its code when it is a known
-// one, its status when S3 sent no code (answers to HEAD have no body), and
-// other for anything else.
-func s3ErrorLabel(code string, status int) string {
-	if code == "" {
-		return statusString(status)
-	}
-	for _, known := range knownS3ErrorCodes {
-		if code == known {
-			return known
-		}
-	}
-	return labelOther
-}
-
-// statusString formats an HTTP status for a metric name without allocating
-// for the statuses s3-helper answers (strconv.Itoa allocates above 99);
-// anything outside 100–599 is other.
-func statusString(status int) string {
-	switch status {
-	case 200:
-		return "200"
-	case 206:
-		return "206"
-	case 304:
-		return "304"
-	case 400:
-		return "400"
-	case 403:
-		return "403"
-	case 404:
-		return "404"
-	case 405:
-		return "405"
-	case 412:
-		return "412"
-	case 416:
-		return "416"
-	case 499:
-		return "499"
-	case 502:
-		return "502"
-	case 503:
-		return "503"
-	case 504:
-		return "504"
-	}
-	if status < 100 || status > 599 {
-		return labelOther
-	}
-	return strconv.Itoa(status)
 }

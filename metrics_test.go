@@ -2,7 +2,10 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -44,7 +47,7 @@ func readPackets(t *testing.T, ln *net.UDPConn, wantLines int) []string {
 
 func TestMetricsLineFormat(t *testing.T) {
 	ln, conn := udpListener(t)
-	m := NewMetrics(conn, "s3helper", "env:test,host:a", time.Hour)
+	m := newStatsdEmitter(conn, "s3helper", "env:test,host:a", time.Hour)
 	m.Count2(metricRequests, "GET", "206", 1)
 	m.Timing(metricRequestDuration, 1500*time.Millisecond)
 	m.Gauge(metricInFlight, 7)
@@ -64,7 +67,7 @@ func TestMetricsLineFormat(t *testing.T) {
 
 func TestMetricsFlushOnSize(t *testing.T) {
 	ln, conn := udpListener(t)
-	m := NewMetrics(conn, "p", "", time.Hour)
+	m := newStatsdEmitter(conn, "p", "", time.Hour)
 	defer m.Close()
 	const lines = 200 // ~20 bytes each: more than one packet
 	for range lines {
@@ -83,7 +86,7 @@ func TestMetricsFlushOnSize(t *testing.T) {
 
 func TestMetricsFlushOnTicker(t *testing.T) {
 	ln, conn := udpListener(t)
-	m := NewMetrics(conn, "p", "", 20*time.Millisecond)
+	m := newStatsdEmitter(conn, "p", "", 20*time.Millisecond)
 	defer m.Close()
 	var inFlight int64 = 3
 	m.GaugeFunc(metricInFlight, func() int64 { return inFlight })
@@ -106,7 +109,7 @@ func (w *blockedWriter) Close() error                { w.once.Do(func() { close(
 
 func TestMetricsNeverBlockAndCountDrops(t *testing.T) {
 	w := &blockedWriter{release: make(chan struct{})}
-	m := NewMetrics(w, "p", "", time.Hour)
+	m := newStatsdEmitter(w, "p", "", time.Hour)
 	done := make(chan struct{})
 	go func() {
 		for range 100_000 { // far more than the queue holds
@@ -132,7 +135,7 @@ func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("connecti
 func (failingWriter) Close() error              { return nil }
 
 func TestMetricsWriteErrorsCounted(t *testing.T) {
-	m := NewMetrics(failingWriter{}, "p", "", time.Hour)
+	m := newStatsdEmitter(failingWriter{}, "p", "", time.Hour)
 	m.Count(metricRetries, 1)
 	m.Close()
 	if m.Dropped() != 1 {
@@ -141,14 +144,29 @@ func TestMetricsWriteErrorsCounted(t *testing.T) {
 }
 
 func TestMetricsNilIsNoOp(t *testing.T) {
+	var e *statsdEmitter
+	e.Count(metricRetries, 1)
+	e.Count2(metricRequests, "GET", "200", 1)
+	e.Timing(metricRequestDuration, time.Second)
+	e.Gauge(metricInFlight, 1)
+	e.GaugeFunc(metricInFlight, func() int64 { return 0 })
+	if err := e.Close(); err != nil || e.Dropped() != 0 {
+		t.Errorf("nil statsdEmitter: Close = %v, Dropped = %d", err, e.Dropped())
+	}
 	var m *Metrics
-	m.Count(metricRetries, 1)
-	m.Count2(metricRequests, "GET", "200", 1)
-	m.Timing(metricRequestDuration, time.Second)
-	m.Gauge(metricInFlight, 1)
-	m.GaugeFunc(metricInFlight, func() int64 { return 0 })
-	if err := m.Close(); err != nil || m.Dropped() != 0 {
-		t.Errorf("nil Metrics: Close = %v, Dropped = %d", err, m.Dropped())
+	m.Request("GET", 200, 1, time.Second)
+	m.UpstreamTTFB(time.Second)
+	m.Retry()
+	m.Resume()
+	m.UpstreamError("connect")
+	m.S3Error("NoSuchKey", 404)
+	m.CredentialRefresh()
+	m.Gauge(metricInFlight, "requests_in_flight", "h", func() int64 { return 0 })
+	if err := m.Close(); err != nil {
+		t.Errorf("nil Metrics: Close = %v", err)
+	}
+	if newMetrics(nil, false) != nil {
+		t.Error("newMetrics with every output off is not nil: an output that is off must cost nothing")
 	}
 }
 
@@ -165,10 +183,76 @@ func TestMetricNames(t *testing.T) {
 }
 
 func BenchmarkMetricsAppend(b *testing.B) {
-	m := NewMetrics(failingWriter{}, "s3helper", "", time.Hour)
+	m := newStatsdEmitter(failingWriter{}, "s3helper", "", time.Hour)
 	defer m.Close()
 	b.ReportAllocs()
 	for b.Loop() {
 		m.Count2(metricRequests, "GET", "206", 1)
+	}
+}
+
+// promSamples parses Prometheus text into sample name{labels} → value, for
+// exact-count checks (promtool checks the format itself, end to end).
+func promSamples(t *testing.T, text string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for line := range strings.SplitSeq(text, "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			t.Fatalf("bad sample line %q", line)
+		}
+		out[line[:i]] = line[i+1:]
+	}
+	return out
+}
+
+// TestPrometheusCountsEqualTraffic: after known traffic through the proxy,
+// every counter and histogram count equals the requests made.
+func TestPrometheusCountsEqualTraffic(t *testing.T) {
+	tp := newTestProxy(t)
+	tp.metrics = newMetrics(nil, true)
+	tp.metrics.Gauge(metricInFlight, "requests_in_flight", "Requests being served.", tp.InFlight)
+	tp.s3.put("k", []byte("12345"))
+	for range 7 {
+		get(t, "GET", tp.url+"/k", nil)
+	}
+	for range 3 {
+		get(t, "HEAD", tp.url+"/k", nil)
+	}
+	for range 2 {
+		get(t, "GET", tp.url+"/missing", nil)
+	}
+	get(t, "GET|ms|#evil", tp.url+"/k", nil)
+	get(t, "GET", tp.url+"/k", http.Header{"Range": {"bytes=1-2"}})
+	if !tp.logs.waitFor("status=206") {
+		t.Fatal("the last request was not logged")
+	}
+	rec := httptest.NewRecorder()
+	tp.metrics.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if ct := rec.Header().Get("Content-Type"); !strings.HasPrefix(ct, "text/plain; version=0.0.4") {
+		t.Errorf("Content-Type = %q", ct)
+	}
+	got := promSamples(t, rec.Body.String())
+	for sample, want := range map[string]string{
+		`s3helper_requests_total{method="GET",status="200"}`:   "7",
+		`s3helper_requests_total{method="HEAD",status="200"}`:  "3",
+		`s3helper_requests_total{method="GET",status="404"}`:   "2",
+		`s3helper_requests_total{method="other",status="405"}`: "1",
+		`s3helper_requests_total{method="GET",status="206"}`:   "1",
+		`s3helper_response_body_bytes_total`:                   fmt.Sprint(7*5 + 2),
+		`s3helper_request_duration_seconds_count`:              "14",
+		`s3helper_request_duration_seconds_bucket{le="+Inf"}`:  "14",
+		`s3helper_upstream_ttfb_seconds_count`:                 "13",
+		`s3helper_s3_errors_total{code="NoSuchKey"}`:           "2",
+		`s3helper_upstream_errors_total{kind="connect"}`:       "0",
+		`s3helper_requests_in_flight`:                          "0",
+		`s3helper_credential_refreshes_total`:                  "0", // the test cache has no metrics of its own
+	} {
+		if got[sample] != want {
+			t.Errorf("%s = %q, want %s", sample, got[sample], want)
+		}
 	}
 }

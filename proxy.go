@@ -295,7 +295,7 @@ func (p *Proxy) attempts(ctx context.Context, up *upstream, x *exchange, extra h
 		sent := p.clock()
 		resp, err := p.transport.RoundTrip(req)
 		if err == nil {
-			p.metrics.Timing(metricUpstreamTTFB, p.clock().Sub(sent))
+			p.metrics.UpstreamTTFB(p.clock().Sub(sent))
 			if extra == nil { // a resume's 206 is not what the client was answered
 				x.upstreamStatus = resp.StatusCode
 			}
@@ -331,14 +331,14 @@ func (p *Proxy) attempts(ctx context.Context, up *upstream, x *exchange, extra h
 			x.s3Code = s3ErrorCode(resp)
 			perr.kind = "status_" + strconv.Itoa(resp.StatusCode)
 		}
-		p.metrics.Count2(metricUpstreamErrors, perr.kind, "", 1)
+		p.metrics.UpstreamError(perr.kind)
 		if n >= p.retries {
 			if resp != nil {
 				return resp, nil // already drained; respond() maps the status
 			}
 			return nil, perr
 		}
-		p.metrics.Count(metricRetries, 1)
+		p.metrics.Retry()
 		p.log.Debug("retrying upstream", "key", x.key, "attempt", n+1, "err", perr, "s3_code", x.s3Code)
 		if err := sleepCtx(ctx, p.retryPause(n+1)); err != nil {
 			return nil, &proxyError{499, "client_gone", err}
@@ -499,7 +499,7 @@ func (p *Proxy) respond(w http.ResponseWriter, r *http.Request, resp *http.Respo
 			x.s3Code = s3ErrorCode(resp)
 		}
 		resp.Body.Close()
-		p.metrics.Count2(metricS3Errors, s3ErrorLabel(x.s3Code, resp.StatusCode), "", 1)
+		p.metrics.S3Error(x.s3Code, resp.StatusCode)
 		x.err = fmt.Errorf("S3 answered %d", resp.StatusCode)
 		if x.s3Code != "" {
 			x.err = fmt.Errorf("S3 answered %d %s", resp.StatusCode, x.s3Code)
@@ -561,11 +561,11 @@ func (p *Proxy) stream(ctx context.Context, w http.ResponseWriter, resp *http.Re
 		if !resumable || x.resumes >= p.retries || plan.complete() {
 			x.err = fmt.Errorf("upstream body failed after %d bytes, aborting the client response: %w", x.bytes, err)
 			x.status = 502
-			p.metrics.Count2(metricUpstreamErrors, "body", "", 1)
+			p.metrics.UpstreamError("body")
 			panic(http.ErrAbortHandler)
 		}
 		x.resumes++
-		p.metrics.Count(metricResumes, 1)
+		p.metrics.Resume()
 		p.log.Info("resuming upstream body", "key", x.key, "after_bytes", x.bytes, "err", err)
 		next, rerr := p.resume(ctx, up, x, &plan)
 		if rerr != nil {
@@ -752,9 +752,7 @@ func (p *Proxy) finish(ctx context.Context, x *exchange) {
 	if status == 0 {
 		status = http.StatusOK
 	}
-	p.metrics.Count2(metricRequests, methodLabel(x.method), statusString(status), 1)
-	p.metrics.Count(metricBytesOut, x.bytes)
-	p.metrics.Timing(metricRequestDuration, dur)
+	p.metrics.Request(x.method, status, x.bytes, dur)
 	level := slog.LevelInfo
 	switch {
 	case x.err == nil && !p.accessLog:

@@ -1085,7 +1085,7 @@ func TestProxyManyHeadersServed(t *testing.T) {
 func TestProxyEmitsMetrics(t *testing.T) {
 	tp := newTestProxy(t)
 	ln, conn := udpListener(t)
-	tp.metrics = NewMetrics(conn, "s3helper", "", time.Hour)
+	tp.metrics = newMetrics(newStatsdEmitter(conn, "s3helper", "", time.Hour), false)
 	tp.s3.put("k", []byte("12345"))
 	get(t, "GET", tp.url+"/k", nil)
 	get(t, "GET", tp.url+"/missing", nil)
@@ -1166,10 +1166,15 @@ func TestProxyRejectedCredentialsDoNotHammerIMDS(t *testing.T) {
 	}
 }
 
-func TestStatusString(t *testing.T) {
+func TestStatusLabels(t *testing.T) {
 	for _, status := range []int{200, 206, 304, 400, 403, 404, 405, 412, 416, 431, 499, 500, 502, 503, 504} {
-		if got := statusString(status); got != fmt.Sprint(status) {
-			t.Errorf("statusString(%d) = %q", status, got)
+		if got := statusLabel(statusIndex(status)); got != fmt.Sprint(status) {
+			t.Errorf("statusLabel(%d) = %q", status, got)
+		}
+	}
+	for _, status := range []int{0, 201, 418, 1000} {
+		if got := statusLabel(statusIndex(status)); got != "other" {
+			t.Errorf("statusLabel(%d) = %q, want other", status, got)
 		}
 	}
 }
@@ -1278,7 +1283,7 @@ func TestProxySlowReaderIsNotAStall(t *testing.T) {
 func TestProxyMetricNamesAreBounded(t *testing.T) {
 	tp := newTestProxy(t)
 	ln, conn := udpListener(t)
-	tp.metrics = NewMetrics(conn, "s3helper", "", time.Hour)
+	tp.metrics = newMetrics(newStatsdEmitter(conn, "s3helper", "", time.Hour), false)
 	tp.s3.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
 		switch r.URL.Path {
 		case "/" + testBucket + "/new-code":
