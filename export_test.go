@@ -87,8 +87,8 @@ func (f *fakeNewRelic) check(r *http.Request) error {
 	}
 	var batches []struct {
 		Common *struct {
-			Timestamp  *int64          `json:"timestamp"`
-			IntervalMS *int64          `json:"interval.ms"`
+			Timestamp  *int64         `json:"timestamp"`
+			IntervalMS *int64         `json:"interval.ms"`
 			Attributes map[string]any `json:"attributes"`
 		} `json:"common"`
 		Metrics []map[string]json.RawMessage `json:"metrics"`

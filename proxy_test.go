@@ -575,16 +575,7 @@ func TestProxyResumesMidBody(t *testing.T) {
 	for i := range body {
 		body[i] = byte(rand.IntN(256))
 	}
-	tests := []struct {
-		name        string
-		rangeHeader string
-		want        []byte
-	}{
-		{"whole object", "", body},
-		{"range", "bytes=1000-250999", body[1000:251000]},
-		{"open range", "bytes=5000-", body[5000:]},
-	}
-	for _, tt := range tests {
+	for _, tt := range clientRanges(body, 250999) {
 		t.Run(tt.name, func(t *testing.T) {
 			tp := newTestProxy(t)
 			tp.retries = 10
@@ -1179,6 +1170,23 @@ func TestStatusLabels(t *testing.T) {
 	}
 }
 
+// rangeCase is a client request shape and the bytes it must receive.
+type rangeCase struct {
+	name, rangeHeader string
+	want              []byte
+}
+
+// clientRanges are the request shapes a resume or a pause must not break:
+// the whole object, the closed range 1000-closedLast and the open range
+// from 5000.
+func clientRanges(body []byte, closedLast int) []rangeCase {
+	return []rangeCase{
+		{"whole object", "", body},
+		{"closed range", fmt.Sprintf("bytes=1000-%d", closedLast), body[1000 : closedLast+1]},
+		{"open range", "bytes=5000-", body[5000:]},
+	}
+}
+
 // ctxBody is an upstream body that fails once its request is cancelled, as
 // a real connection does when the attempt's context ends.
 type ctxBody struct {
@@ -1224,15 +1232,7 @@ func TestProxySlowReaderIsNotAStall(t *testing.T) {
 	for i := range body {
 		body[i] = byte(i * 7)
 	}
-	tests := []struct {
-		name, rangeHeader string
-		want              []byte
-	}{
-		{"whole object", "", body},
-		{"closed range", "bytes=1000-800999", body[1000:801000]},
-		{"open range", "bytes=5000-", body[5000:]},
-	}
-	for _, tt := range tests {
+	for _, tt := range clientRanges(body, 800999) {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				const timeout = time.Second

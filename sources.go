@@ -418,6 +418,11 @@ func (s *stsClient) call(ctx context.Context, form url.Values, source string, si
 	})
 }
 
+// stsForm is the form every AssumeRole* call sends.
+func stsForm(action, roleARN, sessionName string) url.Values {
+	return url.Values{"Action": {action}, "Version": {stsVersion}, "RoleArn": {roleARN}, "RoleSessionName": {sessionName}}
+}
+
 // stsContentType is the form body's type, signed with it for AssumeRole.
 const stsContentType = "application/x-www-form-urlencoded; charset=utf-8"
 
@@ -443,13 +448,8 @@ func (p *webIdentityProvider) Retrieve(ctx context.Context) (*Credentials, error
 	if err != nil {
 		return nil, fmt.Errorf("web identity for role %s: %w", p.roleARN, err)
 	}
-	form := url.Values{
-		"Action":           {"AssumeRoleWithWebIdentity"},
-		"Version":          {stsVersion},
-		"RoleArn":          {p.roleARN},
-		"RoleSessionName":  {p.sessionName},
-		"WebIdentityToken": {token},
-	}
+	form := stsForm("AssumeRoleWithWebIdentity", p.roleARN, p.sessionName)
+	form.Set("WebIdentityToken", token)
 	creds, err := p.sts.call(ctx, form, sourceWebIdentity, nil)
 	if err != nil {
 		return nil, fmt.Errorf("AssumeRoleWithWebIdentity for role %s with the token in %s: %w%s", p.roleARN, p.tokenFile, err, webIdentityHint(err))
@@ -497,12 +497,7 @@ func (p *assumeRoleProvider) Retrieve(ctx context.Context) (*Credentials, error)
 	if err != nil {
 		return nil, fmt.Errorf("assume role %s: base credentials: %w", p.roleARN, err)
 	}
-	form := url.Values{
-		"Action":          {"AssumeRole"},
-		"Version":         {stsVersion},
-		"RoleArn":         {p.roleARN},
-		"RoleSessionName": {p.sessionName},
-	}
+	form := stsForm("AssumeRole", p.roleARN, p.sessionName)
 	if p.externalID != "" {
 		form.Set("ExternalId", p.externalID)
 	}
