@@ -814,6 +814,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	metrics.Gauge(metricCredentialTTL, "credential_expiry_seconds", "Seconds until the credentials in use expire (0: they never do).", func() int64 {
 		return int64(cache.Status(time.Now()).ExpiresIn / time.Second)
 	})
+	metrics.Gauge(metricClockOffset, "clock_offset_seconds", "Seconds added to this host's clock when signing, learned from S3's Date header (0: the clock is right).", func() int64 {
+		return int64(proxy.clockFix.Offset(time.Now()) / time.Second)
+	})
 	if statsd != nil {
 		metrics.Gauge("", "statsd_dropped_lines_total", "statsd lines dropped because the socket or the queue was full.", statsd.Dropped)
 	}

@@ -175,7 +175,7 @@ func TestMetricsNilIsNoOp(t *testing.T) {
 func TestMetricNames(t *testing.T) {
 	for _, name := range []string{metricRequests, metricBytesOut, metricRequestDuration, metricUpstreamTTFB,
 		metricRetries, metricResumes, metricUpstreamErrors, metricS3Errors, metricCredentialRefreshes,
-		metricCredentialFailures, metricCredentialExtensions, metricCredentialTTL, metricInFlight, metricDropped} {
+		metricCredentialFailures, metricCredentialExtensions, metricCredentialTTL, metricInFlight, metricClockOffset, metricDropped} {
 		if name == "" || strings.ContainsAny(name, ":|@# \n") {
 			t.Errorf("metric name %q is not statsd-safe", name)
 		}

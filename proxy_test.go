@@ -37,6 +37,9 @@ type fakeS3 struct {
 	region string
 	// rejectAKID is an access key S3 no longer knows (revoked early).
 	rejectAKID string
+	// clockAhead is how far this S3's clock runs ahead of the test's; it
+	// enforces SigV4's 15-minute window against its own clock.
+	clockAhead time.Duration
 
 	mu       sync.Mutex // guards every field below
 	objects  map[string]fakeObject
@@ -74,8 +77,13 @@ func (f *fakeS3) received() []*http.Request {
 func (f *fakeS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	f.requests = append(f.requests, r)
-	n, fault := len(f.requests), f.fault
+	n, fault, serverNow := len(f.requests), f.fault, time.Now().Add(f.clockAhead)
 	f.mu.Unlock()
+	w.Header().Set("Date", serverNow.UTC().Format(http.TimeFormat))
+	if signed, err := time.Parse(amzDateFormat, r.Header.Get(headerAmzDate)); err == nil && serverNow.Sub(signed).Abs() > 15*time.Minute {
+		s3Error(w, http.StatusForbidden, "RequestTimeTooSkewed", "The difference between the request time and the current time is too large.")
+		return
+	}
 	w.Header().Set("Server", "AmazonS3")
 	w.Header().Set("X-Amz-Request-Id", "REQ123")
 	w.Header().Set("X-Amz-Id-2", "id2")
@@ -1337,5 +1345,82 @@ func TestMetricLabels(t *testing.T) {
 		if tt.got != tt.want {
 			t.Errorf("label = %q, want %q", tt.got, tt.want)
 		}
+	}
+}
+
+// TestProxyAdoptsS3ClockWhenSkewed: against an S3 whose clock is two hours
+// ahead, the first request is refused, signed again with S3's time and
+// served; later ones are served at once; when S3's clock moves back the
+// offset is re-learned.
+func TestProxyAdoptsS3ClockWhenSkewed(t *testing.T) {
+	tp := newTestProxy(t)
+	tp.s3.put("k", []byte("on time"))
+	setAhead := func(d time.Duration) {
+		tp.s3.mu.Lock()
+		tp.s3.clockAhead = d
+		tp.s3.mu.Unlock()
+	}
+	upstream := func() int { return len(tp.s3.received()) }
+	setAhead(2 * time.Hour)
+	if resp, body := get(t, "GET", tp.url+"/k", nil); resp.StatusCode != 200 || string(body) != "on time" {
+		t.Fatalf("first GET with S3 2 h ahead = %d %q, want 200 after one retry", resp.StatusCode, body)
+	}
+	if n := upstream(); n != 2 {
+		t.Errorf("upstream requests for the first GET = %d, want 2 (refused, then signed with S3's time)", n)
+	}
+	if off := tp.clockFix.Offset(time.Now()); off < 2*time.Hour-2*time.Second || off > 2*time.Hour+2*time.Second {
+		t.Errorf("learned offset = %v, want about 2h", off)
+	}
+	for range 3 {
+		if resp, _ := get(t, "GET", tp.url+"/k", nil); resp.StatusCode != 200 {
+			t.Fatalf("later GET = %d", resp.StatusCode)
+		}
+	}
+	if n := upstream(); n != 5 {
+		t.Errorf("upstream requests after 3 more GETs = %d, want 5: one each", n)
+	}
+	setAhead(0) // S3's clock moves back (or ours was fixed)
+	if resp, _ := get(t, "GET", tp.url+"/k", nil); resp.StatusCode != 200 {
+		t.Fatalf("GET after S3's clock moved back = %d", resp.StatusCode)
+	}
+	if off := tp.clockFix.Offset(time.Now()); off.Abs() > 2*time.Second {
+		t.Errorf("offset after S3's clock moved back = %v, want about 0", off)
+	}
+	if n := strings.Count(tp.logs.String(), "clock is off"); n != 2 {
+		t.Errorf("clock corrections logged %d times, want 2 (learned, then changed by 2 h):\n%s", n, tp.logs)
+	}
+}
+
+func TestClockCorrectionBounds(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	log := slog.New(slog.DiscardHandler)
+	tests := []struct {
+		name, code string
+		serverTime time.Time
+		adopt      bool
+	}{
+		{"too skewed", "RequestTimeTooSkewed", now.Add(-3 * time.Hour), true},
+		{"bad signature, clock far off", "SignatureDoesNotMatch", now.Add(20 * time.Minute), true},
+		{"bad signature, clock close", "SignatureDoesNotMatch", now.Add(time.Minute), false},
+		{"other code", "AccessDenied", now.Add(3 * time.Hour), false},
+		{"more than a day", "RequestTimeTooSkewed", now.Add(25 * time.Hour), false},
+	}
+	for _, tt := range tests {
+		var c clockCorrection
+		if got := c.learn(tt.serverTime.Format(http.TimeFormat), tt.code, now, log); got != tt.adopt {
+			t.Errorf("%s: learn = %v, want %v", tt.name, got, tt.adopt)
+		}
+		if tt.adopt {
+			if got := c.apply(now); !got.Equal(tt.serverTime) {
+				t.Errorf("%s: apply = %v, want %v", tt.name, got, tt.serverTime)
+			}
+			if got := c.apply(now.Add(clockOffsetTTL)); !got.Equal(now.Add(clockOffsetTTL)) {
+				t.Errorf("%s: the offset is still applied after %v", tt.name, clockOffsetTTL)
+			}
+		}
+	}
+	var c clockCorrection
+	if c.learn("not a date", "RequestTimeTooSkewed", now, log) {
+		t.Error("adopted an unparsable Date")
 	}
 }

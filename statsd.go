@@ -39,6 +39,7 @@ const (
 	metricCredentialExtensions = "credentials.extensions"
 	metricCredentialTTL        = "credentials.seconds_to_expiry" // gauge
 	metricInFlight             = "in_flight"                     // gauge
+	metricClockOffset          = "clock.offset_seconds"          // gauge
 	metricDropped              = "metrics.dropped"               // counter
 )
 
