@@ -165,6 +165,8 @@ type newRelicPusher struct {
 	loggedRejected bool
 
 	dropped atomic.Int64 // payloads dropped: rejected, or pushed out of pending
+	// waiting mirrors len(pending) for readers outside the run goroutine.
+	waiting atomic.Int64
 	stop    chan struct{}
 	done    chan struct{}
 }
@@ -261,6 +263,7 @@ func (p *newRelicPusher) enqueue(payload []byte) {
 		p.dropped.Add(int64(over))
 		p.pending = append(p.pending[:0], p.pending[over:]...)
 	}
+	p.waiting.Store(int64(len(p.pending)))
 }
 
 // flush sends pending payloads oldest first; false means a retryable
@@ -283,6 +286,7 @@ func (p *newRelicPusher) flush() bool {
 				"status", status, "reason", reason)
 		}
 		p.pending = p.pending[1:]
+		p.waiting.Store(int64(len(p.pending)))
 	}
 	return true
 }

@@ -294,7 +294,7 @@ func TestNewRelicOutage(t *testing.T) {
 		if tries <= intervals || tries > 8*intervals {
 			t.Errorf("attempts during the outage = %d over %d intervals: want retries with backoff, bounded", tries, intervals)
 		}
-		if n := len(p.pending); n != maxPendingPayloads {
+		if n := p.waiting.Load(); n != maxPendingPayloads {
 			t.Errorf("pending payloads = %d, want the bound %d", n, maxPendingPayloads)
 		}
 		if d := p.dropped.Load(); d != intervals-maxPendingPayloads {
