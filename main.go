@@ -128,6 +128,8 @@ type config struct {
 	shutdownTimeout  time.Duration
 	readHeaderWait   time.Duration
 	showVersion      bool
+	check            bool
+	checkKey         string
 	presign          string
 	presignExpires   time.Duration
 	// presignRequested is set when -presign or its variable was given, even
@@ -172,6 +174,8 @@ func newFlagSet(cfg *config, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take to finish")
 	fs.DurationVar(&cfg.readHeaderWait, "read-header-timeout", readHeaderTimeout, "how long a client may take to send its request headers; slower connections are closed")
 	fs.BoolVar(&cfg.showVersion, "version", false, "print the version and exit")
+	fs.BoolVar(&cfg.check, "check", false, "check the configuration, credentials, bucket, region, clock and permissions against the real endpoints, print one line per step and exit (1 if any failed)")
+	fs.StringVar(&cfg.checkKey, "check-key", "", "with -check: a path nginx would request, e.g. /videos/sample.mp4, to prove s3:GetObject")
 	fs.StringVar(&cfg.presign, "presign", "", "print a presigned GET URL for this key of -bucket and exit (debugging)")
 	fs.DurationVar(&cfg.presignExpires, "presign-expires", 15*time.Minute, "lifetime of the -presign URL")
 	return fs
@@ -752,7 +756,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil && !errors.As(err, &problems) {
 		return err
 	}
-	if all := append(parseProblems.problems, problems.problems...); len(all) > 0 {
+	all := append(parseProblems.problems, problems.problems...)
+	if cfg.check {
+		return runCheck(ctx, stdout, cfg, st, all, getenv)
+	}
+	if len(all) > 0 {
 		return configError{all}
 	}
 	var level slog.LevelVar
@@ -768,7 +776,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 	}
 	if st.endpoint == nil {
-		st.endpoint = &url.URL{Scheme: "https", Host: "s3." + cfg.region + ".amazonaws.com"}
+		st.endpoint = defaultEndpoint(cfg.region)
 	}
 
 	var statsd *statsdEmitter
@@ -821,6 +829,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		metrics.Gauge("", "statsd_dropped_lines_total", "statsd lines dropped because the socket or the queue was full.", statsd.Dropped)
 	}
 	return serve(ctx, st, proxy, cache, metrics, log)
+}
+
+// defaultEndpoint is S3's regional endpoint.
+func defaultEndpoint(region string) *url.URL {
+	return &url.URL{Scheme: "https", Host: "s3." + region + ".amazonaws.com"}
 }
 
 // newCredentialCaches builds the chosen source behind a cache and, with

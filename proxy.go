@@ -110,6 +110,9 @@ const (
 	// skewedSignatureThreshold is how far S3's Date must be from our clock
 	// before a SignatureDoesNotMatch is taken for a skewed clock.
 	skewedSignatureThreshold = 5 * time.Minute
+	// dateResolution is the precision of an HTTP Date header, which is
+	// truncated to the second: S3's time is Date plus half of it, on average.
+	dateResolution = time.Second
 	// relogClockOffsetChange is how much a learned offset must move to be
 	// logged again.
 	relogClockOffsetChange = time.Minute
@@ -161,7 +164,7 @@ func (c *clockCorrection) learn(date, code string, now time.Time, log *slog.Logg
 	if err != nil {
 		return false
 	}
-	offset := serverTime.Sub(now).Round(time.Second)
+	offset := serverTime.Add(dateResolution / 2).Sub(now)
 	if offset.Abs() > maxClockOffset {
 		log.Error("S3's Date header is more than a day from this host's clock; not adopting it", "s3_date", clip(date, 40))
 		return false
@@ -169,7 +172,7 @@ func (c *clockCorrection) learn(date, code string, now time.Time, log *slog.Logg
 	if code == "SignatureDoesNotMatch" && offset.Abs() < skewedSignatureThreshold {
 		return false
 	}
-	if prev := c.current.Load(); code == "RequestTimeTooSkewed" && prev != nil && prev.offset == offset && now.Before(prev.until) {
+	if prev := c.current.Load(); code == "RequestTimeTooSkewed" && prev != nil && (prev.offset-offset).Abs() < 2*dateResolution && now.Before(prev.until) {
 		return false // signed with this very offset and still refused: not a clock problem
 	}
 	c.current.Store(&clockOffset{offset: offset, until: now.Add(clockOffsetTTL)})
@@ -210,10 +213,12 @@ type exchange struct {
 	// started from (after retries, before any resume).
 	upstreamStatus int
 	s3Code         string
-	bytes          int64
-	attempts       int
-	resumes        int
-	err            error
+	// s3Region is the bucket's region when an S3 error names it.
+	s3Region string
+	bytes    int64
+	attempts int
+	resumes  int
+	err      error
 }
 
 // clock reads the injected clock.
@@ -397,7 +402,8 @@ func (p *Proxy) attempts(ctx context.Context, up *upstream, x *exchange, extra h
 			return nil, &proxyError{499, "client_gone", ctx.Err()}
 		}
 		if err == nil && !(refreshed && reclocked) && (resp.StatusCode == http.StatusBadRequest || resp.StatusCode == http.StatusForbidden) {
-			x.s3Code = s3ErrorCode(resp)
+			d := readS3Error(resp)
+			x.s3Code, x.s3Region = d.code, d.region
 			if !reclocked && p.clockFix.learn(resp.Header.Get("Date"), x.s3Code, p.clock(), p.log) {
 				// Our clock is off: signed again with S3's time, the
 				// request succeeds.
@@ -558,28 +564,77 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// s3ErrorCode reads the <Code> of an S3 XML error body and closes the body.
-// The body itself never reaches the client.
-func s3ErrorCode(resp *http.Response) string {
+// s3ErrorDetails is what s3-helper takes from an S3 error answer: plain
+// words only, never arbitrary bytes.
+type s3ErrorDetails struct {
+	code string
+	// region is the bucket's region when S3 names it: the
+	// x-amz-bucket-region header or the body's <Region>, which is what
+	// botocore's region redirector reads.
+	region string
+}
+
+// readS3Error reads an S3 XML error body (bounded) and closes it. The body
+// itself never reaches the client.
+func readS3Error(resp *http.Response) s3ErrorDetails {
 	defer resp.Body.Close()
+	var d s3ErrorDetails
 	if resp.StatusCode < 300 {
-		return ""
+		return d
 	}
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBodyBytes))
-	_, rest, ok := bytes.Cut(body, []byte("<Code>"))
+	d.code = xmlWord(body, "Code")
+	d.region = plainWord([]byte(resp.Header.Get("X-Amz-Bucket-Region")))
+	if d.region == "" {
+		d.region = xmlWord(body, "Region")
+	}
+	return d
+}
+
+// s3ErrorCode reads the <Code> of an S3 XML error body and closes the body.
+func s3ErrorCode(resp *http.Response) string { return readS3Error(resp).code }
+
+// xmlWord returns the text of the first <tag> element when it is a plain
+// word, or "".
+func xmlWord(body []byte, tag string) string {
+	_, rest, ok := bytes.Cut(body, []byte("<"+tag+">"))
 	if !ok {
 		return ""
 	}
-	code, _, ok := bytes.Cut(rest, []byte("</Code>"))
-	if !ok || len(code) > 64 {
+	word, _, ok := bytes.Cut(rest, []byte("</"+tag+">"))
+	if !ok {
 		return ""
 	}
-	for _, c := range code {
-		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9') {
-			return "" // a code is a plain word; never log arbitrary bytes
+	return plainWord(word)
+}
+
+// plainWord returns w when it is 1 to 64 letters, digits or '-', else "".
+func plainWord(w []byte) string {
+	if len(w) == 0 || len(w) > 64 {
+		return ""
+	}
+	for _, c := range w {
+		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return ""
 		}
 	}
-	return string(code)
+	return string(w)
+}
+
+// regionHint names the fix for an answer that says the bucket is in
+// another region, or "" when it does not.
+func regionHint(status int, d s3ErrorDetails) string {
+	redirect := status == http.StatusMovedPermanently || status == http.StatusTemporaryRedirect
+	if !redirect && d.code != "AuthorizationHeaderMalformed" && d.code != "PermanentRedirect" && d.code != "IllegalLocationConstraintException" {
+		return ""
+	}
+	if d.region != "" {
+		return "the bucket is in " + d.region + " (S3 says so): set -region " + d.region
+	}
+	if redirect {
+		return "the bucket is in another region than -region, or -endpoint is wrong"
+	}
+	return "S3 refused the signing region: -region is not the bucket's region"
 }
 
 // respond passes S3's status through. Errors get a short text body of our
@@ -589,7 +644,8 @@ func (p *Proxy) respond(w http.ResponseWriter, r *http.Request, resp *http.Respo
 	redirect := resp.StatusCode >= 300 && resp.StatusCode < 400 && resp.StatusCode != http.StatusNotModified
 	if resp.StatusCode >= 400 || redirect {
 		if x.s3Code == "" && resp.Body != nil {
-			x.s3Code = s3ErrorCode(resp)
+			d := readS3Error(resp)
+			x.s3Code, x.s3Region = d.code, d.region
 		}
 		resp.Body.Close()
 		p.metrics.S3Error(x.s3Code, resp.StatusCode)
@@ -597,10 +653,12 @@ func (p *Proxy) respond(w http.ResponseWriter, r *http.Request, resp *http.Respo
 		if x.s3Code != "" {
 			x.err = fmt.Errorf("S3 answered %d %s", resp.StatusCode, x.s3Code)
 		}
+		if hint := regionHint(resp.StatusCode, s3ErrorDetails{x.s3Code, x.s3Region}); hint != "" {
+			x.err = fmt.Errorf("%w: %s", x.err, hint)
+		}
 		if redirect {
 			// 301 PermanentRedirect and 307 TemporaryRedirect: nginx cannot
 			// follow them, and they mean our configuration is wrong.
-			x.err = fmt.Errorf("%w: the bucket is in another region than -region, or -endpoint is wrong", x.err)
 			x.status = http.StatusBadGateway
 		}
 		writeText(w, r, x.status)

@@ -40,6 +40,9 @@ type fakeS3 struct {
 	// clockAhead is how far this S3's clock runs ahead of the test's; it
 	// enforces SigV4's 15-minute window against its own clock.
 	clockAhead time.Duration
+	// noListBucket answers a missing key with 403 AccessDenied, as S3 does
+	// when the role lacks s3:ListBucket.
+	noListBucket bool
 
 	mu       sync.Mutex // guards every field below
 	objects  map[string]fakeObject
@@ -99,6 +102,10 @@ func (f *fakeS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	path, _, _ := strings.Cut(r.RequestURI, "?")
+	if !strings.HasPrefix(path, "/"+testBucket+"/") {
+		s3Error(w, http.StatusNotFound, "NoSuchBucket", "The specified bucket does not exist.")
+		return
+	}
 	key, err := percentDecode(strings.TrimPrefix(path, "/"+testBucket+"/"))
 	if err != nil {
 		s3Error(w, http.StatusBadRequest, "InvalidURI", err.Error())
@@ -107,6 +114,10 @@ func (f *fakeS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	obj, ok := f.objects[key]
 	f.mu.Unlock()
+	if !ok && f.noListBucket {
+		s3Error(w, http.StatusForbidden, "AccessDenied", "Access Denied")
+		return
+	}
 	if !ok {
 		s3Error(w, http.StatusNotFound, "NoSuchKey", "The specified key does not exist.")
 		return
@@ -1112,8 +1123,27 @@ func TestProxyRedirectIsAConfigurationError(t *testing.T) {
 	if resp.StatusCode != http.StatusBadGateway || resp.Header.Get("Location") != "" {
 		t.Errorf("S3 301 = %d %q, want 502", resp.StatusCode, body)
 	}
-	if !tp.logs.waitFor("another region than -region") || !tp.logs.waitFor("PermanentRedirect") {
-		t.Errorf("log does not explain the redirect:\n%s", tp.logs)
+	if !tp.logs.waitFor("the bucket is in eu-west-1 (S3 says so): set -region eu-west-1") || !tp.logs.waitFor("PermanentRedirect") {
+		t.Errorf("log does not name the bucket's region:\n%s", tp.logs)
+	}
+}
+
+// TestProxyWrongRegionNamesTheRegion: S3's 400 AuthorizationHeaderMalformed
+// for a wrong signing region names the bucket's region in its body; the log
+// line names it and the flag that fixes it.
+func TestProxyWrongRegionNamesTheRegion(t *testing.T) {
+	tp := newTestProxy(t)
+	tp.s3.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
+		w.Header().Set("Content-Type", "application/xml")
+		w.WriteHeader(http.StatusBadRequest)
+		io.WriteString(w, `<Error><Code>AuthorizationHeaderMalformed</Code><Message>The authorization header is malformed; the region 'us-east-1' is wrong; expecting 'ap-south-1'</Message><Region>ap-south-1</Region><RequestId>R</RequestId></Error>`)
+		return true
+	}
+	if resp, _ := get(t, "GET", tp.url+"/k", nil); resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("status = %d, want S3's 400 passed through", resp.StatusCode)
+	}
+	if !tp.logs.waitFor("set -region ap-south-1") {
+		t.Errorf("log does not name the region:\n%s", tp.logs)
 	}
 }
 
@@ -1411,8 +1441,8 @@ func TestClockCorrectionBounds(t *testing.T) {
 			t.Errorf("%s: learn = %v, want %v", tt.name, got, tt.adopt)
 		}
 		if tt.adopt {
-			if got := c.apply(now); !got.Equal(tt.serverTime) {
-				t.Errorf("%s: apply = %v, want %v", tt.name, got, tt.serverTime)
+			if got := c.apply(now); got.Sub(tt.serverTime).Abs() > dateResolution {
+				t.Errorf("%s: apply = %v, want %v within the Date header's second", tt.name, got, tt.serverTime)
 			}
 			if got := c.apply(now.Add(clockOffsetTTL)); !got.Equal(now.Add(clockOffsetTTL)) {
 				t.Errorf("%s: the offset is still applied after %v", tt.name, clockOffsetTTL)

@@ -1,0 +1,345 @@
+package main
+
+// s3-helper -check: before the first player arrives, answer "will this
+// work?" with the daemon's own flags, environment, credential sources,
+// signer and transport. Each step prints one line (PASS, WARN or FAIL,
+// what was checked, and for a failure the fix); nothing is written and no
+// secret is printed.
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+)
+
+const (
+	// clockWarnOffset and clockFailOffset grade this host's clock against
+	// S3's: SigV4 refuses signatures more than 15 minutes off.
+	clockWarnOffset = time.Minute
+	clockFailOffset = 15 * time.Minute
+	// checkTimeout bounds each network step.
+	checkTimeout = 15 * time.Second
+)
+
+// errCheckFailed is returned when a step failed; main exits 1.
+var errCheckFailed = errors.New("some checks failed")
+
+// checker prints step results and counts failures.
+type checker struct {
+	out    io.Writer
+	failed int
+}
+
+// pass, warn and fail print one step's result; fix, when not empty, is
+// the concrete remedy.
+func (c *checker) pass(step, result string) { fmt.Fprintf(c.out, "PASS  %s: %s\n", step, result) }
+
+func (c *checker) warn(step, result, fix string) {
+	fmt.Fprintf(c.out, "WARN  %s: %s\n", step, result)
+	if fix != "" {
+		fmt.Fprintf(c.out, "      fix: %s\n", fix)
+	}
+}
+
+func (c *checker) fail(step, result, fix string) {
+	c.failed++
+	fmt.Fprintf(c.out, "FAIL  %s: %s\n", step, result)
+	if fix != "" {
+		fmt.Fprintf(c.out, "      fix: %s\n", fix)
+	}
+}
+
+// runCheck runs every step and returns errCheckFailed when one failed.
+// problems are the configuration problems parsing and validation found.
+func runCheck(ctx context.Context, out io.Writer, cfg *config, st *settings, problems []error, getenv func(string) string) error {
+	c := &checker{out: out}
+	if len(problems) > 0 {
+		for _, p := range problems {
+			c.fail("configuration", p.Error(), "run 's3-helper -help' for every flag and its form")
+		}
+		return errCheckFailed
+	}
+	c.checkListeners(st)
+
+	if cfg.region == "" {
+		rctx, cancel := context.WithTimeout(ctx, regionTimeout)
+		region, err := (&imdsClient{endpoint: st.imdsEndpoint}).Region(rctx)
+		cancel()
+		if err != nil {
+			c.fail("region", "no -region, $AWS_REGION or $AWS_DEFAULT_REGION, and "+err.Error(), "set -region to the bucket's region, e.g. -region eu-west-1")
+			return errCheckFailed
+		}
+		cfg.region = region
+		c.pass("region", region+" (the instance's, from IMDS)")
+	}
+	if st.endpoint == nil {
+		st.endpoint = defaultEndpoint(cfg.region)
+	}
+
+	creds := c.checkCredentials(ctx, st, getenv)
+	if creds == nil {
+		return errCheckFailed
+	}
+	p := &Proxy{
+		routes: buildRoutes(st.routes, st.endpoint, cfg.pathStyle), scheme: st.endpoint.Scheme,
+		signer: &Signer{Region: cfg.region}, transport: newUpstreamTransport(cfg.timeout),
+		creds: &credentialCache{provider: staticProvider{creds}, log: slog.New(slog.DiscardHandler)},
+		log:   slog.New(slog.DiscardHandler),
+	}
+	clockChecked := false
+	for i := len(p.routes) - 1; i >= 0; i-- { // the default route, "/", first
+		rt := p.routes[i]
+		probe, ok := c.checkBucket(ctx, p, rt, cfg.region)
+		if !ok {
+			continue
+		}
+		if !clockChecked {
+			clockChecked = true
+			c.checkClock(probe)
+		}
+		c.checkListBucket(rt, probe)
+	}
+	if cfg.checkKey != "" {
+		c.checkKey(ctx, p, cfg.checkKey)
+	}
+	if c.failed > 0 {
+		return fmt.Errorf("%w: %d failed", errCheckFailed, c.failed)
+	}
+	return nil
+}
+
+// checkListeners reports whether -listen and -admin are free, without
+// binding a Unix socket (that would write a file).
+func (c *checker) checkListeners(st *settings) {
+	addrs := []string{st.listenAddr}
+	if st.cfg.admin != "" {
+		addrs = append(addrs, st.cfg.admin)
+	}
+	for i, addr := range addrs {
+		if i == 0 && st.listenNet == "unix" {
+			if conn, err := net.Dial("unix", addr); err == nil {
+				conn.Close()
+				c.fail("configuration", "something already serves the socket "+addr, "stop it, or choose another -listen path")
+				return
+			}
+			continue
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			c.fail("configuration", fmt.Sprintf("%s is not free: %v", addr, err), "stop what listens there, or choose another -listen/-admin address")
+			return
+		}
+		ln.Close()
+	}
+	c.pass("configuration", "flags and environment are valid; "+strings.Join(addrs, " and ")+" free")
+}
+
+// checkCredentials fetches a set from the chosen source (and the assumed
+// role on top), reporting which source and why; it returns the set that
+// would sign S3 requests, or nil.
+func (c *checker) checkCredentials(ctx context.Context, st *settings, getenv func(string) string) *Credentials {
+	caches := newCredentialCaches(st, getenv, slog.New(slog.DiscardHandler), nil)
+	var creds *Credentials
+	for i, cache := range caches {
+		if i > 0 { // the assumed role signs its call with the base set
+			cache.provider.(*assumeRoleProvider).base = &credentialCache{provider: staticProvider{creds}, log: slog.New(slog.DiscardHandler)}
+		}
+		fctx, cancel := context.WithTimeout(ctx, checkTimeout)
+		got, err := cache.provider.Retrieve(fctx)
+		cancel()
+		what := st.source.name + " (" + st.source.reason + ")"
+		if st.source.name == sourceIMDS {
+			what = sourceIMDS + " " + st.imdsEndpoint + " (" + st.source.reason + ")"
+		}
+		if i > 0 {
+			what = sourceAssumeRole + " " + st.cfg.assumeRole
+		}
+		if err != nil {
+			c.fail("credentials", what+": "+err.Error(), credentialFix(st.source.name, i > 0))
+			return nil
+		}
+		creds = got
+		expiry := "never expire"
+		if !got.Expires.IsZero() {
+			expiry = "expire in " + time.Until(got.Expires).Round(time.Second).String()
+		}
+		c.pass("credentials", fmt.Sprintf("%s: access key %s, %s", what, got.AccessKeyID, expiry))
+	}
+	return creds
+}
+
+// credentialFix is the usual remedy when a source fails; the error itself
+// carries the specific cause.
+func credentialFix(source string, assumed bool) string {
+	switch {
+	case assumed:
+		return "the role's trust policy must allow the source's role (and -external-id if it names one); the source's role needs sts:AssumeRole on it"
+	case source == sourceIMDS:
+		return "attach an instance profile with the role; inside a container raise the IMDSv2 hop limit to 2 " +
+			"(aws ec2 modify-instance-metadata-options --instance-id ID --http-put-response-hop-limit 2) or use a task role"
+	case source == sourceWebIdentity:
+		return "check the service account's eks.amazonaws.com/role-arn annotation, the role's trust policy and the cluster's OIDC provider in IAM"
+	case source == sourceContainer:
+		return "check the task role (ECS) or the pod identity association (EKS), and that the agent is running"
+	}
+	return "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+}
+
+// bucketProbe is S3's answer to a ranged GET of a key that cannot exist.
+type bucketProbe struct {
+	status   int
+	details  s3ErrorDetails
+	date     string
+	received time.Time
+}
+
+// probe sends a signed request the way the proxy would and reads S3's
+// answer. A GET of one byte, not a HEAD: S3 sends no error body to a HEAD,
+// and the error code is what tells a wrong secret from a wrong region.
+func (c *checker) probe(ctx context.Context, p *Proxy, rt route, method, key string) (bucketProbe, error) {
+	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	up := upstream{route: rt, method: method, client: http.Header{}}
+	if method == http.MethodGet {
+		up.client.Set("Range", "bytes=0-0")
+	}
+	up.uri = rt.uriPrefix + canonicalURI(rt.keyPrefix+key)
+	now := time.Now()
+	creds, err := p.creds.Get(ctx, now)
+	if err != nil {
+		return bucketProbe{}, err
+	}
+	resp, err := p.transport.RoundTrip(p.newRequest(ctx, &up, creds, now, nil))
+	if err != nil {
+		return bucketProbe{}, err
+	}
+	pr := bucketProbe{status: resp.StatusCode, date: resp.Header.Get("Date"), received: time.Now()}
+	pr.details = readS3Error(resp)
+	return pr, nil
+}
+
+// checkBucket probes a key that cannot exist: the answer tells whether the
+// bucket exists, lives in the signing region, and accepts the signature.
+func (c *checker) checkBucket(ctx context.Context, p *Proxy, rt route, region string) (bucketProbe, bool) {
+	step := "bucket " + rt.bucket
+	if rt.pathPrefix != "/" {
+		step += " (route " + rt.pathPrefix + ")"
+	}
+	missing := "s3-helper-check/" + randomHex() + "/no-such-key"
+	pr, err := c.probe(ctx, p, rt, http.MethodGet, missing)
+	if err != nil {
+		c.fail(step, "S3 at "+p.scheme+"://"+rt.host+" did not answer: "+err.Error(), "check -endpoint, DNS and outbound HTTPS from this host")
+		return pr, false
+	}
+	d := pr.details
+	switch {
+	case hintRegion(pr) != "":
+		fix := "set -region to the bucket's region (S3 did not name it), or fix -endpoint"
+		if d.region != "" {
+			fix = "set -region " + d.region
+		}
+		c.fail(step, fmt.Sprintf("S3 answered %d %s: the bucket is not in -region %s", pr.status, d.code, region), fix)
+		return pr, false
+	case d.code == "NoSuchBucket":
+		c.fail(step, "S3 answered 404 NoSuchBucket: the bucket does not exist at "+p.scheme+"://"+rt.host, "check -bucket (or the -route), and -endpoint")
+		return pr, false
+	case d.code == "SignatureDoesNotMatch":
+		c.fail(step, "S3 answered 403 SignatureDoesNotMatch: the secret key does not belong to the access key ID",
+			"check the credential source: AWS_SECRET_ACCESS_KEY, or the role's credentials")
+		return pr, false
+	case credentialsRejected(d.code):
+		c.fail(step, "S3 answered "+d.code+": S3 does not accept these credentials (revoked, expired or from another partition)",
+			"check the credential source and that the role still exists")
+		return pr, false
+	case d.code == "RequestTimeTooSkewed":
+		c.checkClock(pr)
+		return pr, false
+	case pr.status == http.StatusNotFound || pr.status == http.StatusForbidden && d.code == "AccessDenied" ||
+		pr.status == http.StatusOK || pr.status == http.StatusPartialContent || pr.status == http.StatusRequestedRangeNotSatisfiable:
+		c.pass(step, fmt.Sprintf("exists and answers in region %s at %s://%s", region, p.scheme, rt.host))
+		return pr, true
+	}
+	c.fail(step, fmt.Sprintf("unexpected answer %d %s", pr.status, d.code), "check -endpoint and -path-style")
+	return pr, false
+}
+
+// hintRegion reports the region fix for a probe, or "".
+func hintRegion(pr bucketProbe) string { return regionHint(pr.status, pr.details) }
+
+// checkClock compares this host's clock with S3's Date header.
+func (c *checker) checkClock(pr bucketProbe) {
+	serverTime, err := http.ParseTime(pr.date)
+	if err != nil {
+		c.warn("clock", "S3 sent no usable Date header; the clock was not checked", "")
+		return
+	}
+	offset := pr.received.Sub(serverTime.Add(dateResolution / 2)).Round(time.Second)
+	desc := fmt.Sprintf("this host is %s %s S3's clock", offset.Abs(), map[bool]string{true: "ahead of", false: "behind"}[offset > 0])
+	fix := "synchronise the clock: enable NTP (chrony or systemd-timesyncd; on EC2 the Amazon Time Sync Service at 169.254.169.123)"
+	switch {
+	case offset.Abs() > clockFailOffset:
+		c.fail("clock", desc+": SigV4 refuses signatures more than 15 minutes off (s3-helper corrects itself, at one retried request per 10 minutes)", fix)
+	case offset.Abs() > clockWarnOffset:
+		c.warn("clock", desc, fix)
+	default:
+		c.pass("clock", fmt.Sprintf("within %s of S3's", max(offset.Abs(), time.Second)))
+	}
+}
+
+// checkListBucket reads the missing-key probe: 404 means s3:ListBucket is
+// granted; 403 means missing videos will look like permission errors.
+func (c *checker) checkListBucket(rt route, pr bucketProbe) {
+	step := "permissions on " + rt.bucket
+	switch {
+	case pr.status == http.StatusNotFound:
+		c.pass(step, "a missing key is 404 (s3:ListBucket is granted)")
+	case pr.status == http.StatusForbidden:
+		c.fail(step, "a missing key is 403 AccessDenied: without s3:ListBucket, players asking for a missing video get a permission error instead of a not-found",
+			fmt.Sprintf(`add to the role's policy {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::%s"}`, rt.bucket))
+	}
+}
+
+// checkKey HEADs -check-key, a path as nginx would send it, through the
+// proxy's own key mapping: 200 proves s3:GetObject.
+func (c *checker) checkKey(ctx context.Context, p *Proxy, path string) {
+	if !strings.HasPrefix(path, "/") {
+		path = "/" + path
+	}
+	step := "read " + path
+	rt, key, err := p.mapPath(path)
+	if err != nil {
+		c.fail(step, err.Error(), "give -check-key the path nginx sends, e.g. /videos/sample.mp4")
+		return
+	}
+	pr, err := c.probe(ctx, p, rt, http.MethodHead, key)
+	if err != nil {
+		c.fail(step, "S3 did not answer: "+err.Error(), "check -endpoint")
+		return
+	}
+	switch pr.status {
+	case http.StatusOK, http.StatusPartialContent:
+		c.pass(step, fmt.Sprintf("HEAD s3://%s/%s%s answered %d (s3:GetObject is granted)", rt.bucket, rt.keyPrefix, key, pr.status))
+	case http.StatusNotFound:
+		c.fail(step, fmt.Sprintf("s3://%s/%s%s does not exist (HEAD 404)", rt.bucket, rt.keyPrefix, key), "check -check-key, -prefix and the -route key prefix")
+	case http.StatusForbidden:
+		c.fail(step, fmt.Sprintf("HEAD s3://%s/%s%s answered 403: s3:GetObject is not granted", rt.bucket, rt.keyPrefix, key),
+			fmt.Sprintf(`add to the role's policy {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::%s/%s*"}`, rt.bucket, rt.keyPrefix))
+	default:
+		c.fail(step, fmt.Sprintf("HEAD answered %d", pr.status), "")
+	}
+}
+
+// randomHex names a key that cannot exist.
+func randomHex() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,100 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestCheck runs s3-helper -check against an S3 stand-in that behaves like
+// S3 in each broken set-up; exactly the right step fails, with its fix.
+func TestCheck(t *testing.T) {
+	tests := []struct {
+		name    string
+		setup   func(f *fakeS3)
+		args    []string
+		env     map[string]string
+		wantErr bool
+		want    []string
+	}{
+		{"healthy", nil, []string{"-check-key", "/videos/hello.txt"}, nil, false, []string{
+			"PASS  configuration: flags and environment are valid",
+			"PASS  credentials: environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are set): access key " + testAKID + ", never expire",
+			"PASS  bucket media: exists and answers in region us-east-1",
+			"PASS  clock: within",
+			"PASS  permissions on media: a missing key is 404 (s3:ListBucket is granted)",
+			"PASS  read /videos/hello.txt: HEAD s3://media/videos/hello.txt answered 200 (s3:GetObject is granted)",
+		}},
+		{"no s3:ListBucket", func(f *fakeS3) { f.noListBucket = true }, nil, nil, true, []string{
+			"FAIL  permissions on media: a missing key is 403 AccessDenied",
+			`fix: add to the role's policy {"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "arn:aws:s3:::media"}`,
+		}},
+		{"missing object", nil, []string{"-check-key", "/videos/nope.mp4"}, nil, true, []string{
+			"FAIL  read /videos/nope.mp4: s3://media/videos/nope.mp4 does not exist (HEAD 404)",
+		}},
+		{"wrong secret", func(f *fakeS3) { f.secret = "another-secret" }, nil, nil, true, []string{
+			"FAIL  bucket media: S3 answered 403 SignatureDoesNotMatch: the secret key does not belong to the access key ID",
+			"fix: check the credential source",
+		}},
+		{"wrong region", func(f *fakeS3) {
+			f.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
+				w.Header().Set("X-Amz-Bucket-Region", "eu-west-1")
+				s3Error(w, http.StatusMovedPermanently, "PermanentRedirect", "use the right endpoint")
+				return true
+			}
+		}, nil, nil, true, []string{
+			"FAIL  bucket media: S3 answered 301 PermanentRedirect: the bucket is not in -region us-east-1",
+			"fix: set -region eu-west-1",
+		}},
+		{"missing bucket", nil, []string{"-route", "/ads/=ads-bucket"}, nil, true, []string{
+			"PASS  bucket media: exists",
+			"FAIL  bucket ads-bucket (route /ads/): S3 answered 404 NoSuchBucket: the bucket does not exist",
+		}},
+		{"clock far off", func(f *fakeS3) { f.clockAhead = 20 * time.Minute }, nil, nil, true, []string{
+			"FAIL  clock: this host is 20m0s behind S3's clock: SigV4 refuses signatures more than 15 minutes off",
+			"fix: synchronise the clock",
+		}},
+		{"clock a little off", func(f *fakeS3) { f.clockAhead = 3 * time.Minute }, nil, nil, false, []string{
+			"WARN  clock: this host is 3m0s behind S3's clock",
+		}},
+		{"bad configuration", nil, []string{"-timeout", "banana"}, nil, true, []string{
+			`FAIL  configuration: -timeout "banana": must be a duration such as 5s`,
+		}},
+		{"dead IMDS", nil, []string{"-imds-endpoint", "http://127.0.0.1:1"}, map[string]string{}, true, []string{
+			"FAIL  credentials: imds http://127.0.0.1:1 (no other source is configured): discover instance role",
+			"fix: attach an instance profile",
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f, srv := newFakeS3(t)
+			f.put("videos/hello.txt", []byte("hello"))
+			if tt.setup != nil {
+				tt.setup(f)
+			}
+			env := staticEnv()
+			if tt.env != nil {
+				env = tt.env
+			}
+			args := append([]string{"-check", "-bucket", testBucket, "-region", "us-east-1", "-endpoint", srv.URL, "-listen", "127.0.0.1:0"}, tt.args...)
+			var out bytes.Buffer
+			err := run(t.Context(), args, envFrom(env), &out, &bytes.Buffer{})
+			if gotErr := err != nil; gotErr != tt.wantErr || err != nil && !errors.Is(err, errCheckFailed) {
+				t.Errorf("run -check = %v, want failure %v\n%s", err, tt.wantErr, out.String())
+			}
+			for _, want := range tt.want {
+				if !strings.Contains(out.String(), want) {
+					t.Errorf("output lacks %q:\n%s", want, out.String())
+				}
+			}
+			for _, secret := range []string{testSecret, testToken} {
+				if strings.Contains(out.String(), secret) {
+					t.Error("the output contains a secret")
+				}
+			}
+		})
+	}
+}
