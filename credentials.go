@@ -126,8 +126,6 @@ type Credentials struct {
 
 	// tokenValues is the X-Amz-Security-Token header value, built once.
 	tokenValues []string
-	// tokenCanonical records that the token needs no SigV4 trimming.
-	tokenCanonical bool
 }
 
 // newCredentials returns a credential set with its header value prebuilt.
@@ -135,14 +133,8 @@ func newCredentials(accessKeyID, secret, token string, expires time.Time, source
 	c := &Credentials{AccessKeyID: accessKeyID, SecretAccessKey: secret, SessionToken: token, Expires: expires, Source: source}
 	if token != "" {
 		c.tokenValues = []string{token}
-		c.tokenCanonical = !needsTrim(token)
 	}
 	return c
-}
-
-// tokenIsCanonical reports whether the session token can be signed as is.
-func (c *Credentials) tokenIsCanonical() bool {
-	return c.tokenValues != nil && c.tokenCanonical
 }
 
 // tokenHeader returns the X-Amz-Security-Token header value. Callers must
@@ -222,6 +214,15 @@ func validCredentials(f credentialFields, now time.Time, source string) (*Creden
 		return nil, fmt.Errorf("credentials expired at %s", expires.UTC().Format(time.RFC3339))
 	}
 	return newCredentials(f.accessKeyID, f.secretAccessKey, f.sessionToken, expires, source), nil
+}
+
+// credentialGetter returns usable credentials without blocking while they
+// are cached; see credentialCache.Get.
+type credentialGetter interface {
+	Get(ctx context.Context, now time.Time) (*Credentials, error)
+	// Refresh fetches a new set after S3 rejected dead; see
+	// credentialCache.Refresh.
+	Refresh(ctx context.Context, dead *Credentials) (*Credentials, error)
 }
 
 // credentialProvider fetches a fresh credential set.
@@ -660,4 +661,19 @@ func expiresText(d time.Duration) string {
 		return "never"
 	}
 	return d.Round(time.Second).String()
+}
+
+// sleepCtx pauses for d unless ctx ends first.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

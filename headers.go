@@ -123,7 +123,7 @@ func listedInConnection(conn []string, name string) bool {
 // filterQuery parses a raw query string ('+' is a space, as browsers and
 // nginx encode it) and keeps the GetObject parameters. dropped counts the
 // rest.
-func filterQuery(raw string) (kept []queryParam, dropped int, err error) {
+func filterQuery(raw string) (kept url.Values, dropped int, err error) {
 	if raw == "" {
 		return nil, 0, nil
 	}
@@ -144,7 +144,10 @@ func filterQuery(raw string) (kept []queryParam, dropped int, err error) {
 		if err != nil {
 			return nil, 0, fmt.Errorf("%w: value of %s: %w", errBadQuery, name, err)
 		}
-		kept = append(kept, queryParam{name, value})
+		if kept == nil {
+			kept = url.Values{}
+		}
+		kept.Add(name, value)
 	}
 	return kept, dropped, nil
 }

@@ -5,7 +5,6 @@ package main
 // error mapping.
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -53,15 +52,6 @@ type route struct {
 	// uriPrefix is "/BUCKET" (encoded) for path-style addressing, "" for
 	// virtual-hosted style.
 	uriPrefix string
-}
-
-// credentialGetter returns usable credentials without blocking while they
-// are cached; see credentialCache.Get.
-type credentialGetter interface {
-	Get(ctx context.Context, now time.Time) (*Credentials, error)
-	// Refresh fetches a new set after S3 rejected dead; see
-	// credentialCache.Refresh.
-	Refresh(ctx context.Context, dead *Credentials) (*Credentials, error)
 }
 
 // Proxy is an http.Handler that serves GET and HEAD for object keys from S3,
@@ -310,6 +300,30 @@ func (p *Proxy) mapPath(path string) (route, string, error) {
 	return rt, key, nil
 }
 
+// maxKeyBytes is S3's limit on the UTF-8 length of an object key.
+const maxKeyBytes = 1024
+
+// errInvalidKey is wrapped by every object-key rejection; the proxy maps it
+// to 400 Bad Request.
+var errInvalidKey = errors.New("invalid object key")
+
+// validateKey reports whether key can be signed and stored by S3: valid
+// UTF-8, no NUL byte, 1 to 1024 bytes
+// (https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html).
+func validateKey(key string) error {
+	switch {
+	case key == "":
+		return fmt.Errorf("%w: empty", errInvalidKey)
+	case len(key) > maxKeyBytes:
+		return fmt.Errorf("%w: %d bytes, limit %d", errInvalidKey, len(key), maxKeyBytes)
+	case !utf8.ValidString(key):
+		return fmt.Errorf("%w: not valid UTF-8", errInvalidKey)
+	case strings.IndexByte(key, 0) >= 0:
+		return fmt.Errorf("%w: contains NUL", errInvalidKey)
+	}
+	return nil
+}
+
 // checkClientKey rejects what a client must never smuggle into a key: dot
 // segments (which would escape -prefix on a normalising server and never
 // name a real video), control characters and invalid UTF-8.
@@ -549,21 +563,6 @@ func (p *Proxy) retryPause(n int) time.Duration {
 	return time.Duration(rand.Int64N(int64(ceiling) + 1))
 }
 
-// sleepCtx pauses for d unless ctx ends first.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
 // s3ErrorDetails is what s3-helper takes from an S3 error answer: plain
 // words only, never arbitrary bytes.
 type s3ErrorDetails struct {
@@ -593,33 +592,6 @@ func readS3Error(resp *http.Response) s3ErrorDetails {
 
 // s3ErrorCode reads the <Code> of an S3 XML error body and closes the body.
 func s3ErrorCode(resp *http.Response) string { return readS3Error(resp).code }
-
-// xmlWord returns the text of the first <tag> element when it is a plain
-// word, or "".
-func xmlWord(body []byte, tag string) string {
-	_, rest, ok := bytes.Cut(body, []byte("<"+tag+">"))
-	if !ok {
-		return ""
-	}
-	word, _, ok := bytes.Cut(rest, []byte("</"+tag+">"))
-	if !ok {
-		return ""
-	}
-	return plainWord(word)
-}
-
-// plainWord returns w when it is 1 to 64 letters, digits or '-', else "".
-func plainWord(w []byte) string {
-	if len(w) == 0 || len(w) > 64 {
-		return ""
-	}
-	for _, c := range w {
-		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
-			return ""
-		}
-	}
-	return string(w)
-}
 
 // regionHint names the fix for an answer that says the bucket is in
 // another region, or "" when it does not.
@@ -941,15 +913,6 @@ func (p *Proxy) finish(ctx context.Context, x *exchange) {
 		attrs = append(attrs, slog.String("err", x.err.Error()))
 	}
 	p.log.LogAttrs(ctx, level, msg, attrs...)
-}
-
-// clip bounds text that came from outside the process before it reaches a
-// log line, marking the cut.
-func clip(s string, maxBytes int) string {
-	if len(s) <= maxBytes {
-		return s
-	}
-	return s[:maxBytes] + "…"
 }
 
 // upstreamURL builds a URL whose request target is uri and query exactly as

@@ -15,12 +15,12 @@ import (
 	"fmt"
 	"hash"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 )
 
 const (
@@ -40,8 +40,6 @@ const (
 	emptyPayloadHash = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 	// unsignedPayload is the payload hash of presigned URLs (S3 only).
 	unsignedPayload = "UNSIGNED-PAYLOAD"
-	// maxKeyBytes is S3's limit on the UTF-8 length of an object key.
-	maxKeyBytes = 1024
 	// maxPresignExpiry is the longest X-Amz-Expires S3 accepts (7 days).
 	maxPresignExpiry = 7 * 24 * time.Hour
 )
@@ -61,27 +59,6 @@ const (
 	// allocation: S3 requests sign four.
 	inlineSignedHeaders = 16
 )
-
-// errInvalidKey is wrapped by every object-key rejection; the proxy maps it
-// to 400 Bad Request.
-var errInvalidKey = errors.New("invalid object key")
-
-// validateKey reports whether key can be signed and stored by S3: valid
-// UTF-8, no NUL byte, 1 to 1024 bytes
-// (https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html).
-func validateKey(key string) error {
-	switch {
-	case key == "":
-		return fmt.Errorf("%w: empty", errInvalidKey)
-	case len(key) > maxKeyBytes:
-		return fmt.Errorf("%w: %d bytes, limit %d", errInvalidKey, len(key), maxKeyBytes)
-	case !utf8.ValidString(key):
-		return fmt.Errorf("%w: not valid UTF-8", errInvalidKey)
-	case strings.IndexByte(key, 0) >= 0:
-		return fmt.Errorf("%w: contains NUL", errInvalidKey)
-	}
-	return nil
-}
 
 // isUnreserved reports whether c is in RFC 3986's unreserved set, the only
 // bytes SigV4 leaves unencoded.
@@ -117,7 +94,7 @@ func canonicalURI(key string) string {
 	return string(appendURIEncoded(b, key, true))
 }
 
-// queryParam is one decoded query parameter.
+// queryParam is one encoded query parameter.
 type queryParam struct {
 	name, value string
 }
@@ -126,15 +103,17 @@ type queryParam struct {
 // by encoded value, and joins them as name=value with '&'. A parameter with
 // no value is written "name=". The result is both the canonical query string
 // and a valid wire query.
-func canonicalQuery(params []queryParam) string {
+func canonicalQuery(params url.Values) string {
 	if len(params) == 0 {
 		return ""
 	}
-	encoded := make([]queryParam, len(params))
-	for i, p := range params {
-		encoded[i] = queryParam{
-			name:  string(appendURIEncoded(nil, p.name, false)),
-			value: string(appendURIEncoded(nil, p.value, false)),
+	var encoded []queryParam
+	for name, values := range params {
+		for _, value := range values {
+			encoded = append(encoded, queryParam{
+				name:  string(appendURIEncoded(nil, name, false)),
+				value: string(appendURIEncoded(nil, value, false)),
+			})
 		}
 	}
 	// Insertion sort: GetObject queries have a handful of parameters.
@@ -220,6 +199,27 @@ type Signer struct {
 	// lastDate caches X-Amz-Date for the most recent second: the proxy
 	// signs many requests a second, and formatting is a tenth of a signature.
 	lastDate atomic.Pointer[formattedDate]
+	// lastToken records whether the most recent credential set's session
+	// token needs SigV4 trimming: checking a 1 KiB token byte by byte on
+	// every request would cost a third of a signature.
+	lastToken atomic.Pointer[tokenShape]
+}
+
+// tokenShape is whether one credential set's session token is canonical.
+type tokenShape struct {
+	creds     *Credentials
+	canonical bool
+}
+
+// tokenIsCanonical reports whether creds' session token can be signed as
+// it is, checking each credential set once.
+func (s *Signer) tokenIsCanonical(creds *Credentials) bool {
+	if t := s.lastToken.Load(); t != nil && t.creds == creds {
+		return t.canonical
+	}
+	t := &tokenShape{creds: creds, canonical: !needsTrim(creds.SessionToken)}
+	s.lastToken.Store(t)
+	return t.canonical
 }
 
 // formattedDate is X-Amz-Date for one Unix second.
@@ -474,7 +474,7 @@ func (s *Signer) collectFields(f *signedFields, in *signingRequest, creds *Crede
 		}
 		f.add(lowerAmzDate, amzDate, true)
 		if creds.SessionToken != "" {
-			f.add(lowerSecurityToken, creds.SessionToken, creds.tokenIsCanonical())
+			f.add(lowerSecurityToken, creds.SessionToken, s.tokenIsCanonical(creds))
 		}
 	}
 	for _, h := range in.headers {
@@ -640,90 +640,27 @@ type presignature struct {
 
 // explainPresign signs in with its own query parameters own plus the
 // X-Amz-* ones and returns every stage; in.query is replaced.
-func (s *Signer) explainPresign(in *signingRequest, own []queryParam, creds *Credentials, t time.Time, expires time.Duration) presignature {
+func (s *Signer) explainPresign(in *signingRequest, own url.Values, creds *Credentials, t time.Time, expires time.Duration) presignature {
 	t = t.UTC()
 	date := t.Format(shortDateFormat)
 	var f signedFields
 	s.collectFields(&f, in, creds, "", false)
 	signed := appendSignedHeaders(nil, &f)
-	params := []queryParam{
-		{"X-Amz-Algorithm", signingAlgorithm},
-		{"X-Amz-Credential", creds.AccessKeyID + "/" + string(s.appendScope(nil, date))},
-		{"X-Amz-Date", t.Format(amzDateFormat)},
-		{"X-Amz-Expires", strconv.FormatInt(int64(expires/time.Second), 10)},
-		{"X-Amz-SignedHeaders", string(signed)},
+	params := url.Values{
+		"X-Amz-Algorithm":     {signingAlgorithm},
+		"X-Amz-Credential":    {creds.AccessKeyID + "/" + string(s.appendScope(nil, date))},
+		"X-Amz-Date":          {t.Format(amzDateFormat)},
+		"X-Amz-Expires":       {strconv.FormatInt(int64(expires/time.Second), 10)},
+		"X-Amz-SignedHeaders": {string(signed)},
 	}
 	if creds.SessionToken != "" {
-		params = append(params, queryParam{"X-Amz-Security-Token", creds.SessionToken})
+		params.Set("X-Amz-Security-Token", creds.SessionToken)
+	}
+	for name, values := range own {
+		params[name] = append(params[name], values...)
 	}
 	withAuth := *in
-	withAuth.query = canonicalQuery(append(own, params...))
+	withAuth.query = canonicalQuery(params)
 	sig := s.explain(&withAuth, creds, t, false)
 	return presignature{signature: sig, query: withAuth.query + "&X-Amz-Signature=" + sig.signature}
-}
-
-// parseCanonicalQuery splits a raw query on '&' and '=' and percent-decodes
-// each part without treating '+' as space.
-func parseCanonicalQuery(raw string) ([]queryParam, error) {
-	if raw == "" {
-		return nil, nil
-	}
-	var params []queryParam
-	for part := range strings.SplitSeq(raw, "&") {
-		name, value, _ := strings.Cut(part, "=")
-		n, err := percentDecode(name)
-		if err != nil {
-			return nil, err
-		}
-		v, err := percentDecode(value)
-		if err != nil {
-			return nil, err
-		}
-		params = append(params, queryParam{n, v})
-	}
-	return params, nil
-}
-
-// errBadEscape reports a '%' not followed by two hex digits.
-var errBadEscape = errors.New("invalid percent-encoding")
-
-// percentDecode decodes %XX sequences once and leaves every other byte,
-// '+' included, as it is.
-func percentDecode(s string) (string, error) {
-	i := strings.IndexByte(s, '%')
-	if i < 0 {
-		return s, nil
-	}
-	b := make([]byte, 0, len(s))
-	b = append(b, s[:i]...)
-	for ; i < len(s); i++ {
-		if s[i] != '%' {
-			b = append(b, s[i])
-			continue
-		}
-		if i+2 >= len(s) {
-			return "", fmt.Errorf("%w at byte %d of %q", errBadEscape, i, s)
-		}
-		hi, ok1 := unhex(s[i+1])
-		lo, ok2 := unhex(s[i+2])
-		if !ok1 || !ok2 {
-			return "", fmt.Errorf("%w at byte %d of %q", errBadEscape, i, s)
-		}
-		b = append(b, hi<<4|lo)
-		i += 2
-	}
-	return string(b), nil
-}
-
-// unhex decodes one hex digit.
-func unhex(c byte) (byte, bool) {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0', true
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10, true
-	case 'A' <= c && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
 }

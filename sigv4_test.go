@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -483,7 +484,7 @@ func TestCanonicalURI(t *testing.T) {
 }
 
 func TestCanonicalQuery(t *testing.T) {
-	got := canonicalQuery([]queryParam{{"b", "2 3"}, {"a", "x/y+z"}, {"a", "w"}, {"response-content-type", "video/mp4"}})
+	got := canonicalQuery(url.Values{"b": {"2 3"}, "a": {"x/y+z", "w"}, "response-content-type": {"video/mp4"}})
 	const want = "a=w&a=x%2Fy%2Bz&b=2%203&response-content-type=video%2Fmp4"
 	if got != want {
 		t.Errorf("canonicalQuery = %q, want %q", got, want)

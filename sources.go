@@ -42,8 +42,6 @@ const (
 	stsVersion = "2011-06-15"
 	// serviceSTS is the signing name of STS.
 	serviceSTS = "sts"
-	// maxErrorTextBytes bounds a source's error message quoted in our errors.
-	maxErrorTextBytes = 200
 )
 
 // sourceHTTPClient is the client every source uses unless a test injects
@@ -116,18 +114,6 @@ func readTokenFile(path string) (string, error) {
 		return "", fmt.Errorf("token file %s is empty", path)
 	}
 	return token, nil
-}
-
-// printable bounds text a remote service sent before it reaches an error or
-// a log: at most maxErrorTextBytes, control characters replaced.
-func printable(s string) string {
-	s = clip(s, maxErrorTextBytes)
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return '?'
-		}
-		return r
-	}, s)
 }
 
 // containerProvider fetches credentials from the container endpoint
