@@ -59,7 +59,7 @@ func (c *checker) fail(step, result, fix string) {
 
 // runCheck runs every step and returns errCheckFailed when one failed.
 // problems are the configuration problems parsing and validation found.
-func runCheck(ctx context.Context, out io.Writer, cfg *config, st *settings, problems []error, getenv func(string) string) error {
+func runCheck(ctx context.Context, out io.Writer, cfg config, problems []error, getenv func(string) string) error {
 	c := &checker{out: out}
 	if len(problems) > 0 {
 		for _, p := range problems {
@@ -67,33 +67,22 @@ func runCheck(ctx context.Context, out io.Writer, cfg *config, st *settings, pro
 		}
 		return errCheckFailed
 	}
-	c.checkListeners(st)
-
-	if cfg.region == "" {
-		rctx, cancel := context.WithTimeout(ctx, regionTimeout)
-		region, err := (&imdsClient{endpoint: st.imdsEndpoint}).Region(rctx)
-		cancel()
-		if err != nil {
-			c.fail("region", "no -region, $AWS_REGION or $AWS_DEFAULT_REGION, and "+err.Error(), "set -region to the bucket's region, e.g. -region eu-west-1")
-			return errCheckFailed
-		}
-		cfg.region = region
-		c.pass("region", region+" (the instance's, from IMDS)")
+	c.checkListeners(cfg)
+	fromIMDS := cfg.region == ""
+	if err := cfg.discoverRegion(ctx); err != nil {
+		c.fail("region", err.Error(), "set -region to the bucket's region, e.g. -region eu-west-1")
+		return errCheckFailed
 	}
-	if st.endpoint == nil {
-		st.endpoint = defaultEndpoint(cfg.region)
+	if fromIMDS {
+		c.pass("region", cfg.region+" (the instance's, from IMDS)")
 	}
 
-	creds := c.checkCredentials(ctx, st, getenv)
+	creds := c.checkCredentials(ctx, cfg, getenv)
 	if creds == nil {
 		return errCheckFailed
 	}
-	p := &Proxy{
-		routes: buildRoutes(st.routes, st.endpoint, cfg.pathStyle), scheme: st.endpoint.Scheme,
-		signer: &Signer{Region: cfg.region}, transport: newUpstreamTransport(cfg.timeout),
-		creds: &credentialCache{provider: staticProvider{creds}, log: slog.New(slog.DiscardHandler)},
-		log:   slog.New(slog.DiscardHandler),
-	}
+	discard := slog.New(slog.DiscardHandler)
+	p := newProxy(cfg, &credentialCache{provider: staticProvider{creds}, log: discard}, nil, discard)
 	clockChecked := false
 	for i := len(p.routes) - 1; i >= 0; i-- { // the default route, "/", first
 		rt := p.routes[i]
@@ -118,13 +107,13 @@ func runCheck(ctx context.Context, out io.Writer, cfg *config, st *settings, pro
 
 // checkListeners reports whether -listen and -admin are free, without
 // binding a Unix socket (that would write a file).
-func (c *checker) checkListeners(st *settings) {
-	addrs := []string{st.listenAddr}
-	if st.cfg.admin != "" {
-		addrs = append(addrs, st.cfg.admin)
+func (c *checker) checkListeners(cfg config) {
+	addrs := []string{cfg.listenAddress}
+	if cfg.admin != "" {
+		addrs = append(addrs, cfg.admin)
 	}
 	for i, addr := range addrs {
-		if i == 0 && st.listenNet == "unix" {
+		if i == 0 && cfg.listenNetwork == "unix" {
 			if conn, err := net.Dial("unix", addr); err == nil {
 				conn.Close()
 				c.fail("configuration", "something already serves the socket "+addr, "stop it, or choose another -listen path")
@@ -145,8 +134,8 @@ func (c *checker) checkListeners(st *settings) {
 // checkCredentials fetches a set from the chosen source (and the assumed
 // role on top), reporting which source and why; it returns the set that
 // would sign S3 requests, or nil.
-func (c *checker) checkCredentials(ctx context.Context, st *settings, getenv func(string) string) *Credentials {
-	caches := newCredentialCaches(st, getenv, slog.New(slog.DiscardHandler), nil)
+func (c *checker) checkCredentials(ctx context.Context, cfg config, getenv func(string) string) *Credentials {
+	caches := newCredentialCaches(cfg, getenv, slog.New(slog.DiscardHandler), nil)
 	var creds *Credentials
 	for i, cache := range caches {
 		if i > 0 { // the assumed role signs its call with the base set
@@ -155,15 +144,15 @@ func (c *checker) checkCredentials(ctx context.Context, st *settings, getenv fun
 		fctx, cancel := context.WithTimeout(ctx, checkTimeout)
 		got, err := cache.provider.Retrieve(fctx)
 		cancel()
-		what := st.source.name + " (" + st.source.reason + ")"
-		if st.source.name == sourceIMDS {
-			what = sourceIMDS + " " + st.imdsEndpoint + " (" + st.source.reason + ")"
+		what := cfg.source.name + " (" + cfg.source.reason + ")"
+		if cfg.source.name == sourceIMDS {
+			what = sourceIMDS + " " + cfg.imdsURL + " (" + cfg.source.reason + ")"
 		}
 		if i > 0 {
-			what = sourceAssumeRole + " " + st.cfg.assumeRole
+			what = sourceAssumeRole + " " + cfg.assumeRole
 		}
 		if err != nil {
-			c.fail("credentials", what+": "+err.Error(), credentialFix(st.source.name, i > 0))
+			c.fail("credentials", what+": "+err.Error(), credentialFix(cfg.source.name, i > 0))
 			return nil
 		}
 		creds = got

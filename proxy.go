@@ -19,7 +19,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 )
 
 const (
@@ -40,19 +39,6 @@ const (
 	// userAgent identifies us in S3 server access logs.
 	userAgent = "s3-helper"
 )
-
-// route maps a URL path prefix to a bucket and key prefix.
-type route struct {
-	// pathPrefix starts and ends with '/'; "/" is the default route.
-	pathPrefix string
-	bucket     string
-	keyPrefix  string
-	// host is the upstream Host header and dial address.
-	host string
-	// uriPrefix is "/BUCKET" (encoded) for path-style addressing, "" for
-	// virtual-hosted style.
-	uriPrefix string
-}
 
 // Proxy is an http.Handler that serves GET and HEAD for object keys from S3,
 // signing each upstream request. Its fields must be set before the first
@@ -267,81 +253,6 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p.respond(w, r, resp, &up, &x)
-}
-
-// errNoKey marks a request for a bucket root: never a listing.
-var errNoKey = errors.New("no object key: listing is not served")
-
-// mapPath chooses the route and returns the decoded key relative to it.
-// path is already percent-decoded once (net/http did that and rejected bad
-// escapes), so "%2e%2e" arrives here as "..".
-func (p *Proxy) mapPath(path string) (route, string, error) {
-	var rt route
-	found := false
-	for _, candidate := range p.routes {
-		if strings.HasPrefix(path, candidate.pathPrefix) {
-			rt, found = candidate, true
-			break
-		}
-	}
-	if !found {
-		return route{}, "", fmt.Errorf("%w: path %q outside every route", errNoKey, path)
-	}
-	key := path[len(rt.pathPrefix):]
-	if key == "" {
-		return rt, "", errNoKey
-	}
-	if err := checkClientKey(key); err != nil {
-		return rt, key, err
-	}
-	if err := validateKey(rt.keyPrefix + key); err != nil {
-		return rt, key, err
-	}
-	return rt, key, nil
-}
-
-// maxKeyBytes is S3's limit on the UTF-8 length of an object key.
-const maxKeyBytes = 1024
-
-// errInvalidKey is wrapped by every object-key rejection; the proxy maps it
-// to 400 Bad Request.
-var errInvalidKey = errors.New("invalid object key")
-
-// validateKey reports whether key can be signed and stored by S3: valid
-// UTF-8, no NUL byte, 1 to 1024 bytes
-// (https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html).
-func validateKey(key string) error {
-	switch {
-	case key == "":
-		return fmt.Errorf("%w: empty", errInvalidKey)
-	case len(key) > maxKeyBytes:
-		return fmt.Errorf("%w: %d bytes, limit %d", errInvalidKey, len(key), maxKeyBytes)
-	case !utf8.ValidString(key):
-		return fmt.Errorf("%w: not valid UTF-8", errInvalidKey)
-	case strings.IndexByte(key, 0) >= 0:
-		return fmt.Errorf("%w: contains NUL", errInvalidKey)
-	}
-	return nil
-}
-
-// checkClientKey rejects what a client must never smuggle into a key: dot
-// segments (which would escape -prefix on a normalising server and never
-// name a real video), control characters and invalid UTF-8.
-func checkClientKey(key string) error {
-	if !utf8.ValidString(key) {
-		return fmt.Errorf("%w: not valid UTF-8", errInvalidKey)
-	}
-	for i := 0; i < len(key); i++ {
-		if c := key[i]; c < 0x20 || c == 0x7f {
-			return fmt.Errorf("%w: control character 0x%02x at byte %d", errInvalidKey, c, i)
-		}
-	}
-	for seg := range strings.SplitSeq(key, "/") {
-		if seg == "." || seg == ".." {
-			return fmt.Errorf("%w: %q segment", errInvalidKey, seg)
-		}
-	}
-	return nil
 }
 
 // upstream describes the S3 request of one exchange; every attempt and

@@ -564,15 +564,11 @@ func TestCredentialCachesFromEnvironment(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg, err := parseConfig(append([]string{"-bucket", "media", "-region", "eu-west-1"}, tt.args...), envFrom(tt.env), io.Discard)
+			cfg, err := loadConfig(append([]string{"-bucket", "media", "-region", "eu-west-1"}, tt.args...), envFrom(tt.env), io.Discard)
 			if err != nil {
 				t.Fatal(err)
 			}
-			st, err := validate(cfg, envFrom(tt.env))
-			if err != nil {
-				t.Fatal(err)
-			}
-			caches := newCredentialCaches(st, envFrom(tt.env), slog.New(slog.DiscardHandler), nil)
+			caches := newCredentialCaches(cfg, envFrom(tt.env), slog.New(slog.DiscardHandler), nil)
 			if len(caches) != tt.layers {
 				t.Fatalf("caches = %d, want %d", len(caches), tt.layers)
 			}

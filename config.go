@@ -1,0 +1,674 @@
+package main
+
+// The configuration: every flag and its S3_HELPER_* variable, parsed with
+// every problem reported at once, validated by concern, and the parts that
+// are built from it (credential caches, the upstream transport) for both
+// the daemon and -check.
+
+import (
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+const (
+	// envPrefix starts every flag's environment variable.
+	envPrefix = "S3_HELPER_"
+	// readHeaderTimeout is the default of -read-header-timeout.
+	readHeaderTimeout = 10 * time.Second
+	// regionTimeout bounds the IMDS region lookup at start-up.
+	regionTimeout = 10 * time.Second
+	// Upstream connection pool: nginx-vod-module keeps hundreds of ranges
+	// in flight per host, so Go's default of 2 idle connections per host
+	// would make most requests open a new TLS connection.
+	maxIdleConns        = 1024
+	maxIdleConnsPerHost = 512
+	upstreamIdleTimeout = 90 * time.Second
+)
+
+// configError lists every invalid-configuration problem; main exits 2.
+type configError struct{ problems []error }
+
+// Error lists the problems one a line and points to -help.
+func (e configError) Error() string {
+	var b strings.Builder
+	b.WriteString("invalid configuration:")
+	for _, p := range e.problems {
+		b.WriteString("\n  ")
+		b.WriteString(p.Error())
+	}
+	b.WriteString("\nrun 's3-helper -help' for every flag, its form and its S3_HELPER_* variable")
+	return b.String()
+}
+
+// Unwrap returns the problems.
+func (e configError) Unwrap() []error { return e.problems }
+
+// routeFlags collects repeatable -route values.
+type routeFlags []string
+
+// String joins the routes given so far.
+func (r *routeFlags) String() string { return strings.Join(*r, ",") }
+
+// Set adds one -route value; parseRoute checks it later with the rest.
+func (r *routeFlags) Set(v string) error { *r = append(*r, v); return nil }
+
+// config is the whole configuration: the flags as given (parseConfig sets
+// them) and what resolve derives from them and the environment.
+type config struct {
+	listen           string
+	socketMode       string
+	allowRemote      bool
+	bucket           string
+	prefix           string
+	region           string
+	routes           routeFlags
+	endpoint         string
+	pathStyle        bool
+	credentials      string
+	stsEndpoint      string
+	assumeRole       string
+	externalID       string
+	roleSessionName  string
+	imdsEndpoint     string
+	imdsRole         string
+	refreshBefore    time.Duration
+	timeout          time.Duration
+	retries          int
+	newRelicKeyFile  string
+	newRelicEndpoint string
+	newRelicInterval time.Duration
+	statsd           string
+	statsdPrefix     string
+	statsdTags       string
+	admin            string
+	pprof            bool
+	logLevel         string
+	logFormat        string
+	accessLog        bool
+	shutdownTimeout  time.Duration
+	readHeaderWait   time.Duration
+	showVersion      bool
+	check            bool
+	checkKey         string
+	presign          string
+	presignExpires   time.Duration
+	// presignRequested is set when -presign or its variable was given, even
+	// empty: an empty -presign is an error, never a silent start.
+	presignRequested bool
+
+	// The fields below are derived by resolve from the flags and the
+	// environment.
+
+	// listenNetwork is "tcp" or "unix"; listenAddress is HOST:PORT or a path.
+	listenNetwork, listenAddress string
+	// socketPerm is -socket-mode parsed.
+	socketPerm os.FileMode
+	// endpointURL is -endpoint parsed; nil means S3's regional endpoint.
+	endpointURL *url.URL
+	// routeSpecs are the default route and every -route, before the
+	// endpoint (and so the host) is known.
+	routeSpecs []routeSpec
+	// level is -log-level parsed.
+	level slog.Level
+	// imdsURL is the IMDS base URL without a trailing '/'.
+	imdsURL string
+	// source is the chosen credential source; static is its set when it is
+	// the environment.
+	source sourceChoice
+	static *Credentials
+	// stsURL is -sts-endpoint or its variables; nil means the regional
+	// endpoint.
+	stsURL *url.URL
+	// newRelicKey is the New Relic license key (a secret); empty disables
+	// the push.
+	newRelicKey string
+}
+
+// newFlagSet defines every flag, writing into cfg.
+func newFlagSet(cfg *config, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("s3-helper", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&cfg.listen, "listen", "127.0.0.1:8080", "address to serve on: HOST:PORT, or unix:/PATH for a Unix socket; a non-loopback address needs -allow-remote")
+	fs.StringVar(&cfg.socketMode, "socket-mode", "0660", "permissions of the -listen unix: socket, in octal; 0660 lets the socket's group (e.g. www-data for nginx) connect")
+	fs.BoolVar(&cfg.allowRemote, "allow-remote", false, "allow -listen and -admin on non-loopback addresses (anyone who reaches the port reads the bucket)")
+	fs.StringVar(&cfg.bucket, "bucket", "", "S3 bucket served under / (required)")
+	fs.StringVar(&cfg.prefix, "prefix", "", "key prefix prepended to every key of -bucket, e.g. videos/")
+	fs.StringVar(&cfg.region, "region", "", "bucket region; default $AWS_REGION, then $AWS_DEFAULT_REGION, then the instance's region from IMDS")
+	fs.Var(&cfg.routes, "route", "PATHPREFIX=BUCKET[/KEYPREFIX]: serve another bucket under a URL prefix, e.g. /avod/=ads-bucket; repeatable, longest prefix wins")
+	fs.StringVar(&cfg.endpoint, "endpoint", "", "S3 endpoint URL; default https://s3.REGION.amazonaws.com with virtual-hosted addressing")
+	fs.BoolVar(&cfg.pathStyle, "path-style", false, "force path-style addressing (automatic for buckets with dots and IP or localhost endpoints)")
+	fs.StringVar(&cfg.credentials, "credentials", sourceAuto, "credential source: auto (the AWS SDKs' order: environment keys, web identity, container endpoint, IMDS), or pin one: environment, web-identity, container or imds")
+	fs.StringVar(&cfg.stsEndpoint, "sts-endpoint", "", "STS endpoint for web identity and -assume-role; default $AWS_ENDPOINT_URL_STS, then $AWS_ENDPOINT_URL, then https://sts.REGION.amazonaws.com")
+	fs.StringVar(&cfg.assumeRole, "assume-role", "", "ARN of a role to assume (e.g. in the bucket's account) with the source's credentials; empty uses the source's own")
+	fs.StringVar(&cfg.externalID, "external-id", "", "ExternalId for -assume-role, when the role's trust policy requires one")
+	fs.StringVar(&cfg.roleSessionName, "role-session-name", "", "RoleSessionName for -assume-role (2-64 of A-Za-z0-9_+=,.@-); default s3-helper-UNIXTIME")
+	fs.StringVar(&cfg.imdsEndpoint, "imds-endpoint", "", "instance metadata endpoint; default $AWS_EC2_METADATA_SERVICE_ENDPOINT, then "+defaultIMDSEndpoint)
+	fs.StringVar(&cfg.imdsRole, "imds-role", "", "instance role name; default the first role IMDS lists")
+	fs.DurationVar(&cfg.refreshBefore, "refresh-before", defaultRefreshBefore, "refresh credentials at a random moment between this long and two thirds of it before they expire (15m: 15 to 10 minutes before)")
+	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Second, "per upstream attempt: limit to connect and receive S3's response headers, and longest wait on S3 for body bytes (time writing to a slow client does not count)")
+	fs.IntVar(&cfg.retries, "retries", 3, "retries of a failed upstream attempt (connect errors, timeouts, 500/502/503/504), and mid-body resumes; 0 disables")
+	fs.StringVar(&cfg.newRelicKeyFile, "newrelic-license-key-file", "", "file holding a New Relic license key: push metrics to New Relic's Metric API (default: $NEW_RELIC_LICENSE_KEY; neither disables)")
+	fs.StringVar(&cfg.newRelicEndpoint, "newrelic-endpoint", defaultNewRelicEndpoint, "New Relic Metric API URL; EU: https://metric-api.eu.newrelic.com/metric/v1, FedRAMP: https://gov-metric-api.newrelic.com/metric/v1")
+	fs.DurationVar(&cfg.newRelicInterval, "newrelic-interval", defaultNewRelicInterval, "how often metrics are pushed to New Relic")
+	fs.StringVar(&cfg.statsd, "statsd", "", "statsd HOST:PORT (UDP); empty disables metrics")
+	fs.StringVar(&cfg.statsdPrefix, "statsd-prefix", "s3helper", "prefix of every metric name")
+	fs.StringVar(&cfg.statsdTags, "statsd-tags", "", "DogStatsD tags added to every metric, k:v,k2:v2; empty sends plain statsd")
+	fs.StringVar(&cfg.admin, "admin", "", "admin listener HOST:PORT for /healthz (and /debug/pprof/ with -pprof); empty disables")
+	fs.BoolVar(&cfg.pprof, "pprof", false, "serve /debug/pprof/ on the -admin listener")
+	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json (log/slog on stderr)")
+	fs.BoolVar(&cfg.accessLog, "access-log", false, "log one line per request (method, key, range, status, upstream status, bytes, duration, attempts)")
+	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take to finish")
+	fs.DurationVar(&cfg.readHeaderWait, "read-header-timeout", readHeaderTimeout, "how long a client may take to send its request headers; slower connections are closed")
+	fs.BoolVar(&cfg.showVersion, "version", false, "print the version and exit")
+	fs.BoolVar(&cfg.check, "check", false, "check the configuration, credentials, bucket, region, clock and permissions against the real endpoints, print one line per step and exit (1 if any failed)")
+	fs.StringVar(&cfg.checkKey, "check-key", "", "with -check: a path nginx would request, e.g. /videos/sample.mp4, to prove s3:GetObject")
+	fs.StringVar(&cfg.presign, "presign", "", "print a presigned GET URL for this key of -bucket and exit (debugging)")
+	fs.DurationVar(&cfg.presignExpires, "presign-expires", 15*time.Minute, "lifetime of the -presign URL")
+	return fs
+}
+
+// usageIntro opens -help.
+const usageIntro = `s3-helper serves a private S3 bucket to a local nginx as if it were a bucket
+that needs no signature: plain GET and HEAD in, SigV4-signed requests to S3
+out, with the instance role's credentials.
+
+Usage: s3-helper -bucket NAME [flags]
+
+Every flag can also be set in the environment as S3_HELPER_<FLAG> (upper
+case, '-' as '_'), e.g. S3_HELPER_BUCKET=media or S3_HELPER_ROUTE=/a/=b1,/b/=b2;
+a flag on the command line wins. Credentials come from the first source
+configured, in the AWS SDKs' order: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY;
+AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN (IRSA); AWS_CONTAINER_CREDENTIALS_*
+(ECS, EKS Pod Identity); else the instance metadata service (IMDSv2).
+
+Flags:
+`
+
+// parseConfig parses args, then fills every flag not given on the command
+// line from S3_HELPER_<FLAG> (upper case, '-' as '_'): the flag wins. Unlike
+// flag.FlagSet.Parse it does not stop at the first problem: it returns the
+// config with a configError naming every unknown flag and unparsable value
+// with the form expected. -help prints the usage on stdout and returns
+// flag.ErrHelp.
+func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*config, error) {
+	cfg := &config{}
+	fs := newFlagSet(cfg, stdout)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usageIntro)
+		fs.PrintDefaults()
+	}
+	given, problems, err := parseArgs(fs, args)
+	if err != nil {
+		fs.Usage()
+		return nil, err
+	}
+	fs.VisitAll(func(f *flag.Flag) {
+		env := envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		v := getenv(env)
+		if given[f.Name] || v == "" {
+			return
+		}
+		values := []string{v}
+		if f.Name == "route" {
+			values = strings.Split(v, ",")
+		}
+		for _, one := range values {
+			if err := f.Value.Set(strings.TrimSpace(one)); err != nil {
+				problems = append(problems, fmt.Errorf("$%s %q: must be %s", env, clip(v, maxQuotedValueBytes), expectedForm(f)))
+			}
+		}
+	})
+	cfg.presignRequested = given["presign"] || getenv(envPrefix+"PRESIGN") != ""
+	if len(problems) > 0 {
+		return cfg, configError{problems}
+	}
+	return cfg, nil
+}
+
+// maxQuotedValueBytes bounds a bad value quoted back in an error.
+const maxQuotedValueBytes = 64
+
+// parseArgs sets the flags named in args as flag.FlagSet.Parse does
+// (-name value, -name=value, --name, bool flags without a value, "--" ends
+// the flags), collecting every problem instead of stopping at the first.
+// It returns which flags were given, and flag.ErrHelp for -h or -help.
+func parseArgs(fs *flag.FlagSet, args []string) (given map[string]bool, problems []error, err error) {
+	given = map[string]bool{}
+	for i := 0; i < len(args); i++ {
+		arg := args[i]
+		if arg == "--" {
+			for _, rest := range args[i+1:] {
+				problems = append(problems, fmt.Errorf("unexpected argument %q: every setting is a flag", clip(rest, maxQuotedValueBytes)))
+			}
+			break
+		}
+		name, hasDash := strings.CutPrefix(arg, "-")
+		if !hasDash || name == "" {
+			problems = append(problems, fmt.Errorf("unexpected argument %q: every setting is a flag", clip(arg, maxQuotedValueBytes)))
+			continue
+		}
+		name = strings.TrimPrefix(name, "-")
+		name, value, hasValue := strings.Cut(name, "=")
+		if name == "h" || name == "help" {
+			return nil, nil, flag.ErrHelp
+		}
+		f := fs.Lookup(name)
+		if f == nil {
+			problems = append(problems, fmt.Errorf("unknown flag -%s", clip(name, maxQuotedValueBytes)))
+			continue
+		}
+		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() && !hasValue {
+			value, hasValue = "true", true
+		}
+		if !hasValue {
+			if i+1 == len(args) {
+				problems = append(problems, fmt.Errorf("-%s needs a value: %s", name, expectedForm(f)))
+				continue
+			}
+			i++
+			value = args[i]
+		}
+		given[name] = true
+		if err := f.Value.Set(value); err != nil {
+			problems = append(problems, fmt.Errorf("-%s %q: must be %s", name, clip(value, maxQuotedValueBytes), expectedForm(f)))
+		}
+	}
+	return given, problems, nil
+}
+
+// expectedForm describes the values a flag takes, for error messages.
+func expectedForm(f *flag.Flag) string {
+	if g, ok := f.Value.(flag.Getter); ok {
+		switch g.Get().(type) {
+		case time.Duration:
+			return "a duration such as 5s, 250ms or 1m30s"
+		case int:
+			return "a whole number such as 3"
+		case bool:
+			return "true or false"
+		}
+	}
+	return "a value as -help describes"
+}
+
+// problems collects configuration problems, each naming the flag, the
+// value (bounded) and the rule.
+type problems []error
+
+// bad records that -flagName's value breaks rule.
+func (p *problems) bad(flagName, value, rule string) {
+	*p = append(*p, fmt.Errorf("-%s %q: %s", flagName, clip(value, maxQuotedValueBytes), rule))
+}
+
+// resolve checks everything that needs no network and returns a copy of c
+// with the derived fields filled in (the input is not changed), or a
+// configError naming every problem at once.
+func (c config) resolve(getenv func(string) string) (config, error) {
+	var p problems
+	c.resolveListeners(&p)
+	c.resolveRouting(&p, getenv)
+	c.resolveUpstream(&p)
+	c.resolveCredentialSource(&p, getenv)
+	c.resolveOutputs(&p, getenv)
+	c.resolvePresign(&p)
+	if len(p) > 0 {
+		return c, configError{p}
+	}
+	return c, nil
+}
+
+// resolveListeners checks -listen, -socket-mode, -admin, -pprof and the
+// client-side timeouts.
+func (c *config) resolveListeners(p *problems) {
+	c.listenNetwork, c.listenAddress = "tcp", c.listen
+	if path, ok := strings.CutPrefix(c.listen, "unix:"); ok {
+		c.listenNetwork, c.listenAddress = "unix", path
+		if path == "" {
+			p.bad("listen", c.listen, "unix: needs a socket path")
+		}
+		mode, err := strconv.ParseUint(c.socketMode, 8, 32)
+		if err != nil || mode > 0o777 {
+			p.bad("socket-mode", c.socketMode, "must be octal permissions such as 0660")
+		}
+		c.socketPerm = os.FileMode(mode)
+	} else if err := checkListenAddr(c.listen, c.allowRemote); err != nil {
+		p.bad("listen", c.listen, err.Error())
+	}
+	if c.admin != "" {
+		if err := checkListenAddr(c.admin, c.allowRemote); err != nil {
+			p.bad("admin", c.admin, err.Error())
+		}
+	}
+	if c.pprof && c.admin == "" {
+		p.bad("pprof", "true", "needs -admin: profiles are never served on the proxy port")
+	}
+	if c.readHeaderWait < 10*time.Millisecond || c.readHeaderWait > 5*time.Minute {
+		p.bad("read-header-timeout", c.readHeaderWait.String(), "must be between 10ms and 5m")
+	}
+	if c.shutdownTimeout < 0 {
+		p.bad("shutdown-timeout", c.shutdownTimeout.String(), "must not be negative")
+	}
+}
+
+// resolveRouting checks -bucket, -prefix, -route, -region and -endpoint.
+// The region falls back to $AWS_REGION, then $AWS_DEFAULT_REGION.
+func (c *config) resolveRouting(p *problems, getenv func(string) string) {
+	if c.bucket == "" {
+		p.bad("bucket", "", "required")
+	} else if err := checkBucket(c.bucket); err != nil {
+		p.bad("bucket", c.bucket, err.Error())
+	}
+	if err := checkKeyPrefix(c.prefix); err != nil {
+		p.bad("prefix", c.prefix, err.Error())
+	}
+	c.routeSpecs = []routeSpec{{"/", c.bucket, c.prefix}}
+	seen := map[string]bool{"/": true}
+	for _, r := range c.routes {
+		spec, err := parseRoute(r)
+		switch {
+		case err != nil:
+			p.bad("route", r, err.Error())
+		case seen[spec.pathPrefix]:
+			p.bad("route", r, "path prefix "+spec.pathPrefix+" is already routed")
+		default:
+			seen[spec.pathPrefix] = true
+			c.routeSpecs = append(c.routeSpecs, spec)
+		}
+	}
+	c.region = firstNonEmpty(c.region, getenv("AWS_REGION"), getenv("AWS_DEFAULT_REGION"))
+	if c.region != "" && !isRegionName(c.region) {
+		p.bad("region", c.region, "must look like us-east-1 (lower-case letters, digits and '-')")
+	}
+	if c.endpoint != "" {
+		u, err := parseEndpoint(c.endpoint)
+		if err != nil {
+			p.bad("endpoint", c.endpoint, err.Error())
+		}
+		c.endpointURL = u
+	}
+}
+
+// resolveUpstream checks the limits on talking to S3.
+func (c *config) resolveUpstream(p *problems) {
+	if c.refreshBefore < time.Second || c.refreshBefore > time.Hour {
+		p.bad("refresh-before", c.refreshBefore.String(), "must be between 1s and 1h")
+	}
+	if c.timeout < 100*time.Millisecond || c.timeout > 5*time.Minute {
+		p.bad("timeout", c.timeout.String(), "must be between 100ms and 5m")
+	}
+	if c.retries < 0 || c.retries > 10 {
+		p.bad("retries", strconv.Itoa(c.retries), "must be between 0 and 10")
+	}
+}
+
+// resolveOutputs checks logging and the metrics outputs, and reads the New
+// Relic license key (-newrelic-license-key-file, then
+// $NEW_RELIC_LICENSE_KEY). No problem quotes the key.
+func (c *config) resolveOutputs(p *problems, getenv func(string) string) {
+	if err := c.level.UnmarshalText([]byte(c.logLevel)); err != nil {
+		p.bad("log-level", c.logLevel, "must be debug, info, warn or error")
+	}
+	if c.logFormat != "text" && c.logFormat != "json" {
+		p.bad("log-format", c.logFormat, "must be text or json")
+	}
+	if c.statsd != "" {
+		if _, _, err := net.SplitHostPort(c.statsd); err != nil {
+			p.bad("statsd", c.statsd, "must be HOST:PORT")
+		}
+	}
+	if strings.ContainsAny(c.statsdPrefix, ":|@# \n") {
+		p.bad("statsd-prefix", c.statsdPrefix, "must not contain ':', '|', '@', '#' or spaces")
+	}
+	if c.statsdTags != "" && strings.ContainsAny(c.statsdTags, "|@# \n") {
+		p.bad("statsd-tags", c.statsdTags, "must be k:v,k2:v2 without '|', '@', '#' or spaces")
+	}
+	c.newRelicKey = getenv("NEW_RELIC_LICENSE_KEY")
+	if c.newRelicKeyFile != "" {
+		key, err := readTokenFile(c.newRelicKeyFile)
+		if err != nil {
+			*p = append(*p, fmt.Errorf("-newrelic-license-key-file: %w", err))
+		}
+		c.newRelicKey = key
+	}
+	for _, ch := range c.newRelicKey {
+		if ch <= ' ' || ch > '~' {
+			*p = append(*p, errors.New("New Relic license key: must be printable ASCII without spaces"))
+			break
+		}
+	}
+	if u, err := url.Parse(c.newRelicEndpoint); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		p.bad("newrelic-endpoint", c.newRelicEndpoint, "must be an https:// URL")
+	}
+	if c.newRelicInterval < time.Second || c.newRelicInterval > 10*time.Minute {
+		p.bad("newrelic-interval", c.newRelicInterval.String(), "must be between 1s and 10m")
+	}
+}
+
+// resolvePresign checks -presign with the proxy's own key rules, so a
+// printed URL names an object the proxy would also serve.
+func (c *config) resolvePresign(p *problems) {
+	if !c.presignRequested {
+		return
+	}
+	if err := checkPresignKey(c.prefix, c.presign); err != nil {
+		p.bad("presign", c.presign, err.Error())
+	}
+	if c.presignExpires < time.Second || c.presignExpires > maxPresignExpiry {
+		p.bad("presign-expires", c.presignExpires.String(), "must be between 1s and 168h (7 days, S3's limit)")
+	}
+}
+
+// resolveCredentialSource chooses the credential source and checks what it
+// and -assume-role need, without touching the network.
+func (c *config) resolveCredentialSource(p *problems, getenv func(string) string) {
+	variable := func(name, rule string) {
+		*p = append(*p, fmt.Errorf("$%s %q: %s", name, clip(getenv(name), maxQuotedValueBytes), rule))
+	}
+	akid, secret := getenv("AWS_ACCESS_KEY_ID"), getenv("AWS_SECRET_ACCESS_KEY")
+	if (akid == "") != (secret == "") {
+		*p = append(*p, errors.New("$AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY: set both or neither"))
+	}
+	choice, err := chooseSource(c.credentials, getenv)
+	if err != nil {
+		p.bad("credentials", c.credentials, err.Error())
+	}
+	c.source = choice
+	switch choice.name {
+	case sourceEnvironment:
+		c.static = newCredentials(akid, secret, getenv("AWS_SESSION_TOKEN"), time.Time{}, sourceEnvironment)
+	case sourceWebIdentity:
+		if !isRoleARN(getenv("AWS_ROLE_ARN")) {
+			variable("AWS_ROLE_ARN", "must be a role ARN such as arn:aws:iam::123456789012:role/NAME")
+		}
+		if n := getenv("AWS_ROLE_SESSION_NAME"); n != "" && !validSessionName(n) {
+			variable("AWS_ROLE_SESSION_NAME", "must be 2 to 64 of A-Za-z0-9_+=,.@-")
+		}
+	case sourceContainer:
+		if getenv("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") == "" {
+			if err := checkContainerURL(getenv("AWS_CONTAINER_CREDENTIALS_FULL_URI")); err != nil {
+				variable("AWS_CONTAINER_CREDENTIALS_FULL_URI", err.Error())
+			}
+		}
+		if strings.ContainsAny(getenv("AWS_CONTAINER_AUTHORIZATION_TOKEN"), "\r\n") {
+			*p = append(*p, errors.New("$AWS_CONTAINER_AUTHORIZATION_TOKEN: contains a line break"))
+		}
+	}
+	// IMDS is the source or, without -region, where the region comes from.
+	c.imdsURL = strings.TrimRight(firstNonEmpty(c.imdsEndpoint, getenv("AWS_EC2_METADATA_SERVICE_ENDPOINT"), defaultIMDSEndpoint), "/")
+	if u, err := url.Parse(c.imdsURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		p.bad("imds-endpoint", c.imdsURL, "must be an http:// or https:// URL with a host")
+	}
+	if c.assumeRole != "" && !isRoleARN(c.assumeRole) {
+		p.bad("assume-role", c.assumeRole, "must be a role ARN such as arn:aws:iam::123456789012:role/NAME")
+	}
+	if c.roleSessionName != "" && !validSessionName(c.roleSessionName) {
+		p.bad("role-session-name", c.roleSessionName, "must be 2 to 64 of A-Za-z0-9_+=,.@-")
+	}
+	if c.externalID != "" && (len(c.externalID) < 2 || len(c.externalID) > 1224 || strings.ContainsAny(c.externalID, " \t\r\n")) {
+		p.bad("external-id", c.externalID, "must be 2 to 1224 characters without spaces")
+	}
+	if (c.externalID != "" || c.roleSessionName != "") && c.assumeRole == "" {
+		p.bad("assume-role", "", "needed by -external-id and -role-session-name")
+	}
+	if v := firstNonEmpty(c.stsEndpoint, getenv("AWS_ENDPOINT_URL_STS"), getenv("AWS_ENDPOINT_URL")); v != "" {
+		u, err := parseEndpoint(v)
+		if err != nil {
+			p.bad("sts-endpoint", v, err.Error())
+		}
+		c.stsURL = u
+	}
+}
+
+// isRoleARN reports whether v looks like an IAM role ARN.
+func isRoleARN(v string) bool {
+	rest, ok := strings.CutPrefix(v, "arn:")
+	return ok && strings.Contains(rest, ":iam::") && strings.Contains(rest, ":role/") && len(v) <= 2048
+}
+
+// checkPresignKey applies the proxy's key rules to a -presign key.
+func checkPresignKey(prefix, key string) error {
+	if key == "" {
+		return errors.New("needs an object key")
+	}
+	if err := checkClientKey(key); err != nil {
+		return err
+	}
+	return validateKey(prefix + key)
+}
+
+// firstNonEmpty returns the first non-empty value, or "".
+func firstNonEmpty(vs ...string) string {
+	for _, v := range vs {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// checkListenAddr requires HOST:PORT on a loopback host unless allowRemote.
+func checkListenAddr(addr string, allowRemote bool) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errors.New("must be HOST:PORT or unix:/PATH")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return errors.New("port must be a number from 0 to 65535")
+	}
+	if allowRemote || isLoopbackHost(host) {
+		return nil
+	}
+	return errors.New("not a loopback address; add -allow-remote to serve other hosts")
+}
+
+// isLoopbackHost reports whether host is localhost or a loopback IP (127.0.0.0/8, ::1).
+func isLoopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// isRegionName reports whether r looks like an AWS region name.
+func isRegionName(r string) bool {
+	for i := 0; i < len(r); i++ {
+		c := r[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return r != "" && len(r) <= 32
+}
+
+// parseEndpoint accepts http(s)://HOST[:PORT] with no path, query or user,
+// and drops a default port so the signed Host matches what S3 sees.
+func parseEndpoint(v string) (*url.URL, error) {
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, errors.New("must be an http:// or https:// URL with a host")
+	}
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return nil, errors.New("must have no path, query or user info")
+	}
+	host := u.Host
+	if h, port, err := net.SplitHostPort(host); err == nil &&
+		(u.Scheme == "https" && port == "443" || u.Scheme == "http" && port == "80") {
+		host = h
+		if strings.Contains(h, ":") {
+			host = "[" + h + "]"
+		}
+	}
+	return &url.URL{Scheme: u.Scheme, Host: host}, nil
+}
+
+// newUpstreamTransport is the one keep-alive Transport all S3 requests share.
+func newUpstreamTransport(timeout time.Duration) *http.Transport {
+	return &http.Transport{
+		Proxy:                 nil, // S3 is reached directly; a stray HTTPS_PROXY must not see signed requests
+		DialContext:           (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout:   timeout,
+		ResponseHeaderTimeout: timeout,
+		MaxIdleConns:          maxIdleConns,
+		MaxIdleConnsPerHost:   maxIdleConnsPerHost,
+		IdleConnTimeout:       upstreamIdleTimeout,
+		// Otherwise net/http adds Accept-Encoding: gzip to non-Range GETs
+		// and silently decodes the body, changing its length.
+		DisableCompression: true,
+	}
+}
+
+// defaultEndpoint is S3's regional endpoint.
+func defaultEndpoint(region string) *url.URL {
+	return &url.URL{Scheme: "https", Host: "s3." + region + ".amazonaws.com"}
+}
+
+// newCredentialCaches builds the chosen source behind a cache and, with
+// -assume-role, the assumed role behind a second cache on top of it. The
+// last cache returned is the one that signs S3 requests.
+func newCredentialCaches(cfg config, getenv func(string) string, log *slog.Logger, metrics *Metrics) []*credentialCache {
+	newCache := func(p credentialProvider) *credentialCache {
+		return &credentialCache{provider: p, refreshBefore: cfg.refreshBefore, log: log, metrics: metrics}
+	}
+	sts := &stsClient{endpoint: "https://sts." + cfg.region + ".amazonaws.com"}
+	if cfg.stsURL != nil {
+		sts.endpoint = cfg.stsURL.String()
+	}
+	var base credentialProvider
+	switch cfg.source.name {
+	case sourceEnvironment:
+		base = staticProvider{cfg.static}
+	case sourceWebIdentity:
+		base = &webIdentityProvider{sts: sts, roleARN: getenv("AWS_ROLE_ARN"), tokenFile: getenv("AWS_WEB_IDENTITY_TOKEN_FILE"),
+			sessionName: firstNonEmpty(getenv("AWS_ROLE_SESSION_NAME"), defaultSessionName(time.Now()))}
+	case sourceContainer:
+		u := getenv("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+		if rel := getenv("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"); rel != "" {
+			u = containerHost + rel
+		}
+		base = &containerProvider{url: u, authTokenFile: getenv("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
+			authToken: getenv("AWS_CONTAINER_AUTHORIZATION_TOKEN")}
+	default:
+		base = &imdsClient{endpoint: cfg.imdsURL, role: cfg.imdsRole}
+	}
+	caches := []*credentialCache{newCache(base)}
+	if cfg.assumeRole != "" {
+		caches = append(caches, newCache(&assumeRoleProvider{sts: sts, base: caches[0],
+			signer: &Signer{Region: cfg.region, Service: serviceSTS}, roleARN: cfg.assumeRole, externalID: cfg.externalID,
+			sessionName: firstNonEmpty(cfg.roleSessionName, defaultSessionName(time.Now()))}))
+	}
+	return caches
+}

@@ -1,0 +1,195 @@
+package main
+
+// How a request's URL path becomes an S3 bucket, key and host: the routes
+// built from -bucket, -prefix and -route, the addressing style each needs,
+// and the rules a key must meet before it is signed.
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"sort"
+	"strings"
+	"unicode/utf8"
+)
+
+// route maps a URL path prefix to a bucket and key prefix.
+type route struct {
+	// pathPrefix starts and ends with '/'; "/" is the default route.
+	pathPrefix string
+	bucket     string
+	keyPrefix  string
+	// host is the upstream Host header and dial address.
+	host string
+	// uriPrefix is "/BUCKET" (encoded) for path-style addressing, "" for
+	// virtual-hosted style.
+	uriPrefix string
+}
+
+// errNoKey marks a request for a bucket root: never a listing.
+var errNoKey = errors.New("no object key: listing is not served")
+
+// mapPath chooses the route and returns the decoded key relative to it.
+// path is already percent-decoded once (net/http did that and rejected bad
+// escapes), so "%2e%2e" arrives here as "..".
+func (p *Proxy) mapPath(path string) (route, string, error) {
+	var rt route
+	found := false
+	for _, candidate := range p.routes {
+		if strings.HasPrefix(path, candidate.pathPrefix) {
+			rt, found = candidate, true
+			break
+		}
+	}
+	if !found {
+		return route{}, "", fmt.Errorf("%w: path %q outside every route", errNoKey, path)
+	}
+	key := path[len(rt.pathPrefix):]
+	if key == "" {
+		return rt, "", errNoKey
+	}
+	if err := checkClientKey(key); err != nil {
+		return rt, key, err
+	}
+	if err := validateKey(rt.keyPrefix + key); err != nil {
+		return rt, key, err
+	}
+	return rt, key, nil
+}
+
+// maxKeyBytes is S3's limit on the UTF-8 length of an object key.
+const maxKeyBytes = 1024
+
+// errInvalidKey is wrapped by every object-key rejection; the proxy maps it
+// to 400 Bad Request.
+var errInvalidKey = errors.New("invalid object key")
+
+// validateKey reports whether key can be signed and stored by S3: valid
+// UTF-8, no NUL byte, 1 to 1024 bytes
+// (https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-keys.html).
+func validateKey(key string) error {
+	switch {
+	case key == "":
+		return fmt.Errorf("%w: empty", errInvalidKey)
+	case len(key) > maxKeyBytes:
+		return fmt.Errorf("%w: %d bytes, limit %d", errInvalidKey, len(key), maxKeyBytes)
+	case !utf8.ValidString(key):
+		return fmt.Errorf("%w: not valid UTF-8", errInvalidKey)
+	case strings.IndexByte(key, 0) >= 0:
+		return fmt.Errorf("%w: contains NUL", errInvalidKey)
+	}
+	return nil
+}
+
+// checkClientKey rejects what a client must never smuggle into a key: dot
+// segments (which would escape -prefix on a normalising server and never
+// name a real video), control characters and invalid UTF-8.
+func checkClientKey(key string) error {
+	if !utf8.ValidString(key) {
+		return fmt.Errorf("%w: not valid UTF-8", errInvalidKey)
+	}
+	for i := 0; i < len(key); i++ {
+		if c := key[i]; c < 0x20 || c == 0x7f {
+			return fmt.Errorf("%w: control character 0x%02x at byte %d", errInvalidKey, c, i)
+		}
+	}
+	for seg := range strings.SplitSeq(key, "/") {
+		if seg == "." || seg == ".." {
+			return fmt.Errorf("%w: %q segment", errInvalidKey, seg)
+		}
+	}
+	return nil
+}
+
+// routeSpec is a route before the endpoint (and so the host) is known.
+type routeSpec struct {
+	pathPrefix, bucket, keyPrefix string
+}
+
+// checkBucket applies S3's bucket naming rules, loosely enough for legacy
+// us-east-1 names (upper case, '_'), which then use path style.
+func checkBucket(b string) error {
+	if len(b) < 3 || len(b) > 255 {
+		return errors.New("must be 3 to 255 characters")
+	}
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_') {
+			return errors.New("may contain only letters, digits, '-', '.' and '_'")
+		}
+	}
+	return nil
+}
+
+// dnsCompatibleBucket reports whether b can be a host name label.
+func dnsCompatibleBucket(b string) bool {
+	if len(b) > 63 || b[0] == '-' || b[len(b)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// checkKeyPrefix applies the client-key rules to a configured key prefix.
+func checkKeyPrefix(p string) error {
+	if p == "" {
+		return nil
+	}
+	if strings.HasPrefix(p, "/") {
+		return errors.New("must not start with '/': it is part of the object key")
+	}
+	return checkClientKey(p)
+}
+
+// parseRoute parses PATHPREFIX=BUCKET[/KEYPREFIX].
+func parseRoute(v string) (routeSpec, error) {
+	prefix, target, ok := strings.Cut(v, "=")
+	if !ok || prefix == "" || target == "" {
+		return routeSpec{}, errors.New("must be PATHPREFIX=BUCKET[/KEYPREFIX]")
+	}
+	if !strings.HasPrefix(prefix, "/") || prefix == "/" {
+		return routeSpec{}, errors.New("path prefix must start with '/' and not be '/' (that is -bucket)")
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	if err := checkClientKey(strings.Trim(prefix, "/")); err != nil {
+		return routeSpec{}, fmt.Errorf("path prefix: %w", err)
+	}
+	bucket, keyPrefix, _ := strings.Cut(target, "/")
+	if err := checkBucket(bucket); err != nil {
+		return routeSpec{}, fmt.Errorf("bucket %q: %w", bucket, err)
+	}
+	if err := checkKeyPrefix(keyPrefix); err != nil {
+		return routeSpec{}, fmt.Errorf("key prefix %q: %w", keyPrefix, err)
+	}
+	return routeSpec{prefix, bucket, keyPrefix}, nil
+}
+
+// buildRoutes resolves each route's host and addressing style, longest
+// path prefix first.
+func buildRoutes(specs []routeSpec, endpoint *url.URL, forcePath bool) []route {
+	endpointHost := endpoint.Hostname()
+	literalHost := endpointHost == "localhost" || net.ParseIP(endpointHost) != nil
+	routes := make([]route, 0, len(specs))
+	for _, sp := range specs {
+		r := route{pathPrefix: sp.pathPrefix, bucket: sp.bucket, keyPrefix: sp.keyPrefix}
+		// Dots break the TLS wildcard *.s3.REGION.amazonaws.com; an IP or
+		// localhost endpoint cannot carry a bucket label.
+		if forcePath || literalHost || strings.Contains(sp.bucket, ".") || !dnsCompatibleBucket(sp.bucket) {
+			r.host = endpoint.Host
+			r.uriPrefix = string(appendURIEncoded([]byte{'/'}, sp.bucket, false))
+		} else {
+			r.host = sp.bucket + "." + endpoint.Host
+		}
+		routes = append(routes, r)
+	}
+	sort.SliceStable(routes, func(i, j int) bool { return len(routes[i].pathPrefix) > len(routes[j].pathPrefix) })
+	return routes
+}
