@@ -75,103 +75,39 @@ type Proxy struct {
 	inFlight atomic.Int64
 }
 
-const (
-	// maxClockOffset bounds a learned clock offset: a larger one means a
-	// broken Date header, not a skewed clock.
-	maxClockOffset = 24 * time.Hour
-	// clockOffsetTTL is how long a learned offset is trusted; then the
-	// local clock is tried again, and a remaining skew is re-learned at
-	// the cost of one retried request.
-	clockOffsetTTL = 10 * time.Minute
-	// skewedSignatureThreshold is how far S3's Date must be from our clock
-	// before a SignatureDoesNotMatch is taken for a skewed clock.
-	skewedSignatureThreshold = 5 * time.Minute
-	// dateResolution is the precision of an HTTP Date header, which is
-	// truncated to the second: S3's time is Date plus half of it, on average.
-	dateResolution = time.Second
-	// relogClockOffsetChange is how much a learned offset must move to be
-	// logged again.
-	relogClockOffsetChange = time.Minute
-)
-
-// clockCorrection is the offset between S3's clock and this host's,
-// learned from S3's Date header when S3 refuses a signature as too skewed
-// (SigV4 allows 15 minutes). While no offset is learned, apply costs one
-// atomic load.
-type clockCorrection struct {
-	current atomic.Pointer[clockOffset]
-
-	mu sync.Mutex // guards logged
-	// logged is the offset last logged.
-	logged time.Duration
-}
-
-// clockOffset is one learned offset and when it stops being trusted.
-type clockOffset struct {
-	offset time.Duration
-	until  time.Time
-}
-
-// apply returns the signing time for the local time now.
-func (c *clockCorrection) apply(now time.Time) time.Time {
-	if o := c.current.Load(); o != nil && now.Before(o.until) {
-		return now.Add(o.offset)
-	}
-	return now
-}
-
-// Offset returns the offset in force at now, zero when none.
-func (c *clockCorrection) Offset(now time.Time) time.Duration {
-	if o := c.current.Load(); o != nil && now.Before(o.until) {
-		return o.offset
-	}
-	return 0
-}
-
-// learn adopts S3's clock when its answer says ours is off: the code is
-// RequestTimeTooSkewed, or SignatureDoesNotMatch while S3's Date is more
-// than 5 minutes from now. It reports whether the request should be signed
-// again.
-func (c *clockCorrection) learn(date, code string, now time.Time, log *slog.Logger) bool {
-	if code != "RequestTimeTooSkewed" && code != "SignatureDoesNotMatch" {
-		return false
-	}
-	serverTime, err := http.ParseTime(date)
-	if err != nil {
-		return false
-	}
-	offset := serverTime.Add(dateResolution / 2).Sub(now)
-	if offset.Abs() > maxClockOffset {
-		log.Error("S3's Date header is more than a day from this host's clock; not adopting it", "s3_date", clip(date, 40))
-		return false
-	}
-	if code == "SignatureDoesNotMatch" && offset.Abs() < skewedSignatureThreshold {
-		return false
-	}
-	if prev := c.current.Load(); code == "RequestTimeTooSkewed" && prev != nil && (prev.offset-offset).Abs() < 2*dateResolution && now.Before(prev.until) {
-		return false // signed with this very offset and still refused: not a clock problem
-	}
-	c.current.Store(&clockOffset{offset: offset, until: now.Add(clockOffsetTTL)})
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.logged == 0 || (offset-c.logged).Abs() > relogClockOffsetChange {
-		c.logged = offset
-		log.Warn("this host's clock is off from S3's; signing with S3's time (fix the clock: NTP, chrony or systemd-timesyncd)",
-			"offset", offset, "s3_code", code)
-	}
-	return true
-}
+// statusClientGone is nginx's 499: the client closed the connection before
+// the answer, so nothing is written; it appears in logs and metrics only.
+const statusClientGone = 499
 
 // proxyError is a failure with the status the client gets.
 type proxyError struct {
 	status int
-	// kind names the failure class in logs and metrics.
+	// kind names the failure class in logs and metrics; empty for an error
+	// answer from S3, whose cause says it all.
 	kind string
-	err  error
+	// public is what the client may read after the status text; it never
+	// echoes the client's input.
+	public string
+	err    error
 }
 
 // Error names the failure class and its cause.
-func (e *proxyError) Error() string { return e.kind + ": " + e.err.Error() }
+func (e *proxyError) Error() string {
+	if e.kind == "" {
+		return e.err.Error()
+	}
+	return e.kind + ": " + e.err.Error()
+}
+
+// badRequest is a client error answered with status and a generic reason.
+func badRequest(status int, err error) *proxyError {
+	return &proxyError{status: status, kind: "client", public: clientReason(err), err: err}
+}
+
+// clientGone ends an exchange whose client went away.
+func clientGone(err error) *proxyError {
+	return &proxyError{status: statusClientGone, kind: "client_gone", err: err}
+}
 
 // Unwrap returns the cause.
 func (e *proxyError) Unwrap() error { return e.err }
@@ -214,45 +150,48 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.inFlight.Add(1)
 	defer p.inFlight.Add(-1)
 	defer p.finish(r.Context(), &x)
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, HEAD")
-		p.reject(w, &x, http.StatusMethodNotAllowed, fmt.Errorf("method %q not allowed: read-only", clip(r.Method, maxLoggedMethodBytes)))
+	up, err := p.upstreamFor(r, &x)
+	if err != nil {
+		p.fail(w, r, &x, err)
 		return
+	}
+	answer, err := p.attempts(r.Context(), &up, &x, nil)
+	if err != nil {
+		p.fail(w, r, &x, err)
+		return
+	}
+	p.respond(w, r, answer, &up, &x)
+}
+
+// upstreamFor checks the client's request and describes the S3 request
+// that serves it.
+func (p *Proxy) upstreamFor(r *http.Request, x *exchange) (upstream, error) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return upstream{}, badRequest(http.StatusMethodNotAllowed, fmt.Errorf("method %q not allowed: read-only", clip(r.Method, maxLoggedMethodBytes)))
 	}
 	if vs := r.Header["Range"]; len(vs) == 1 {
 		x.rangeHeader = vs[0]
 	}
 	rt, key, err := p.mapPath(r.URL.Path)
 	x.key = key
+	if errors.Is(err, errNoKey) {
+		return upstream{}, badRequest(http.StatusNotFound, err)
+	}
 	if err != nil {
-		status := http.StatusBadRequest
-		if errors.Is(err, errNoKey) {
-			status = http.StatusNotFound
-		}
-		p.reject(w, &x, status, err)
-		return
+		return upstream{}, badRequest(http.StatusBadRequest, err)
 	}
 	params, dropped, err := filterQuery(r.URL.RawQuery)
 	if err != nil {
-		p.reject(w, &x, http.StatusBadRequest, err)
-		return
+		return upstream{}, badRequest(http.StatusBadRequest, err)
 	}
 	if dropped > 0 {
 		p.log.Debug("dropped query parameters", "key", key, "count", dropped)
 	}
 	if err := checkRequestHeaders(r.Header); err != nil {
-		p.reject(w, &x, http.StatusBadRequest, err)
-		return
+		return upstream{}, badRequest(http.StatusBadRequest, err)
 	}
-	up := upstream{route: rt, method: r.Method, client: r.Header}
-	up.uri = rt.uriPrefix + canonicalURI(rt.keyPrefix+key)
-	up.query = canonicalQuery(params)
-	resp, err := p.attempts(r.Context(), &up, &x, nil)
-	if err != nil {
-		p.fail(w, r, &x, err)
-		return
-	}
-	p.respond(w, r, resp, &up, &x)
+	return upstream{route: rt, method: r.Method, client: r.Header,
+		uri: rt.uriPrefix + canonicalURI(rt.keyPrefix+key), query: canonicalQuery(params)}, nil
 }
 
 // upstream describes the S3 request of one exchange; every attempt and
@@ -291,140 +230,131 @@ func (p *Proxy) newRequest(ctx context.Context, up *upstream, creds *Credentials
 	return req
 }
 
-// attempts sends the request, retrying connect errors, header timeouts
-// and 500/502/503/504 with a fresh signature each time. extra headers (a
-// resume's Range and If-Match) replace the client's. It returns the final
-// response, whatever its status, or an error only when no response came.
-func (p *Proxy) attempts(ctx context.Context, up *upstream, x *exchange, extra http.Header) (*http.Response, error) {
-	refreshed, reclocked := false, false
-	for n := 0; ; n++ {
-		now := p.clock()
-		creds, err := p.creds.Get(ctx, now)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, &proxyError{499, "client_gone", ctx.Err()}
-			}
-			return nil, &proxyError{http.StatusServiceUnavailable, "credentials", err}
+// upstreamAnswer is what S3 answered an exchange: a response whose body is
+// passed on (2xx and 304), or an error answer already read and closed.
+type upstreamAnswer struct {
+	// resp is set when the body is passed on; nil for an error answer.
+	resp *http.Response
+	// status and s3 describe an error answer.
+	status int
+	s3     s3ErrorDetails
+}
+
+// outcome is what one attempt's result calls for.
+type outcome int
+
+const (
+	// passOn: the answer (or the error) goes to the client.
+	passOn outcome = iota
+	// signAgain: the signing time or the credentials were corrected; send
+	// again at once.
+	signAgain
+	// retryLater: a transient failure; pause, then try again.
+	retryLater
+)
+
+// retryState is what one exchange has tried so far.
+type retryState struct {
+	retries   int  // transient failures retried
+	refreshed bool // credentials were replaced after S3 rejected them
+	reclocked bool // the signing time was corrected from S3's clock
+}
+
+// attempts sends the request until S3 answers for good: connect errors,
+// header timeouts and 500/502/503/504 are retried with backoff, each time
+// freshly signed; a skewed clock or rejected credentials are corrected and
+// signed again once. extra headers (a resume's Range and If-Match) replace
+// the client's. The error is set only when no answer can be passed on.
+func (p *Proxy) attempts(ctx context.Context, up *upstream, x *exchange, extra http.Header) (upstreamAnswer, error) {
+	var tried retryState
+	for {
+		answer, next, err := p.attempt(ctx, up, x, extra, &tried)
+		switch next {
+		case signAgain:
+			continue
+		case passOn:
+			return answer, err
 		}
-		x.attempts++
-		actx, cancel := context.WithCancel(ctx)
-		req := p.newRequest(actx, up, creds, now, extra)
-		sent := p.clock()
-		resp, err := p.transport.RoundTrip(req)
-		if err == nil {
-			p.metrics.UpstreamTTFB(p.clock().Sub(sent))
-			if extra == nil { // a resume's 206 is not what the client was answered
-				x.upstreamStatus = resp.StatusCode
-			}
-			resp.Body = p.watchBody(resp.Body, cancel)
-		} else {
-			cancel()
-		}
-		if ctx.Err() != nil {
-			if resp != nil {
-				resp.Body.Close()
-			}
-			return nil, &proxyError{499, "client_gone", ctx.Err()}
-		}
-		if err == nil && !(refreshed && reclocked) && (resp.StatusCode == http.StatusBadRequest || resp.StatusCode == http.StatusForbidden) {
-			d := readS3Error(resp)
-			x.s3Code, x.s3Region = d.code, d.region
-			if !reclocked && p.clockFix.learn(resp.Header.Get("Date"), x.s3Code, p.clock(), p.log) {
-				// Our clock is off: signed again with S3's time, the
-				// request succeeds.
-				reclocked = true
-				continue
-			}
-			if !refreshed && credentialsRejected(x.s3Code) {
-				// The set was revoked or expired early: fetch another once
-				// and retry, instead of failing until the next refresh.
-				refreshed = true
-				if _, rerr := p.creds.Refresh(ctx, creds); rerr == nil {
-					p.log.Warn("S3 rejected the credentials; retrying with a fresh set", "key", x.key,
-						"s3_code", x.s3Code, "rejected_access_key_id", creds.AccessKeyID)
-					continue
-				}
-			}
-			return resp, nil // body already read; respond() maps the status
-		}
-		if err == nil && !retryableStatus(resp.StatusCode) {
-			return resp, nil
-		}
-		perr := classifyUpstream(err, resp)
-		if resp != nil {
-			x.s3Code = s3ErrorCode(resp)
-			perr.kind = "status_" + strconv.Itoa(resp.StatusCode)
-		}
+		var perr *proxyError
+		errors.As(err, &perr)
 		p.metrics.UpstreamError(perr.kind)
-		if n >= p.retries {
-			if resp != nil {
-				return resp, nil // already drained; respond() maps the status
+		if tried.retries >= p.retries {
+			if answer.status != 0 {
+				return answer, nil // S3's own last answer passes through
 			}
-			return nil, perr
+			return upstreamAnswer{}, perr
 		}
+		tried.retries++
 		p.metrics.Retry()
-		p.log.Debug("retrying upstream", "key", x.key, "attempt", n+1, "err", perr, "s3_code", x.s3Code)
-		if err := sleepCtx(ctx, p.retryPause(n+1)); err != nil {
-			return nil, &proxyError{499, "client_gone", err}
+		p.log.Debug("retrying upstream", "key", x.key, "attempt", tried.retries, "err", perr, "s3_code", x.s3Code)
+		if err := sleepCtx(ctx, p.retryPause(tried.retries)); err != nil {
+			return upstreamAnswer{}, clientGone(err)
 		}
 	}
 }
 
-// errBodyStalled is the cause when S3 sends no body bytes for -timeout.
-var errBodyStalled = errors.New("upstream body stalled")
-
-// watchBody cancels the attempt (and so unblocks the read) when one read of
-// the body waits bodyTimeout for S3: ResponseHeaderTimeout covers only the
-// wait for headers, and a stalled body would otherwise hold the client
-// forever. Only time blocked on S3 counts: while s3-helper writes to a slow
-// or paused client (a paused player, nginx with proxy_buffering off) the
-// watch is off. Closing the body ends the attempt.
-func (p *Proxy) watchBody(body io.ReadCloser, cancel context.CancelFunc) io.ReadCloser {
-	b := &attemptBody{ReadCloser: body, cancel: cancel, timeout: p.bodyTimeout}
-	if p.bodyTimeout > 0 {
-		b.timer = time.AfterFunc(p.bodyTimeout, func() {
-			b.stalled.Store(true)
-			cancel()
-		})
-		b.timer.Stop() // armed only inside Read
+// attempt sends one signed request and decides what its result calls for.
+func (p *Proxy) attempt(ctx context.Context, up *upstream, x *exchange, extra http.Header, tried *retryState) (upstreamAnswer, outcome, error) {
+	now := p.clock()
+	creds, err := p.creds.Get(ctx, now)
+	if err != nil {
+		if ctx.Err() != nil {
+			return upstreamAnswer{}, passOn, clientGone(ctx.Err())
+		}
+		return upstreamAnswer{}, passOn, &proxyError{status: http.StatusServiceUnavailable, kind: "credentials", err: err}
 	}
-	return b
+	resp, err := p.send(ctx, up, x, creds, now, extra)
+	if ctx.Err() != nil {
+		if resp != nil {
+			resp.Body.Close()
+		}
+		return upstreamAnswer{}, passOn, clientGone(ctx.Err())
+	}
+	if err != nil {
+		return upstreamAnswer{}, retryLater, classifyTransport(err)
+	}
+	if resp.StatusCode < 300 || resp.StatusCode == http.StatusNotModified {
+		return upstreamAnswer{resp: resp}, passOn, nil
+	}
+	answer := upstreamAnswer{status: resp.StatusCode, s3: readS3Error(resp)}
+	x.s3Code, x.s3Region = answer.s3.code, answer.s3.region
+	switch {
+	case !tried.reclocked && p.clockFix.learn(resp.Header.Get("Date"), answer.s3.code, p.clock(), p.log):
+		tried.reclocked = true // our clock is off: signed with S3's time, the request succeeds
+		return answer, signAgain, nil
+	case !tried.refreshed && credentialsRejected(answer.s3.code):
+		// The set was revoked or expired early: fetch another once and
+		// retry, instead of failing until the next refresh.
+		tried.refreshed = true
+		if _, rerr := p.creds.Refresh(ctx, creds); rerr == nil {
+			p.log.Warn("S3 rejected the credentials; retrying with a fresh set", "key", x.key,
+				"s3_code", answer.s3.code, "rejected_access_key_id", creds.AccessKeyID)
+			return answer, signAgain, nil
+		}
+	case retryableStatus(resp.StatusCode):
+		return answer, retryLater, &proxyError{status: resp.StatusCode, kind: "status_" + strconv.Itoa(resp.StatusCode),
+			err: fmt.Errorf("S3 answered %d %s", resp.StatusCode, answer.s3.code)}
+	}
+	return answer, passOn, nil
 }
 
-// attemptBody is an upstream body bound to its attempt's cancel function.
-type attemptBody struct {
-	io.ReadCloser
-	cancel  context.CancelFunc
-	timeout time.Duration
-	// timer cancels the attempt when a Read waits longer than timeout; nil
-	// when reads are not watched.
-	timer   *time.Timer
-	stalled atomic.Bool
-}
-
-// Read arms the stall timer for the duration of one read from S3 and names
-// a stall as the cause.
-func (b *attemptBody) Read(p []byte) (int, error) {
-	if b.timer == nil {
-		return b.ReadCloser.Read(p)
+// send signs and sends one attempt, timing S3's response headers and
+// watching the body for stalls.
+func (p *Proxy) send(ctx context.Context, up *upstream, x *exchange, creds *Credentials, now time.Time, extra http.Header) (*http.Response, error) {
+	x.attempts++
+	actx, cancel := context.WithCancel(ctx)
+	sent := p.clock()
+	resp, err := p.transport.RoundTrip(p.newRequest(actx, up, creds, now, extra))
+	if err != nil {
+		cancel()
+		return nil, err
 	}
-	b.timer.Reset(b.timeout)
-	n, err := b.ReadCloser.Read(p)
-	b.timer.Stop()
-	if err != nil && err != io.EOF && b.stalled.Load() {
-		err = fmt.Errorf("%w: no bytes for %v", errBodyStalled, b.timeout)
+	p.metrics.UpstreamTTFB(p.clock().Sub(sent))
+	if extra == nil { // a resume's 206 is not what the client was answered
+		x.upstreamStatus = resp.StatusCode
 	}
-	return n, err
-}
-
-// Close ends the attempt.
-func (b *attemptBody) Close() error {
-	if b.timer != nil {
-		b.timer.Stop()
-	}
-	err := b.ReadCloser.Close()
-	b.cancel()
-	return err
+	resp.Body = p.watchBody(resp.Body, cancel)
+	return resp, nil
 }
 
 // credentialsRejected reports S3 error codes that mean the credential set
@@ -448,21 +378,18 @@ func retryableStatus(status int) bool {
 	return false
 }
 
-// classifyUpstream maps a transport error to the status the client gets:
+// classifyTransport maps a transport error to the status the client gets:
 // 504 for a timeout, 502 for everything else.
-func classifyUpstream(err error, resp *http.Response) *proxyError {
-	if err == nil {
-		return &proxyError{resp.StatusCode, "status", fmt.Errorf("S3 answered %d", resp.StatusCode)}
-	}
+func classifyTransport(err error) *proxyError {
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
-		return &proxyError{http.StatusGatewayTimeout, "timeout", err}
+		return &proxyError{status: http.StatusGatewayTimeout, kind: "timeout", err: err}
 	}
 	var oe *net.OpError
 	if errors.As(err, &oe) && oe.Op == "dial" {
-		return &proxyError{http.StatusBadGateway, "connect", err}
+		return &proxyError{status: http.StatusBadGateway, kind: "connect", err: err}
 	}
-	return &proxyError{http.StatusBadGateway, "transport", err}
+	return &proxyError{status: http.StatusBadGateway, kind: "transport", err: err}
 }
 
 // retryPause is full jitter over 50 ms doubling per retry, capped at 1 s.
@@ -501,9 +428,6 @@ func readS3Error(resp *http.Response) s3ErrorDetails {
 	return d
 }
 
-// s3ErrorCode reads the <Code> of an S3 XML error body and closes the body.
-func s3ErrorCode(resp *http.Response) string { return readS3Error(resp).code }
-
 // regionHint names the fix for an answer that says the bucket is in
 // another region, or "" when it does not.
 func regionHint(status int, d s3ErrorDetails) string {
@@ -520,33 +444,29 @@ func regionHint(status int, d s3ErrorDetails) string {
 	return "S3 refused the signing region: -region is not the bucket's region"
 }
 
-// respond passes S3's status through. Errors get a short text body of our
-// own; successes stream the body.
-func (p *Proxy) respond(w http.ResponseWriter, r *http.Request, resp *http.Response, up *upstream, x *exchange) {
-	x.status = resp.StatusCode
-	redirect := resp.StatusCode >= 300 && resp.StatusCode < 400 && resp.StatusCode != http.StatusNotModified
-	if resp.StatusCode >= 400 || redirect {
-		if x.s3Code == "" && resp.Body != nil {
-			d := readS3Error(resp)
-			x.s3Code, x.s3Region = d.code, d.region
+// respond passes S3's answer on: a success streams its body; an error
+// answer becomes S3's status with a short text of our own (the XML body
+// never reaches the client), except a redirect, which is our
+// misconfiguration and a 502.
+func (p *Proxy) respond(w http.ResponseWriter, r *http.Request, answer upstreamAnswer, up *upstream, x *exchange) {
+	if answer.resp == nil {
+		p.metrics.S3Error(answer.s3.code, answer.status)
+		cause := fmt.Errorf("S3 answered %d", answer.status)
+		if answer.s3.code != "" {
+			cause = fmt.Errorf("S3 answered %d %s", answer.status, answer.s3.code)
 		}
-		resp.Body.Close()
-		p.metrics.S3Error(x.s3Code, resp.StatusCode)
-		x.err = fmt.Errorf("S3 answered %d", resp.StatusCode)
-		if x.s3Code != "" {
-			x.err = fmt.Errorf("S3 answered %d %s", resp.StatusCode, x.s3Code)
+		if hint := regionHint(answer.status, answer.s3); hint != "" {
+			cause = fmt.Errorf("%w: %s", cause, hint)
 		}
-		if hint := regionHint(resp.StatusCode, s3ErrorDetails{x.s3Code, x.s3Region}); hint != "" {
-			x.err = fmt.Errorf("%w: %s", x.err, hint)
+		status := answer.status
+		if status < 400 { // 301 PermanentRedirect, 307 TemporaryRedirect: nginx cannot follow them
+			status = http.StatusBadGateway
 		}
-		if redirect {
-			// 301 PermanentRedirect and 307 TemporaryRedirect: nginx cannot
-			// follow them, and they mean our configuration is wrong.
-			x.status = http.StatusBadGateway
-		}
-		writeText(w, r, x.status)
+		p.fail(w, r, x, &proxyError{status: status, err: cause})
 		return
 	}
+	resp := answer.resp
+	x.status = resp.StatusCode
 	copyResponseHeaders(w.Header(), resp.Header)
 	w.WriteHeader(resp.StatusCode)
 	if r.Method == http.MethodHead || resp.StatusCode == http.StatusNotModified || resp.StatusCode == http.StatusNoContent {
@@ -556,211 +476,34 @@ func (p *Proxy) respond(w http.ResponseWriter, r *http.Request, resp *http.Respo
 	p.stream(r.Context(), w, resp, up, x)
 }
 
-// writeText writes an error status with a one-line text body.
-func writeText(w http.ResponseWriter, r *http.Request, status int) {
-	body := strconv.Itoa(status) + " " + http.StatusText(status) + "\n"
-	h := w.Header()
-	h.Set("Content-Type", "text/plain; charset=utf-8")
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(status)
-	if r.Method != http.MethodHead {
-		io.WriteString(w, body)
-	}
-}
-
-// stream copies the body. When S3 fails mid-body and the response has an
-// ETag, the rest is fetched with a freshly signed Range pinned by If-Match
-// and appended to the same client response. When that is impossible the
-// client connection is aborted, so nginx sees a truncated response and
-// never a short body that looks complete.
-func (p *Proxy) stream(ctx context.Context, w http.ResponseWriter, resp *http.Response, up *upstream, x *exchange) {
-	buf := p.getBuffer()
-	defer p.bufs.Put(buf)
-	plan, resumable := planResume(resp)
-	body := resp.Body
-	defer func() { body.Close() }()
-	for {
-		n, err := copyBody(w, body, *buf)
-		x.bytes += n
-		plan.done += n
-		if err == nil {
-			return
-		}
-		if errors.Is(err, errClientWrite) || ctx.Err() != nil {
-			x.err = fmt.Errorf("client went away after %d bytes: %w", x.bytes, err)
-			x.status = 499
-			return
-		}
-		if !resumable || x.resumes >= p.retries || plan.complete() {
-			x.err = fmt.Errorf("upstream body failed after %d bytes, aborting the client response: %w", x.bytes, err)
-			x.status = 502
-			p.metrics.UpstreamError("body")
-			panic(http.ErrAbortHandler)
-		}
-		x.resumes++
-		p.metrics.Resume()
-		p.log.Info("resuming upstream body", "key", x.key, "after_bytes", x.bytes, "err", err)
-		next, rerr := p.resume(ctx, up, x, &plan)
-		if rerr != nil {
-			x.err = fmt.Errorf("resume after %d bytes failed, aborting the client response: %w", x.bytes, rerr)
-			x.status = 502
-			panic(http.ErrAbortHandler)
-		}
-		body.Close()
-		body = next
-	}
-}
-
-// errClientWrite marks a failed write to the client.
-var errClientWrite = errors.New("write to client")
-
-// copyBody copies src to w with buf. A nil error means src ended cleanly.
-func copyBody(w io.Writer, src io.Reader, buf []byte) (int64, error) {
-	var written int64
-	for {
-		n, rerr := src.Read(buf)
-		if n > 0 {
-			m, werr := w.Write(buf[:n])
-			written += int64(m)
-			if werr != nil {
-				return written, fmt.Errorf("%w: %w", errClientWrite, werr)
-			}
-		}
-		if rerr == io.EOF {
-			return written, nil
-		}
-		if rerr != nil {
-			return written, rerr
-		}
-	}
-}
-
-// getBuffer takes a copy buffer from the pool.
-func (p *Proxy) getBuffer() *[]byte {
-	if b, ok := p.bufs.Get().(*[]byte); ok {
-		return b
-	}
-	b := make([]byte, copyBufferBytes)
-	return &b
-}
-
-// resumePlan is the byte range a response covers, for continuing it.
-type resumePlan struct {
-	etag string
-	// first and last are the absolute offsets of the response's first and
-	// last byte; last is -1 when the length is unknown.
-	first, last int64
-	// done is how many bytes were delivered.
-	done int64
-}
-
-// complete reports whether every byte of a known-length response was delivered.
-func (r *resumePlan) complete() bool { return r.last >= 0 && r.first+r.done > r.last }
-
-// planResume reads the ETag and range of a 200 or 206; resuming without an
-// ETag could splice two versions of an object, so it is not attempted.
-func planResume(resp *http.Response) (resumePlan, bool) {
-	plan := resumePlan{etag: resp.Header.Get("Etag"), last: -1}
-	if plan.etag == "" || strings.HasPrefix(plan.etag, "W/") {
-		return plan, false
-	}
-	switch resp.StatusCode {
-	case http.StatusOK:
-		if resp.ContentLength >= 0 {
-			plan.last = resp.ContentLength - 1
-		}
-		return plan, true
-	case http.StatusPartialContent:
-		first, last, ok := parseContentRange(resp.Header.Get("Content-Range"))
-		if !ok {
-			return plan, false
-		}
-		plan.first, plan.last = first, last
-		return plan, true
-	}
-	return plan, false
-}
-
-// parseContentRange parses "bytes FIRST-LAST/TOTAL" (TOTAL may be "*").
-func parseContentRange(v string) (first, last int64, ok bool) {
-	rest, found := strings.CutPrefix(v, "bytes ")
-	if !found {
-		return 0, 0, false
-	}
-	span, _, found := strings.Cut(rest, "/")
-	if !found {
-		return 0, 0, false
-	}
-	a, b, found := strings.Cut(span, "-")
-	if !found {
-		return 0, 0, false
-	}
-	first, err1 := strconv.ParseInt(a, 10, 64)
-	last, err2 := strconv.ParseInt(b, 10, 64)
-	if err1 != nil || err2 != nil || first < 0 || last < first {
-		return 0, 0, false
-	}
-	return first, last, true
-}
-
-// errObjectChanged is returned when a resume finds another object version.
-var errObjectChanged = errors.New("object changed during the response (If-Match failed)")
-
-// resume requests the bytes not yet delivered and checks that S3 answers
-// with exactly them.
-func (p *Proxy) resume(ctx context.Context, up *upstream, x *exchange, plan *resumePlan) (io.ReadCloser, error) {
-	from := plan.first + plan.done
-	rng := "bytes=" + strconv.FormatInt(from, 10) + "-"
-	if plan.last >= 0 {
-		rng += strconv.FormatInt(plan.last, 10)
-	}
-	extra := http.Header{"Range": {rng}, "If-Match": {plan.etag}}
-	resp, err := p.attempts(ctx, up, x, extra)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode == http.StatusPreconditionFailed {
-		resp.Body.Close()
-		return nil, errObjectChanged
-	}
-	if resp.StatusCode != http.StatusPartialContent {
-		resp.Body.Close()
-		return nil, fmt.Errorf("resume answered %d, want 206", resp.StatusCode)
-	}
-	first, last, ok := parseContentRange(resp.Header.Get("Content-Range"))
-	if !ok || first != from || plan.last >= 0 && last != plan.last {
-		resp.Body.Close()
-		return nil, fmt.Errorf("resume answered Content-Range %q, want bytes %s", resp.Header.Get("Content-Range"), rng[len("bytes="):])
-	}
-	return resp.Body, nil
-}
-
-// fail maps a request-path error to its status, once.
+// fail is the one place a failure becomes an answer: it records the status
+// and cause for the log line and metrics, and writes the status with a
+// one-line text (none for HEAD, nothing at all when the client is gone).
 func (p *Proxy) fail(w http.ResponseWriter, r *http.Request, x *exchange, err error) {
 	var perr *proxyError
 	if !errors.As(err, &perr) {
-		perr = &proxyError{http.StatusBadGateway, "internal", err}
+		perr = &proxyError{status: http.StatusBadGateway, kind: "internal", err: err}
 	}
-	x.err = perr
-	x.status = perr.status
-	if perr.status == 499 { // client gone: nothing to answer
+	x.status, x.err = perr.status, perr
+	if perr.status == statusClientGone {
 		return
 	}
-	writeText(w, r, perr.status)
-}
-
-// reject answers a bad client request.
-func (p *Proxy) reject(w http.ResponseWriter, x *exchange, status int, err error) {
-	x.status = status
-	x.err = err
-	body := strconv.Itoa(status) + " " + http.StatusText(status) + ": " + clientReason(err) + "\n"
+	body := strconv.Itoa(perr.status) + " " + http.StatusText(perr.status)
+	if perr.public != "" {
+		body += ": " + perr.public
+	}
+	body += "\n"
 	h := w.Header()
+	if perr.status == http.StatusMethodNotAllowed {
+		h.Set("Allow", "GET, HEAD")
+	}
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(status)
-	io.WriteString(w, body)
+	w.WriteHeader(perr.status)
+	if r.Method != http.MethodHead {
+		io.WriteString(w, body)
+	}
 }
 
 // clientReason is the cause of a rejection as the client may see it:
@@ -791,7 +534,7 @@ func (p *Proxy) finish(ctx context.Context, x *exchange) {
 	switch {
 	case x.err == nil && !p.accessLog:
 		return
-	case status == 499:
+	case status == statusClientGone:
 		level = slog.LevelInfo
 	case status >= 500 || status == http.StatusForbidden:
 		level = slog.LevelError

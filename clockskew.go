@@ -1,0 +1,100 @@
+package main
+
+// Signing with S3's time when this host's clock is off: the offset is
+// learned from S3's Date header when S3 refuses a signature as too skewed,
+// bounded, and trusted only for a while.
+
+import (
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const (
+	// maxClockOffset bounds a learned clock offset: a larger one means a
+	// broken Date header, not a skewed clock.
+	maxClockOffset = 24 * time.Hour
+	// clockOffsetTTL is how long a learned offset is trusted; then the
+	// local clock is tried again, and a remaining skew is re-learned at
+	// the cost of one retried request.
+	clockOffsetTTL = 10 * time.Minute
+	// skewedSignatureThreshold is how far S3's Date must be from our clock
+	// before a SignatureDoesNotMatch is taken for a skewed clock.
+	skewedSignatureThreshold = 5 * time.Minute
+	// dateResolution is the precision of an HTTP Date header, which is
+	// truncated to the second: S3's time is Date plus half of it, on average.
+	dateResolution = time.Second
+	// relogClockOffsetChange is how much a learned offset must move to be
+	// logged again.
+	relogClockOffsetChange = time.Minute
+)
+
+// clockCorrection is the offset between S3's clock and this host's,
+// learned from S3's Date header when S3 refuses a signature as too skewed
+// (SigV4 allows 15 minutes). While no offset is learned, apply costs one
+// atomic load.
+type clockCorrection struct {
+	current atomic.Pointer[clockOffset]
+
+	mu sync.Mutex // guards logged
+	// logged is the offset last logged.
+	logged time.Duration
+}
+
+// clockOffset is one learned offset and when it stops being trusted.
+type clockOffset struct {
+	offset time.Duration
+	until  time.Time
+}
+
+// apply returns the signing time for the local time now.
+func (c *clockCorrection) apply(now time.Time) time.Time {
+	if o := c.current.Load(); o != nil && now.Before(o.until) {
+		return now.Add(o.offset)
+	}
+	return now
+}
+
+// Offset returns the offset in force at now, zero when none.
+func (c *clockCorrection) Offset(now time.Time) time.Duration {
+	if o := c.current.Load(); o != nil && now.Before(o.until) {
+		return o.offset
+	}
+	return 0
+}
+
+// learn adopts S3's clock when its answer says ours is off: the code is
+// RequestTimeTooSkewed, or SignatureDoesNotMatch while S3's Date is more
+// than 5 minutes from now. It reports whether the request should be signed
+// again.
+func (c *clockCorrection) learn(date, code string, now time.Time, log *slog.Logger) bool {
+	if code != "RequestTimeTooSkewed" && code != "SignatureDoesNotMatch" {
+		return false
+	}
+	serverTime, err := http.ParseTime(date)
+	if err != nil {
+		return false
+	}
+	offset := serverTime.Add(dateResolution / 2).Sub(now)
+	if offset.Abs() > maxClockOffset {
+		log.Error("S3's Date header is more than a day from this host's clock; not adopting it", "s3_date", clip(date, 40))
+		return false
+	}
+	if code == "SignatureDoesNotMatch" && offset.Abs() < skewedSignatureThreshold {
+		return false
+	}
+	if prev := c.current.Load(); code == "RequestTimeTooSkewed" && prev != nil && (prev.offset-offset).Abs() < 2*dateResolution && now.Before(prev.until) {
+		return false // signed with this very offset and still refused: not a clock problem
+	}
+	c.current.Store(&clockOffset{offset: offset, until: now.Add(clockOffsetTTL)})
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.logged == 0 || (offset-c.logged).Abs() > relogClockOffsetChange {
+		c.logged = offset
+		log.Warn("this host's clock is off from S3's; signing with S3's time (fix the clock: NTP, chrony or systemd-timesyncd)",
+			"offset", offset, "s3_code", code)
+	}
+	return true
+}

@@ -1,0 +1,250 @@
+package main
+
+// Streaming S3's body to the client: the watch that ends an attempt when S3
+// stalls (time spent writing to a slow client never counts), and the
+// resume that continues a response with a ranged request pinned by
+// If-Match when S3 fails mid-body.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// errBodyStalled is the cause when S3 sends no body bytes for -timeout.
+var errBodyStalled = errors.New("upstream body stalled")
+
+// watchBody cancels the attempt (and so unblocks the read) when one read of
+// the body waits bodyTimeout for S3: ResponseHeaderTimeout covers only the
+// wait for headers, and a stalled body would otherwise hold the client
+// forever. Only time blocked on S3 counts: while s3-helper writes to a slow
+// or paused client (a paused player, nginx with proxy_buffering off) the
+// watch is off. Closing the body ends the attempt.
+func (p *Proxy) watchBody(body io.ReadCloser, cancel context.CancelFunc) io.ReadCloser {
+	b := &attemptBody{ReadCloser: body, cancel: cancel, timeout: p.bodyTimeout}
+	if p.bodyTimeout > 0 {
+		b.timer = time.AfterFunc(p.bodyTimeout, func() {
+			b.stalled.Store(true)
+			cancel()
+		})
+		b.timer.Stop() // armed only inside Read
+	}
+	return b
+}
+
+// attemptBody is an upstream body bound to its attempt's cancel function.
+type attemptBody struct {
+	io.ReadCloser
+	cancel  context.CancelFunc
+	timeout time.Duration
+	// timer cancels the attempt when a Read waits longer than timeout; nil
+	// when reads are not watched.
+	timer   *time.Timer
+	stalled atomic.Bool
+}
+
+// Read arms the stall timer for the duration of one read from S3 and names
+// a stall as the cause.
+func (b *attemptBody) Read(p []byte) (int, error) {
+	if b.timer == nil {
+		return b.ReadCloser.Read(p)
+	}
+	b.timer.Reset(b.timeout)
+	n, err := b.ReadCloser.Read(p)
+	b.timer.Stop()
+	if err != nil && err != io.EOF && b.stalled.Load() {
+		err = fmt.Errorf("%w: no bytes for %v", errBodyStalled, b.timeout)
+	}
+	return n, err
+}
+
+// Close ends the attempt.
+func (b *attemptBody) Close() error {
+	if b.timer != nil {
+		b.timer.Stop()
+	}
+	err := b.ReadCloser.Close()
+	b.cancel()
+	return err
+}
+
+// stream copies the body. When S3 fails mid-body and the response has an
+// ETag, the rest is fetched with a freshly signed Range pinned by If-Match
+// and appended to the same client response. When that is impossible the
+// client connection is aborted, so nginx sees a truncated response and
+// never a short body that looks complete.
+func (p *Proxy) stream(ctx context.Context, w http.ResponseWriter, resp *http.Response, up *upstream, x *exchange) {
+	buf := p.getBuffer()
+	defer p.bufs.Put(buf)
+	plan, resumable := planResume(resp)
+	body := resp.Body
+	defer func() { body.Close() }()
+	for {
+		n, err := copyBody(w, body, *buf)
+		x.bytes += n
+		plan.done += n
+		if err == nil {
+			return
+		}
+		if errors.Is(err, errClientWrite) || ctx.Err() != nil {
+			x.status, x.err = statusClientGone, fmt.Errorf("client went away after %d bytes: %w", x.bytes, err)
+			return
+		}
+		if !resumable || x.resumes >= p.retries || plan.complete() {
+			p.metrics.UpstreamError("body")
+			p.abort(x, fmt.Errorf("upstream body failed after %d bytes, aborting the client response: %w", x.bytes, err))
+		}
+		x.resumes++
+		p.metrics.Resume()
+		p.log.Info("resuming upstream body", "key", x.key, "after_bytes", x.bytes, "err", err)
+		next, rerr := p.resume(ctx, up, x, &plan)
+		if rerr != nil {
+			p.abort(x, fmt.Errorf("resume after %d bytes failed, aborting the client response: %w", x.bytes, rerr))
+		}
+		body.Close()
+		body = next
+	}
+}
+
+// abort ends a response whose status was already sent: the client sees a
+// broken connection, never a short body that looks complete
+// (httputil.ReverseProxy does the same).
+func (p *Proxy) abort(x *exchange, err error) {
+	x.status, x.err = http.StatusBadGateway, err
+	panic(http.ErrAbortHandler)
+}
+
+// errClientWrite marks a failed write to the client.
+var errClientWrite = errors.New("write to client")
+
+// copyBody copies src to w with buf. A nil error means src ended cleanly.
+func copyBody(w io.Writer, src io.Reader, buf []byte) (int64, error) {
+	var written int64
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			m, werr := w.Write(buf[:n])
+			written += int64(m)
+			if werr == nil && m < n {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				return written, fmt.Errorf("%w: %w", errClientWrite, werr)
+			}
+		}
+		if rerr == io.EOF {
+			return written, nil
+		}
+		if rerr != nil {
+			return written, rerr
+		}
+	}
+}
+
+// getBuffer takes a copy buffer from the pool.
+func (p *Proxy) getBuffer() *[]byte {
+	if b, ok := p.bufs.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, copyBufferBytes)
+	return &b
+}
+
+// resumePlan is the byte range a response covers, for continuing it.
+type resumePlan struct {
+	etag string
+	// first and last are the absolute offsets of the response's first and
+	// last byte; last is -1 when the length is unknown.
+	first, last int64
+	// done is how many bytes were delivered.
+	done int64
+}
+
+// complete reports whether every byte of a known-length response was delivered.
+func (r *resumePlan) complete() bool { return r.last >= 0 && r.first+r.done > r.last }
+
+// planResume reads the ETag and range of a 200 or 206; resuming without an
+// ETag could splice two versions of an object, so it is not attempted.
+func planResume(resp *http.Response) (resumePlan, bool) {
+	plan := resumePlan{etag: resp.Header.Get("Etag"), last: -1}
+	if plan.etag == "" || strings.HasPrefix(plan.etag, "W/") {
+		return plan, false
+	}
+	switch resp.StatusCode {
+	case http.StatusOK:
+		if resp.ContentLength >= 0 {
+			plan.last = resp.ContentLength - 1
+		}
+		return plan, true
+	case http.StatusPartialContent:
+		first, last, ok := parseContentRange(resp.Header.Get("Content-Range"))
+		if !ok {
+			return plan, false
+		}
+		plan.first, plan.last = first, last
+		return plan, true
+	}
+	return plan, false
+}
+
+// parseContentRange parses "bytes FIRST-LAST/TOTAL" (TOTAL may be "*").
+func parseContentRange(v string) (first, last int64, ok bool) {
+	rest, found := strings.CutPrefix(v, "bytes ")
+	if !found {
+		return 0, 0, false
+	}
+	span, _, found := strings.Cut(rest, "/")
+	if !found {
+		return 0, 0, false
+	}
+	a, b, found := strings.Cut(span, "-")
+	if !found {
+		return 0, 0, false
+	}
+	first, err1 := strconv.ParseInt(a, 10, 64)
+	last, err2 := strconv.ParseInt(b, 10, 64)
+	if err1 != nil || err2 != nil || first < 0 || last < first {
+		return 0, 0, false
+	}
+	return first, last, true
+}
+
+// errObjectChanged is returned when a resume finds another object version.
+var errObjectChanged = errors.New("object changed during the response (If-Match failed)")
+
+// resume requests the bytes not yet delivered and checks that S3 answers
+// with exactly them.
+func (p *Proxy) resume(ctx context.Context, up *upstream, x *exchange, plan *resumePlan) (io.ReadCloser, error) {
+	from := plan.first + plan.done
+	rng := "bytes=" + strconv.FormatInt(from, 10) + "-"
+	if plan.last >= 0 {
+		rng += strconv.FormatInt(plan.last, 10)
+	}
+	extra := http.Header{"Range": {rng}, "If-Match": {plan.etag}}
+	answer, err := p.attempts(ctx, up, x, extra)
+	switch {
+	case err != nil:
+		return nil, err
+	case answer.status == http.StatusPreconditionFailed:
+		return nil, errObjectChanged
+	case answer.resp == nil:
+		return nil, fmt.Errorf("resume answered %d %s, want 206", answer.status, answer.s3.code)
+	}
+	resp := answer.resp
+	if resp.StatusCode != http.StatusPartialContent {
+		resp.Body.Close()
+		return nil, fmt.Errorf("resume answered %d, want 206", resp.StatusCode)
+	}
+	first, last, ok := parseContentRange(resp.Header.Get("Content-Range"))
+	if !ok || first != from || plan.last >= 0 && last != plan.last {
+		resp.Body.Close()
+		return nil, fmt.Errorf("resume answered Content-Range %q, want bytes %s", resp.Header.Get("Content-Range"), rng[len("bytes="):])
+	}
+	return resp.Body, nil
+}
