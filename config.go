@@ -1,16 +1,15 @@
 package main
 
-// The configuration: every flag and its S3_HELPER_* variable, parsed with
-// every problem reported at once, validated by concern, and the parts that
-// are built from it (credential caches, the upstream transport) for both
-// the daemon and -check.
+// The configuration: one type holding the flags as given (flags.go parses
+// them) and what resolve derives from them and the environment, validated
+// by concern with every problem reported at once; and the parts built from
+// it (credential caches, the upstream transport) for both the daemon and
+// -check.
 
 import (
 	"crypto/tls"
 	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -35,33 +34,6 @@ const (
 	maxIdleConnsPerHost = 512
 	upstreamIdleTimeout = 90 * time.Second
 )
-
-// configError lists every invalid-configuration problem; main exits 2.
-type configError struct{ problems []error }
-
-// Error lists the problems one a line and points to -help.
-func (e configError) Error() string {
-	var b strings.Builder
-	b.WriteString("invalid configuration:")
-	for _, p := range e.problems {
-		b.WriteString("\n  ")
-		b.WriteString(p.Error())
-	}
-	b.WriteString("\nrun 's3-helper -help' for every flag, its form and its S3_HELPER_* variable")
-	return b.String()
-}
-
-// Unwrap returns the problems.
-func (e configError) Unwrap() []error { return e.problems }
-
-// routeFlags collects repeatable -route values.
-type routeFlags []string
-
-// String joins the routes given so far.
-func (r *routeFlags) String() string { return strings.Join(*r, ",") }
-
-// Set adds one -route value; parseRoute checks it later with the rest.
-func (r *routeFlags) Set(v string) error { *r = append(*r, v); return nil }
 
 // config is the whole configuration: the flags as given (parseConfig sets
 // them) and what resolve derives from them and the environment.
@@ -133,174 +105,6 @@ type config struct {
 	// newRelicKey is the New Relic license key (a secret); empty disables
 	// the push.
 	newRelicKey string
-}
-
-// newFlagSet defines every flag, writing into cfg.
-func newFlagSet(cfg *config, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet("s3-helper", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.StringVar(&cfg.listen, "listen", "127.0.0.1:8080", "address to serve on: HOST:PORT, or unix:/PATH for a Unix socket; a non-loopback address needs -allow-remote")
-	fs.StringVar(&cfg.socketMode, "socket-mode", "0660", "permissions of the -listen unix: socket, in octal; 0660 lets the socket's group (e.g. www-data for nginx) connect")
-	fs.BoolVar(&cfg.allowRemote, "allow-remote", false, "allow -listen and -admin on non-loopback addresses (anyone who reaches the port reads the bucket)")
-	fs.StringVar(&cfg.bucket, "bucket", "", "S3 bucket served under / (required)")
-	fs.StringVar(&cfg.prefix, "prefix", "", "key prefix prepended to every key of -bucket, e.g. videos/")
-	fs.StringVar(&cfg.region, "region", "", "bucket region; default $AWS_REGION, then $AWS_DEFAULT_REGION, then the instance's region from IMDS")
-	fs.Var(&cfg.routes, "route", "PATHPREFIX=BUCKET[/KEYPREFIX]: serve another bucket under a URL prefix, e.g. /avod/=ads-bucket; repeatable, longest prefix wins")
-	fs.StringVar(&cfg.endpoint, "endpoint", "", "S3 endpoint URL; default https://s3.REGION.amazonaws.com with virtual-hosted addressing")
-	fs.BoolVar(&cfg.pathStyle, "path-style", false, "force path-style addressing (automatic for buckets with dots and IP or localhost endpoints)")
-	fs.StringVar(&cfg.credentials, "credentials", sourceAuto, "credential source: auto (the AWS SDKs' order: environment keys, web identity, container endpoint, IMDS), or pin one: environment, web-identity, container or imds")
-	fs.StringVar(&cfg.stsEndpoint, "sts-endpoint", "", "STS endpoint for web identity and -assume-role; default $AWS_ENDPOINT_URL_STS, then $AWS_ENDPOINT_URL, then https://sts.REGION.amazonaws.com")
-	fs.StringVar(&cfg.assumeRole, "assume-role", "", "ARN of a role to assume (e.g. in the bucket's account) with the source's credentials; empty uses the source's own")
-	fs.StringVar(&cfg.externalID, "external-id", "", "ExternalId for -assume-role, when the role's trust policy requires one")
-	fs.StringVar(&cfg.roleSessionName, "role-session-name", "", "RoleSessionName for -assume-role (2-64 of A-Za-z0-9_+=,.@-); default s3-helper-UNIXTIME")
-	fs.StringVar(&cfg.imdsEndpoint, "imds-endpoint", "", "instance metadata endpoint; default $AWS_EC2_METADATA_SERVICE_ENDPOINT, then "+defaultIMDSEndpoint)
-	fs.StringVar(&cfg.imdsRole, "imds-role", "", "instance role name; default the first role IMDS lists")
-	fs.DurationVar(&cfg.refreshBefore, "refresh-before", defaultRefreshBefore, "refresh credentials at a random moment between this long and two thirds of it before they expire (15m: 15 to 10 minutes before)")
-	fs.DurationVar(&cfg.timeout, "timeout", 5*time.Second, "per upstream attempt: limit to connect and receive S3's response headers, and longest wait on S3 for body bytes (time writing to a slow client does not count)")
-	fs.IntVar(&cfg.retries, "retries", 3, "retries of a failed upstream attempt (connect errors, timeouts, 500/502/503/504), and mid-body resumes; 0 disables")
-	fs.StringVar(&cfg.newRelicKeyFile, "newrelic-license-key-file", "", "file holding a New Relic license key: push metrics to New Relic's Metric API (default: $NEW_RELIC_LICENSE_KEY; neither disables)")
-	fs.StringVar(&cfg.newRelicEndpoint, "newrelic-endpoint", defaultNewRelicEndpoint, "New Relic Metric API URL; EU: https://metric-api.eu.newrelic.com/metric/v1, FedRAMP: https://gov-metric-api.newrelic.com/metric/v1")
-	fs.DurationVar(&cfg.newRelicInterval, "newrelic-interval", defaultNewRelicInterval, "how often metrics are pushed to New Relic")
-	fs.StringVar(&cfg.statsd, "statsd", "", "statsd HOST:PORT (UDP); empty disables metrics")
-	fs.StringVar(&cfg.statsdPrefix, "statsd-prefix", "s3helper", "prefix of every metric name")
-	fs.StringVar(&cfg.statsdTags, "statsd-tags", "", "DogStatsD tags added to every metric, k:v,k2:v2; empty sends plain statsd")
-	fs.StringVar(&cfg.admin, "admin", "", "admin listener HOST:PORT for /healthz (and /debug/pprof/ with -pprof); empty disables")
-	fs.BoolVar(&cfg.pprof, "pprof", false, "serve /debug/pprof/ on the -admin listener")
-	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json (log/slog on stderr)")
-	fs.BoolVar(&cfg.accessLog, "access-log", false, "log one line per request (method, key, range, status, upstream status, bytes, duration, attempts)")
-	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take to finish")
-	fs.DurationVar(&cfg.readHeaderWait, "read-header-timeout", readHeaderTimeout, "how long a client may take to send its request headers; slower connections are closed")
-	fs.BoolVar(&cfg.showVersion, "version", false, "print the version and exit")
-	fs.BoolVar(&cfg.check, "check", false, "check the configuration, credentials, bucket, region, clock and permissions against the real endpoints, print one line per step and exit (1 if any failed)")
-	fs.StringVar(&cfg.checkKey, "check-key", "", "with -check: a path nginx would request, e.g. /videos/sample.mp4, to prove s3:GetObject")
-	fs.StringVar(&cfg.presign, "presign", "", "print a presigned GET URL for this key of -bucket and exit (debugging)")
-	fs.DurationVar(&cfg.presignExpires, "presign-expires", 15*time.Minute, "lifetime of the -presign URL")
-	return fs
-}
-
-// usageIntro opens -help.
-const usageIntro = `s3-helper serves a private S3 bucket to a local nginx as if it were a bucket
-that needs no signature: plain GET and HEAD in, SigV4-signed requests to S3
-out, with the instance role's credentials.
-
-Usage: s3-helper -bucket NAME [flags]
-
-Every flag can also be set in the environment as S3_HELPER_<FLAG> (upper
-case, '-' as '_'), e.g. S3_HELPER_BUCKET=media or S3_HELPER_ROUTE=/a/=b1,/b/=b2;
-a flag on the command line wins. Credentials come from the first source
-configured, in the AWS SDKs' order: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY;
-AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN (IRSA); AWS_CONTAINER_CREDENTIALS_*
-(ECS, EKS Pod Identity); else the instance metadata service (IMDSv2).
-
-Flags:
-`
-
-// parseConfig parses args, then fills every flag not given on the command
-// line from S3_HELPER_<FLAG> (upper case, '-' as '_'): the flag wins. Unlike
-// flag.FlagSet.Parse it does not stop at the first problem: it returns the
-// config with a configError naming every unknown flag and unparsable value
-// with the form expected. -help prints the usage on stdout and returns
-// flag.ErrHelp.
-func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*config, error) {
-	cfg := &config{}
-	fs := newFlagSet(cfg, stdout)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), usageIntro)
-		fs.PrintDefaults()
-	}
-	given, problems, err := parseArgs(fs, args)
-	if err != nil {
-		fs.Usage()
-		return nil, err
-	}
-	fs.VisitAll(func(f *flag.Flag) {
-		env := envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		v := getenv(env)
-		if given[f.Name] || v == "" {
-			return
-		}
-		values := []string{v}
-		if f.Name == "route" {
-			values = strings.Split(v, ",")
-		}
-		for _, one := range values {
-			if err := f.Value.Set(strings.TrimSpace(one)); err != nil {
-				problems = append(problems, fmt.Errorf("$%s %q: must be %s", env, clip(v, maxQuotedValueBytes), expectedForm(f)))
-			}
-		}
-	})
-	cfg.presignRequested = given["presign"] || getenv(envPrefix+"PRESIGN") != ""
-	if len(problems) > 0 {
-		return cfg, configError{problems}
-	}
-	return cfg, nil
-}
-
-// maxQuotedValueBytes bounds a bad value quoted back in an error.
-const maxQuotedValueBytes = 64
-
-// parseArgs sets the flags named in args as flag.FlagSet.Parse does
-// (-name value, -name=value, --name, bool flags without a value, "--" ends
-// the flags), collecting every problem instead of stopping at the first.
-// It returns which flags were given, and flag.ErrHelp for -h or -help.
-func parseArgs(fs *flag.FlagSet, args []string) (given map[string]bool, problems []error, err error) {
-	given = map[string]bool{}
-	for i := 0; i < len(args); i++ {
-		arg := args[i]
-		if arg == "--" {
-			for _, rest := range args[i+1:] {
-				problems = append(problems, fmt.Errorf("unexpected argument %q: every setting is a flag", clip(rest, maxQuotedValueBytes)))
-			}
-			break
-		}
-		name, hasDash := strings.CutPrefix(arg, "-")
-		if !hasDash || name == "" {
-			problems = append(problems, fmt.Errorf("unexpected argument %q: every setting is a flag", clip(arg, maxQuotedValueBytes)))
-			continue
-		}
-		name = strings.TrimPrefix(name, "-")
-		name, value, hasValue := strings.Cut(name, "=")
-		if name == "h" || name == "help" {
-			return nil, nil, flag.ErrHelp
-		}
-		f := fs.Lookup(name)
-		if f == nil {
-			problems = append(problems, fmt.Errorf("unknown flag -%s", clip(name, maxQuotedValueBytes)))
-			continue
-		}
-		if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() && !hasValue {
-			value, hasValue = "true", true
-		}
-		if !hasValue {
-			if i+1 == len(args) {
-				problems = append(problems, fmt.Errorf("-%s needs a value: %s", name, expectedForm(f)))
-				continue
-			}
-			i++
-			value = args[i]
-		}
-		given[name] = true
-		if err := f.Value.Set(value); err != nil {
-			problems = append(problems, fmt.Errorf("-%s %q: must be %s", name, clip(value, maxQuotedValueBytes), expectedForm(f)))
-		}
-	}
-	return given, problems, nil
-}
-
-// expectedForm describes the values a flag takes, for error messages.
-func expectedForm(f *flag.Flag) string {
-	if g, ok := f.Value.(flag.Getter); ok {
-		switch g.Get().(type) {
-		case time.Duration:
-			return "a duration such as 5s, 250ms or 1m30s"
-		case int:
-			return "a whole number such as 3"
-		case bool:
-			return "true or false"
-		}
-	}
-	return "a value as -help describes"
 }
 
 // problems collects configuration problems, each naming the flag, the
