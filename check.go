@@ -196,7 +196,7 @@ type bucketProbe struct {
 func (c *checker) probe(ctx context.Context, p *Proxy, rt route, method, key string) (bucketProbe, error) {
 	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()
-	up := upstream{route: rt, method: method, client: http.Header{}}
+	up := upstreamRequest{route: rt, method: method, client: http.Header{}}
 	if method == http.MethodGet {
 		up.client.Set("Range", "bytes=0-0")
 	}
@@ -303,7 +303,7 @@ func (c *checker) checkKey(ctx context.Context, p *Proxy, path string) {
 		path = "/" + path
 	}
 	step := "read " + path
-	rt, key, err := p.mapPath(path)
+	rt, key, err := mapPath(p.routes, path)
 	if err != nil {
 		c.fail(step, err.Error(), "give -check-key the path nginx sends, e.g. /videos/sample.mp4")
 		return

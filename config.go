@@ -7,6 +7,7 @@ package main
 // -check.
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -44,7 +45,7 @@ type config struct {
 	bucket           string
 	prefix           string
 	region           string
-	routes           routeFlags
+	routes           []string // every -route, unparsed
 	endpoint         string
 	pathStyle        bool
 	credentials      string
@@ -418,10 +419,11 @@ func parseEndpoint(v string) (*url.URL, error) {
 	return &url.URL{Scheme: u.Scheme, Host: host}, nil
 }
 
-// newUpstreamTransport is the one keep-alive Transport all S3 requests share.
+// newUpstreamTransport is the one keep-alive Transport all S3 requests
+// share. Its proxy function stays nil: S3 is reached directly, and a stray
+// HTTPS_PROXY must never see signed requests.
 func newUpstreamTransport(timeout time.Duration) *http.Transport {
 	return &http.Transport{
-		Proxy:                 nil, // S3 is reached directly; a stray HTTPS_PROXY must not see signed requests
 		DialContext:           (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext,
 		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
 		TLSHandshakeTimeout:   timeout,
@@ -476,3 +478,51 @@ func newCredentialCaches(cfg config, getenv func(string) string, log *slog.Logge
 	}
 	return caches
 }
+
+// discoverRegion asks IMDS for the instance's region when neither -region
+// nor the environment named one, and sets the default endpoint from it.
+func (c *config) discoverRegion(ctx context.Context) error {
+	if c.region == "" {
+		rctx, cancel := context.WithTimeout(ctx, regionTimeout)
+		region, err := (&imdsClient{endpoint: c.imdsURL}).Region(rctx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("no -region, $AWS_REGION or $AWS_DEFAULT_REGION, and %w", err)
+		}
+		c.region = region
+	}
+	if c.endpointURL == nil {
+		c.endpointURL = defaultEndpoint(c.region)
+	}
+	return nil
+}
+
+// newProxy builds the request handler from the configuration.
+func newProxy(cfg config, creds credentialGetter, metrics *Metrics, log *slog.Logger) *Proxy {
+	return &Proxy{
+		routes: buildRoutes(cfg.routeSpecs, cfg.endpointURL, cfg.pathStyle), scheme: cfg.endpointURL.Scheme,
+		signer: &Signer{Region: cfg.region}, creds: creds, transport: newUpstreamTransport(cfg.timeout),
+		metrics: metrics, log: log, accessLog: cfg.accessLog, retries: cfg.retries, bodyTimeout: cfg.timeout,
+	}
+}
+
+// configError lists every invalid-configuration problem; main exits 2.
+type configError struct{ problems []error }
+
+// Error lists the problems one a line and points to -help.
+func (e configError) Error() string {
+	var b strings.Builder
+	b.WriteString("invalid configuration:")
+	for _, p := range e.problems {
+		b.WriteString("\n  ")
+		b.WriteString(p.Error())
+	}
+	b.WriteString("\nrun 's3-helper -help' for every flag, its form and its S3_HELPER_* variable")
+	return b.String()
+}
+
+// Unwrap returns the problems.
+func (e configError) Unwrap() []error { return e.problems }
+
+// maxQuotedValueBytes bounds a bad value quoted back in an error.
+const maxQuotedValueBytes = 64

@@ -202,7 +202,7 @@ func (p *newRelicPusher) start() {
 	p.stop, p.done = make(chan struct{}), make(chan struct{})
 	p.last = map[string]int64{}
 	p.lastPush = p.clock()
-	go p.run()
+	go p.pushLoop()
 }
 
 // close pushes what is left (one try) and stops.
@@ -219,9 +219,9 @@ func (p *newRelicPusher) clock() time.Time {
 	return p.now()
 }
 
-// run collects every interval and sends, retrying a failed send with
+// pushLoop collects every interval and sends, retrying a failed send with
 // backoff until it succeeds or the next interval adds another payload.
-func (p *newRelicPusher) run() {
+func (p *newRelicPusher) pushLoop() {
 	defer close(p.done)
 	ticker := time.NewTicker(p.interval)
 	defer ticker.Stop()

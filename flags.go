@@ -13,24 +13,6 @@ import (
 	"time"
 )
 
-// configError lists every invalid-configuration problem; main exits 2.
-type configError struct{ problems []error }
-
-// Error lists the problems one a line and points to -help.
-func (e configError) Error() string {
-	var b strings.Builder
-	b.WriteString("invalid configuration:")
-	for _, p := range e.problems {
-		b.WriteString("\n  ")
-		b.WriteString(p.Error())
-	}
-	b.WriteString("\nrun 's3-helper -help' for every flag, its form and its S3_HELPER_* variable")
-	return b.String()
-}
-
-// Unwrap returns the problems.
-func (e configError) Unwrap() []error { return e.problems }
-
 // routeFlags collects repeatable -route values.
 type routeFlags []string
 
@@ -50,7 +32,7 @@ func newFlagSet(cfg *config, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.bucket, "bucket", "", "S3 bucket served under / (required)")
 	fs.StringVar(&cfg.prefix, "prefix", "", "key prefix prepended to every key of -bucket, e.g. videos/")
 	fs.StringVar(&cfg.region, "region", "", "bucket region; default $AWS_REGION, then $AWS_DEFAULT_REGION, then the instance's region from IMDS")
-	fs.Var(&cfg.routes, "route", "PATHPREFIX=BUCKET[/KEYPREFIX]: serve another bucket under a URL prefix, e.g. /avod/=ads-bucket; repeatable, longest prefix wins")
+	fs.Var((*routeFlags)(&cfg.routes), "route", "PATHPREFIX=BUCKET[/KEYPREFIX]: serve another bucket under a URL prefix, e.g. /avod/=ads-bucket; repeatable, longest prefix wins")
 	fs.StringVar(&cfg.endpoint, "endpoint", "", "S3 endpoint URL; default https://s3.REGION.amazonaws.com with virtual-hosted addressing")
 	fs.BoolVar(&cfg.pathStyle, "path-style", false, "force path-style addressing (automatic for buckets with dots and IP or localhost endpoints)")
 	fs.StringVar(&cfg.credentials, "credentials", sourceAuto, "credential source: auto (the AWS SDKs' order: environment keys, web identity, container endpoint, IMDS), or pin one: environment, web-identity, container or imds")
@@ -141,9 +123,6 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 	}
 	return cfg, nil
 }
-
-// maxQuotedValueBytes bounds a bad value quoted back in an error.
-const maxQuotedValueBytes = 64
 
 // parseArgs sets the flags named in args as flag.FlagSet.Parse does
 // (-name value, -name=value, --name, bool flags without a value, "--" ends

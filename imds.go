@@ -100,7 +100,6 @@ func newIMDSHTTPClient() *http.Client {
 	return &http.Client{
 		Timeout: fetchTimeout,
 		Transport: &http.Transport{
-			Proxy:                 nil,
 			DialContext:           (&net.Dialer{Timeout: imdsDialTimeout}).DialContext,
 			ResponseHeaderTimeout: imdsResponseTimeout,
 			MaxIdleConns:          2,

@@ -23,8 +23,8 @@ import (
 	"time"
 )
 
-// version is reported by -version and in the start-up log.
-const version = "0.1.0"
+// releaseVersion is reported by -version and in the start-up log.
+const releaseVersion = "0.1.0"
 
 const (
 	// Server limits. No WriteTimeout: long range responses are normal.
@@ -98,10 +98,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	proxy := newProxy(cfg, cache, metrics, log)
 	if cfg.presignRequested {
-		return presign(ctx, stdout, proxy, cfg)
+		return printPresignedURL(ctx, stdout, proxy, cfg)
 	}
 	registerGauges(metrics, proxy, cache, statsd)
-	return serve(ctx, cfg, proxy, cache, metrics, log)
+	return listenAndServe(ctx, cfg, proxy, cache, metrics, log)
 }
 
 // loadConfig parses args and the environment and resolves the result; the
@@ -127,24 +127,6 @@ func configProblems(err error) []error {
 	return nil
 }
 
-// discoverRegion asks IMDS for the instance's region when neither -region
-// nor the environment named one, and sets the default endpoint from it.
-func (c *config) discoverRegion(ctx context.Context) error {
-	if c.region == "" {
-		rctx, cancel := context.WithTimeout(ctx, regionTimeout)
-		region, err := (&imdsClient{endpoint: c.imdsURL}).Region(rctx)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("no -region, $AWS_REGION or $AWS_DEFAULT_REGION, and %w", err)
-		}
-		c.region = region
-	}
-	if c.endpointURL == nil {
-		c.endpointURL = defaultEndpoint(c.region)
-	}
-	return nil
-}
-
 // newOutputs returns the measurements and, with -statsd, the emitter they
 // feed. Prometheus is served with -admin; New Relic is pushed.
 func newOutputs(cfg config) (*Metrics, *statsdEmitter, error) {
@@ -164,19 +146,10 @@ func newOutputs(cfg config) (*Metrics, *statsdEmitter, error) {
 func newNewRelicPusher(cfg config, metrics *Metrics, log *slog.Logger) *newRelicPusher {
 	host, _ := os.Hostname()
 	nr := &newRelicPusher{metrics: metrics, endpoint: cfg.newRelicEndpoint, key: cfg.newRelicKey, interval: cfg.newRelicInterval,
-		attributes: map[string]any{"service.name": "s3-helper", "host.name": host, "instance": cfg.listen, "service.version": version},
+		attributes: map[string]any{"service.name": "s3-helper", "host.name": host, "instance": cfg.listen, "service.version": releaseVersion},
 		log:        log.With("component", "newrelic")}
 	metrics.Gauge("", "newrelic_dropped_payloads_total", "New Relic payloads dropped: rejected, or pushed out while New Relic was unreachable.", nr.dropped.Load)
 	return nr
-}
-
-// newProxy builds the request handler from the configuration.
-func newProxy(cfg config, creds credentialGetter, metrics *Metrics, log *slog.Logger) *Proxy {
-	return &Proxy{
-		routes: buildRoutes(cfg.routeSpecs, cfg.endpointURL, cfg.pathStyle), scheme: cfg.endpointURL.Scheme,
-		signer: &Signer{Region: cfg.region}, creds: creds, transport: newUpstreamTransport(cfg.timeout),
-		metrics: metrics, log: log, accessLog: cfg.accessLog, retries: cfg.retries, bodyTimeout: cfg.timeout,
-	}
 }
 
 // registerGauges adds the values read when an output reports.
@@ -193,9 +166,9 @@ func registerGauges(metrics *Metrics, proxy *Proxy, cache *credentialCache, stat
 	}
 }
 
-// serve listens (failing fast on bind errors), serves until ctx ends, then
+// listenAndServe listens (failing fast on bind errors), serves until ctx ends, then
 // drains in-flight requests for up to -shutdown-timeout.
-func serve(ctx context.Context, cfg config, proxy *Proxy, cache *credentialCache, metrics *Metrics, log *slog.Logger) error {
+func listenAndServe(ctx context.Context, cfg config, proxy *Proxy, cache *credentialCache, metrics *Metrics, log *slog.Logger) error {
 	if cfg.listenNetwork == "unix" {
 		removeStaleSocket(cfg.listenAddress)
 	}
@@ -233,7 +206,7 @@ func serve(ctx context.Context, cfg config, proxy *Proxy, cache *credentialCache
 	if !isLoopbackListener(ln.Addr()) {
 		log.Warn("listening on a non-loopback address: anyone who can reach it can read the bucket", "addr", ln.Addr().String())
 	}
-	log.Info("listening", "addr", ln.Addr().String(), "version", version, "region", cfg.region,
+	log.Info("listening", "addr", ln.Addr().String(), "version", releaseVersion, "region", cfg.region,
 		"endpoint", cfg.endpointURL.String(), "bucket", cfg.bucket, "routes", len(proxy.routes),
 		"credentials", credentialSourceName(cfg), "statsd", cfg.statsd != "", "newrelic", cfg.newRelicKey != "")
 	return runServers(ctx, servers, cfg.shutdownTimeout, log, proxy.InFlight)
@@ -342,9 +315,9 @@ func adminHandler(cache *credentialCache, metrics *Metrics, source string, withP
 	return mux
 }
 
-// presign prints a presigned URL for cfg.presign in the default route,
+// printPresignedURL prints a presigned URL for cfg.presign in the default route,
 // signed as the proxy would sign it.
-func presign(ctx context.Context, stdout io.Writer, p *Proxy, cfg config) error {
+func printPresignedURL(ctx context.Context, stdout io.Writer, p *Proxy, cfg config) error {
 	rt := p.routes[len(p.routes)-1] // longest prefix first, so "/" is last
 	now := time.Now()
 	wctx, cancel := context.WithTimeout(ctx, fetchTimeout)
@@ -367,12 +340,12 @@ func presign(ctx context.Context, stdout io.Writer, p *Proxy, cfg config) error 
 func versionString() string {
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
-		return version
+		return releaseVersion
 	}
 	for _, s := range info.Settings {
 		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-			return version + " (" + s.Value[:12] + ")"
+			return releaseVersion + " (" + s.Value[:12] + ")"
 		}
 	}
-	return version
+	return releaseVersion
 }

@@ -376,7 +376,7 @@ func TestUnixSocketListener(t *testing.T) {
 
 func TestVersionAndPresign(t *testing.T) {
 	var out bytes.Buffer
-	if err := run(t.Context(), []string{"-version"}, envFrom(nil), &out, io.Discard); err != nil || !strings.HasPrefix(out.String(), "s3-helper "+version) {
+	if err := run(t.Context(), []string{"-version"}, envFrom(nil), &out, io.Discard); err != nil || !strings.HasPrefix(out.String(), "s3-helper "+releaseVersion) {
 		t.Errorf("-version = %q, %v", out.String(), err)
 	}
 	out.Reset()

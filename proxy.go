@@ -165,38 +165,38 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // upstreamFor checks the client's request and describes the S3 request
 // that serves it.
-func (p *Proxy) upstreamFor(r *http.Request, x *exchange) (upstream, error) {
+func (p *Proxy) upstreamFor(r *http.Request, x *exchange) (upstreamRequest, error) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		return upstream{}, badRequest(http.StatusMethodNotAllowed, fmt.Errorf("method %q not allowed: read-only", clip(r.Method, maxLoggedMethodBytes)))
+		return upstreamRequest{}, badRequest(http.StatusMethodNotAllowed, fmt.Errorf("method %q not allowed: read-only", clip(r.Method, maxLoggedMethodBytes)))
 	}
 	if vs := r.Header["Range"]; len(vs) == 1 {
 		x.rangeHeader = vs[0]
 	}
-	rt, key, err := p.mapPath(r.URL.Path)
+	rt, key, err := mapPath(p.routes, r.URL.Path)
 	x.key = key
 	if errors.Is(err, errNoKey) {
-		return upstream{}, badRequest(http.StatusNotFound, err)
+		return upstreamRequest{}, badRequest(http.StatusNotFound, err)
 	}
 	if err != nil {
-		return upstream{}, badRequest(http.StatusBadRequest, err)
+		return upstreamRequest{}, badRequest(http.StatusBadRequest, err)
 	}
 	params, dropped, err := filterQuery(r.URL.RawQuery)
 	if err != nil {
-		return upstream{}, badRequest(http.StatusBadRequest, err)
+		return upstreamRequest{}, badRequest(http.StatusBadRequest, err)
 	}
 	if dropped > 0 {
 		p.log.Debug("dropped query parameters", "key", key, "count", dropped)
 	}
 	if err := checkRequestHeaders(r.Header); err != nil {
-		return upstream{}, badRequest(http.StatusBadRequest, err)
+		return upstreamRequest{}, badRequest(http.StatusBadRequest, err)
 	}
-	return upstream{route: rt, method: r.Method, client: r.Header,
+	return upstreamRequest{route: rt, method: r.Method, client: r.Header,
 		uri: rt.uriPrefix + canonicalURI(rt.keyPrefix+key), query: canonicalQuery(params)}, nil
 }
 
 // upstream describes the S3 request of one exchange; every attempt and
 // resume is built from it.
-type upstream struct {
+type upstreamRequest struct {
 	route  route
 	method string
 	// client is the inbound request's header, read only: each attempt
@@ -209,7 +209,7 @@ type upstream struct {
 
 // newRequest builds one signed attempt. extra headers (a resume's Range and
 // If-Match) replace the client's.
-func (p *Proxy) newRequest(ctx context.Context, up *upstream, creds *Credentials, now time.Time, extra http.Header) *http.Request {
+func (p *Proxy) newRequest(ctx context.Context, up *upstreamRequest, creds *Credentials, now time.Time, extra http.Header) *http.Request {
 	h := make(http.Header, len(forwardedRequestHeaders)+5)
 	copyRequestHeaders(h, up.client)
 	for k, v := range extra {
@@ -265,7 +265,7 @@ type retryState struct {
 // freshly signed; a skewed clock or rejected credentials are corrected and
 // signed again once. extra headers (a resume's Range and If-Match) replace
 // the client's. The error is set only when no answer can be passed on.
-func (p *Proxy) attempts(ctx context.Context, up *upstream, x *exchange, extra http.Header) (upstreamAnswer, error) {
+func (p *Proxy) attempts(ctx context.Context, up *upstreamRequest, x *exchange, extra http.Header) (upstreamAnswer, error) {
 	var tried retryState
 	for {
 		answer, next, err := p.attempt(ctx, up, x, extra, &tried)
@@ -294,7 +294,7 @@ func (p *Proxy) attempts(ctx context.Context, up *upstream, x *exchange, extra h
 }
 
 // attempt sends one signed request and decides what its result calls for.
-func (p *Proxy) attempt(ctx context.Context, up *upstream, x *exchange, extra http.Header, tried *retryState) (upstreamAnswer, outcome, error) {
+func (p *Proxy) attempt(ctx context.Context, up *upstreamRequest, x *exchange, extra http.Header, tried *retryState) (upstreamAnswer, outcome, error) {
 	now := p.clock()
 	creds, err := p.creds.Get(ctx, now)
 	if err != nil {
@@ -340,7 +340,7 @@ func (p *Proxy) attempt(ctx context.Context, up *upstream, x *exchange, extra ht
 
 // send signs and sends one attempt, timing S3's response headers and
 // watching the body for stalls.
-func (p *Proxy) send(ctx context.Context, up *upstream, x *exchange, creds *Credentials, now time.Time, extra http.Header) (*http.Response, error) {
+func (p *Proxy) send(ctx context.Context, up *upstreamRequest, x *exchange, creds *Credentials, now time.Time, extra http.Header) (*http.Response, error) {
 	x.attempts++
 	actx, cancel := context.WithCancel(ctx)
 	sent := p.clock()
@@ -353,7 +353,7 @@ func (p *Proxy) send(ctx context.Context, up *upstream, x *exchange, creds *Cred
 	if extra == nil { // a resume's 206 is not what the client was answered
 		x.upstreamStatus = resp.StatusCode
 	}
-	resp.Body = p.watchBody(resp.Body, cancel)
+	resp.Body = watchBody(resp.Body, cancel, p.bodyTimeout)
 	return resp, nil
 }
 
@@ -448,7 +448,7 @@ func regionHint(status int, d s3ErrorDetails) string {
 // answer becomes S3's status with a short text of our own (the XML body
 // never reaches the client), except a redirect, which is our
 // misconfiguration and a 502.
-func (p *Proxy) respond(w http.ResponseWriter, r *http.Request, answer upstreamAnswer, up *upstream, x *exchange) {
+func (p *Proxy) respond(w http.ResponseWriter, r *http.Request, answer upstreamAnswer, up *upstreamRequest, x *exchange) {
 	if answer.resp == nil {
 		p.metrics.S3Error(answer.s3.code, answer.status)
 		cause := fmt.Errorf("S3 answered %d", answer.status)
@@ -567,6 +567,63 @@ func (p *Proxy) finish(ctx context.Context, x *exchange) {
 		attrs = append(attrs, slog.String("err", x.err.Error()))
 	}
 	p.log.LogAttrs(ctx, level, msg, attrs...)
+}
+
+// getBuffer takes a copy buffer from the pool.
+func (p *Proxy) getBuffer() *[]byte {
+	if b, ok := p.bufs.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, copyBufferBytes)
+	return &b
+}
+
+// stream copies the body to the client. When S3 fails mid-body and the
+// response has an ETag, the rest is fetched with a freshly signed Range
+// pinned by If-Match and appended to the same client response. When that
+// is impossible the client connection is aborted: the status was sent, and
+// a broken connection is the only honest answer left (httputil.ReverseProxy
+// does the same), never a short body that looks complete.
+func (p *Proxy) stream(ctx context.Context, w http.ResponseWriter, resp *http.Response, up *upstreamRequest, x *exchange) {
+	buf := p.getBuffer()
+	defer p.bufs.Put(buf)
+	plan, resumable := planResume(resp)
+	body := resp.Body
+	defer func() { body.Close() }()
+	for {
+		n, err := copyBody(w, body, *buf)
+		x.bytes += n
+		plan.done += n
+		switch {
+		case err == nil:
+			return
+		case errors.Is(err, errClientWrite) || ctx.Err() != nil:
+			x.status, x.err = statusClientGone, fmt.Errorf("client went away after %d bytes: %w", x.bytes, err)
+			return
+		case !resumable || x.resumes >= p.retries || plan.complete():
+			p.metrics.UpstreamError("body")
+			p.abort(x, fmt.Errorf("upstream body failed after %d bytes, aborting the client response: %w", x.bytes, err))
+		}
+		x.resumes++
+		p.metrics.Resume()
+		p.log.Info("resuming upstream body", "key", x.key, "after_bytes", x.bytes, "err", err)
+		answer, err := p.attempts(ctx, up, x, plan.restRequest())
+		next, rerr := plan.acceptRest(answer.resp, answer.status)
+		if err != nil {
+			rerr = err
+		}
+		if rerr != nil {
+			p.abort(x, fmt.Errorf("resume after %d bytes failed, aborting the client response: %w", x.bytes, rerr))
+		}
+		body.Close()
+		body = next
+	}
+}
+
+// abort ends a response whose status was already sent.
+func (p *Proxy) abort(x *exchange, err error) {
+	x.status, x.err = http.StatusBadGateway, err
+	panic(http.ErrAbortHandler)
 }
 
 // upstreamURL builds a URL whose request target is uri and query exactly as

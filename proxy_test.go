@@ -927,7 +927,7 @@ func BenchmarkMapAndScrub(b *testing.B) {
 	for b.Loop() {
 		clear(out)
 		clear(back)
-		rt, key, err := p.mapPath("/videos/2026/11/some-show/episode-01/video_1080p_h264.mp4")
+		rt, key, err := mapPath(p.routes, "/videos/2026/11/some-show/episode-01/video_1080p_h264.mp4")
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -1390,12 +1390,12 @@ func TestProxyAdoptsS3ClockWhenSkewed(t *testing.T) {
 		tp.s3.clockAhead = d
 		tp.s3.mu.Unlock()
 	}
-	upstream := func() int { return len(tp.s3.received()) }
+	upstreamRequest := func() int { return len(tp.s3.received()) }
 	setAhead(2 * time.Hour)
 	if resp, body := get(t, "GET", tp.url+"/k", nil); resp.StatusCode != 200 || string(body) != "on time" {
 		t.Fatalf("first GET with S3 2 h ahead = %d %q, want 200 after one retry", resp.StatusCode, body)
 	}
-	if n := upstream(); n != 2 {
+	if n := upstreamRequest(); n != 2 {
 		t.Errorf("upstream requests for the first GET = %d, want 2 (refused, then signed with S3's time)", n)
 	}
 	if off := tp.clockFix.Offset(time.Now()); off < 2*time.Hour-2*time.Second || off > 2*time.Hour+2*time.Second {
@@ -1406,7 +1406,7 @@ func TestProxyAdoptsS3ClockWhenSkewed(t *testing.T) {
 			t.Fatalf("later GET = %d", resp.StatusCode)
 		}
 	}
-	if n := upstream(); n != 5 {
+	if n := upstreamRequest(); n != 5 {
 		t.Errorf("upstream requests after 3 more GETs = %d, want 5: one each", n)
 	}
 	setAhead(0) // S3's clock moves back (or ours was fixed)

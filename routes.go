@@ -33,10 +33,10 @@ var errNoKey = errors.New("no object key: listing is not served")
 // mapPath chooses the route and returns the decoded key relative to it.
 // path is already percent-decoded once (net/http did that and rejected bad
 // escapes), so "%2e%2e" arrives here as "..".
-func (p *Proxy) mapPath(path string) (route, string, error) {
+func mapPath(routes []route, path string) (route, string, error) {
 	var rt route
 	found := false
-	for _, candidate := range p.routes {
+	for _, candidate := range routes {
 		if strings.HasPrefix(path, candidate.pathPrefix) {
 			rt, found = candidate, true
 			break

@@ -54,7 +54,6 @@ func sourceHTTPClient(dial func(ctx context.Context, network, addr string) (net.
 	return &http.Client{
 		Timeout: fetchTimeout,
 		Transport: &http.Transport{
-			Proxy:                 nil,
 			DialContext:           dial,
 			TLSHandshakeTimeout:   5 * time.Second,
 			ResponseHeaderTimeout: 5 * time.Second,

@@ -97,7 +97,7 @@ func newStatsdEmitter(w io.WriteCloser, prefix, tags string, flush time.Duration
 	if tags != "" {
 		m.tags = "|#" + tags
 	}
-	go m.run(flush)
+	go m.sendLoop(flush)
 	return m
 }
 
@@ -195,8 +195,8 @@ func (m *statsdEmitter) Dropped() int64 {
 	return m.dropped.Load()
 }
 
-// run writes queued packets and flushes on the ticker until Close.
-func (m *statsdEmitter) run(flush time.Duration) {
+// sendLoop writes queued packets and flushes on the ticker until Close.
+func (m *statsdEmitter) sendLoop(flush time.Duration) {
 	defer close(m.done)
 	ticker := time.NewTicker(flush)
 	defer ticker.Stop()

@@ -2,8 +2,9 @@ package main
 
 // Streaming S3's body to the client: the watch that ends an attempt when S3
 // stalls (time spent writing to a slow client never counts), and the
-// resume that continues a response with a ranged request pinned by
-// If-Match when S3 fails mid-body.
+// plan that continues a response with a ranged request pinned by If-Match
+// when S3 fails mid-body. Nothing here knows the proxy; proxy.go's stream
+// drives the loop.
 
 import (
 	"context"
@@ -26,10 +27,10 @@ var errBodyStalled = errors.New("upstream body stalled")
 // forever. Only time blocked on S3 counts: while s3-helper writes to a slow
 // or paused client (a paused player, nginx with proxy_buffering off) the
 // watch is off. Closing the body ends the attempt.
-func (p *Proxy) watchBody(body io.ReadCloser, cancel context.CancelFunc) io.ReadCloser {
-	b := &attemptBody{ReadCloser: body, cancel: cancel, timeout: p.bodyTimeout}
-	if p.bodyTimeout > 0 {
-		b.timer = time.AfterFunc(p.bodyTimeout, func() {
+func watchBody(body io.ReadCloser, cancel context.CancelFunc, bodyTimeout time.Duration) io.ReadCloser {
+	b := &attemptBody{ReadCloser: body, cancel: cancel, timeout: bodyTimeout}
+	if bodyTimeout > 0 {
+		b.timer = time.AfterFunc(bodyTimeout, func() {
 			b.stalled.Store(true)
 			cancel()
 		})
@@ -74,52 +75,6 @@ func (b *attemptBody) Close() error {
 	return err
 }
 
-// stream copies the body. When S3 fails mid-body and the response has an
-// ETag, the rest is fetched with a freshly signed Range pinned by If-Match
-// and appended to the same client response. When that is impossible the
-// client connection is aborted, so nginx sees a truncated response and
-// never a short body that looks complete.
-func (p *Proxy) stream(ctx context.Context, w http.ResponseWriter, resp *http.Response, up *upstream, x *exchange) {
-	buf := p.getBuffer()
-	defer p.bufs.Put(buf)
-	plan, resumable := planResume(resp)
-	body := resp.Body
-	defer func() { body.Close() }()
-	for {
-		n, err := copyBody(w, body, *buf)
-		x.bytes += n
-		plan.done += n
-		if err == nil {
-			return
-		}
-		if errors.Is(err, errClientWrite) || ctx.Err() != nil {
-			x.status, x.err = statusClientGone, fmt.Errorf("client went away after %d bytes: %w", x.bytes, err)
-			return
-		}
-		if !resumable || x.resumes >= p.retries || plan.complete() {
-			p.metrics.UpstreamError("body")
-			p.abort(x, fmt.Errorf("upstream body failed after %d bytes, aborting the client response: %w", x.bytes, err))
-		}
-		x.resumes++
-		p.metrics.Resume()
-		p.log.Info("resuming upstream body", "key", x.key, "after_bytes", x.bytes, "err", err)
-		next, rerr := p.resume(ctx, up, x, &plan)
-		if rerr != nil {
-			p.abort(x, fmt.Errorf("resume after %d bytes failed, aborting the client response: %w", x.bytes, rerr))
-		}
-		body.Close()
-		body = next
-	}
-}
-
-// abort ends a response whose status was already sent: the client sees a
-// broken connection, never a short body that looks complete
-// (httputil.ReverseProxy does the same).
-func (p *Proxy) abort(x *exchange, err error) {
-	x.status, x.err = http.StatusBadGateway, err
-	panic(http.ErrAbortHandler)
-}
-
 // errClientWrite marks a failed write to the client.
 var errClientWrite = errors.New("write to client")
 
@@ -145,15 +100,6 @@ func copyBody(w io.Writer, src io.Reader, buf []byte) (int64, error) {
 			return written, rerr
 		}
 	}
-}
-
-// getBuffer takes a copy buffer from the pool.
-func (p *Proxy) getBuffer() *[]byte {
-	if b, ok := p.bufs.Get().(*[]byte); ok {
-		return b
-	}
-	b := make([]byte, copyBufferBytes)
-	return &b
 }
 
 // resumePlan is the byte range a response covers, for continuing it.
@@ -218,33 +164,33 @@ func parseContentRange(v string) (first, last int64, ok bool) {
 // errObjectChanged is returned when a resume finds another object version.
 var errObjectChanged = errors.New("object changed during the response (If-Match failed)")
 
-// resume requests the bytes not yet delivered and checks that S3 answers
-// with exactly them.
-func (p *Proxy) resume(ctx context.Context, up *upstream, x *exchange, plan *resumePlan) (io.ReadCloser, error) {
-	from := plan.first + plan.done
-	rng := "bytes=" + strconv.FormatInt(from, 10) + "-"
-	if plan.last >= 0 {
-		rng += strconv.FormatInt(plan.last, 10)
+// restRequest returns the headers that ask S3 for the bytes not yet
+// delivered, pinned to the same object version.
+func (r *resumePlan) restRequest() http.Header {
+	rng := "bytes=" + strconv.FormatInt(r.first+r.done, 10) + "-"
+	if r.last >= 0 {
+		rng += strconv.FormatInt(r.last, 10)
 	}
-	extra := http.Header{"Range": {rng}, "If-Match": {plan.etag}}
-	answer, err := p.attempts(ctx, up, x, extra)
+	return http.Header{"Range": {rng}, "If-Match": {r.etag}}
+}
+
+// acceptRest checks that S3 answered a restRequest with exactly the bytes
+// asked for: resp is S3's 2xx response, or nil with S3's error status. On
+// success it returns the body to continue with.
+func (r *resumePlan) acceptRest(resp *http.Response, status int) (io.ReadCloser, error) {
 	switch {
-	case err != nil:
-		return nil, err
-	case answer.status == http.StatusPreconditionFailed:
+	case status == http.StatusPreconditionFailed:
 		return nil, errObjectChanged
-	case answer.resp == nil:
-		return nil, fmt.Errorf("resume answered %d %s, want 206", answer.status, answer.s3.code)
-	}
-	resp := answer.resp
-	if resp.StatusCode != http.StatusPartialContent {
+	case resp == nil:
+		return nil, fmt.Errorf("resume answered %d, want 206", status)
+	case resp.StatusCode != http.StatusPartialContent:
 		resp.Body.Close()
 		return nil, fmt.Errorf("resume answered %d, want 206", resp.StatusCode)
 	}
 	first, last, ok := parseContentRange(resp.Header.Get("Content-Range"))
-	if !ok || first != from || plan.last >= 0 && last != plan.last {
+	if !ok || first != r.first+r.done || r.last >= 0 && last != r.last {
 		resp.Body.Close()
-		return nil, fmt.Errorf("resume answered Content-Range %q, want bytes %s", resp.Header.Get("Content-Range"), rng[len("bytes="):])
+		return nil, fmt.Errorf("resume answered Content-Range %q, want the rest from byte %d", resp.Header.Get("Content-Range"), r.first+r.done)
 	}
 	return resp.Body, nil
 }
