@@ -63,7 +63,7 @@ func runCheck(ctx context.Context, out io.Writer, cfg config, problems []error, 
 	c := &checker{out: out}
 	if len(problems) > 0 {
 		for _, p := range problems {
-			c.fail("configuration", p.Error(), "run 's3-helper -help' for every flag and its form")
+			c.fail("configuration", p.Error(), "see 's3-helper -help' for every flag and its form")
 		}
 		return errCheckFailed
 	}
