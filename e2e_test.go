@@ -137,30 +137,28 @@ func startHelperEnv(t *testing.T, env *e2eEnv, listen string, extraEnv []string,
 	if err := h.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	exited := make(chan struct{})
+	go func() {
+		err := h.cmd.Wait()
+		fmt.Fprintf(h.logs, "%s: %v\n", exitedMarker, err)
+		close(exited)
+	}()
 	t.Cleanup(func() {
 		h.cmd.Process.Signal(syscall.SIGTERM)
-		h.cmd.Wait()
+		<-exited
 		logFile.Close()
 	})
-	deadline := time.Now().Add(10 * time.Second)
-	for (h.addr == "" || h.admin == "") && time.Now().Before(deadline) {
-		h.addr, h.admin = listenAddrs(h.logs.String())
-		time.Sleep(10 * time.Millisecond)
+	h.addr, h.admin = awaitListening(t, h.logs, true)
+	// Healthy once the first credential set is in.
+	if _, ok := h.logs.waitUntil(10*time.Second, func(text string) bool {
+		return strings.Contains(text, `"msg":"credentials refreshed"`) || strings.Contains(text, exitedMarker)
+	}); !ok {
+		t.Fatalf("s3-helper never fetched credentials:\n%s", h.logs)
 	}
-	if h.addr == "" {
-		t.Fatalf("s3-helper did not start:\n%s", h.logs)
+	if resp, body := get(t, "GET", "http://"+h.admin+"/healthz", nil); resp.StatusCode != 200 {
+		t.Fatalf("s3-helper is not healthy: %d %s\n%s", resp.StatusCode, body, h.logs)
 	}
-	for time.Now().Before(deadline) {
-		if resp, err := http.Get("http://" + h.admin + "/healthz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return h
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("s3-helper never became healthy:\n%s", h.logs)
-	return nil
+	return h
 }
 
 func (h *helperProcess) url(path string) string { return "http://" + h.addr + path }

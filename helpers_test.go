@@ -1,14 +1,76 @@
 package main
 
-// Helpers the tests share: parsing what arrives on the wire, independently
-// of the code under test.
+// Helpers the tests share: a log sink that wakes waiters on every write (no
+// test polls with sleeps), and parsing what arrives on the wire,
+// independently of the code under test.
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
 	"strings"
+	"sync"
+	"testing"
+	"time"
 )
+
+// syncBuffer is a log sink safe for concurrent writers; waiters are woken
+// by each write.
+type syncBuffer struct {
+	mu sync.Mutex // guards b and grew
+	b  bytes.Buffer
+	// grew is closed (and replaced) when text is written.
+	grew chan struct{}
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.grew != nil {
+		close(s.grew)
+		s.grew = nil
+	}
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// waitUntil waits until ok(text) holds, woken by each write, for at most
+// limit; it returns the text and whether ok held. The limit only bounds a
+// failing test: a passing one returns on the write it waits for.
+func (s *syncBuffer) waitUntil(limit time.Duration, ok func(text string) bool) (string, bool) {
+	timeout := time.After(limit)
+	for {
+		s.mu.Lock()
+		text := s.b.String()
+		if s.grew == nil {
+			s.grew = make(chan struct{})
+		}
+		grew := s.grew
+		s.mu.Unlock()
+		if ok(text) {
+			return text, true
+		}
+		select {
+		case <-grew:
+		case <-timeout:
+			return text, false
+		}
+	}
+}
+
+// waitFor waits for sub to appear: a request's log line may be written
+// after the client has read the whole response.
+func (s *syncBuffer) waitFor(sub string) bool {
+	_, ok := s.waitUntil(5*time.Second, func(text string) bool { return strings.Contains(text, sub) })
+	return ok
+}
 
 // parseCanonicalQuery splits a raw query on '&' and '=' and percent-decodes
 // each part without treating '+' as space.
@@ -74,4 +136,38 @@ func unhex(c byte) (byte, bool) {
 		return c - 'A' + 10, true
 	}
 	return 0, false
+}
+
+// exitedMarker is written to a daemon's log when it exits, so waiters stop
+// waiting for lines that will never come.
+const exitedMarker = "s3-helper exited"
+
+// listenAddrs reads the proxy and admin addresses from JSON log lines.
+func listenAddrs(logs string) (addr, admin string) {
+	for line := range strings.SplitSeq(logs, "\n") {
+		var entry struct{ Msg, Addr string }
+		if json.Unmarshal([]byte(line), &entry) == nil {
+			switch entry.Msg {
+			case "listening":
+				addr = entry.Addr
+			case "admin listening":
+				admin = entry.Addr
+			}
+		}
+	}
+	return addr, admin
+}
+
+// awaitListening waits for a daemon's "listening" line (and, with
+// withAdmin, its "admin listening" line) and returns the addresses.
+func awaitListening(t *testing.T, logs *syncBuffer, withAdmin bool) (addr, admin string) {
+	t.Helper()
+	text, _ := logs.waitUntil(10*time.Second, func(text string) bool {
+		addr, admin = listenAddrs(text)
+		return addr != "" && (admin != "" || !withAdmin) || strings.Contains(text, exitedMarker)
+	})
+	if addr == "" || withAdmin && admin == "" {
+		t.Fatalf("s3-helper did not start:\n%s", text)
+	}
+	return addr, admin
 }

@@ -353,35 +353,6 @@ func (p *fakeProvider) count() int {
 	return p.calls
 }
 
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// waitFor waits up to 3 s for sub to appear: a request's log line may be
-// written after the client has read the whole response.
-func (s *syncBuffer) waitFor(sub string) bool {
-	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if strings.Contains(s.String(), sub) {
-			return true
-		}
-	}
-	return false
-}
-
 func newTestCache(p credentialProvider, logs *syncBuffer, jitter float64) *credentialCache {
 	return &credentialCache{
 		provider: p,
@@ -647,7 +618,8 @@ func TestCacheOutagePastExpiry(t *testing.T) {
 // the emulator: rotation is picked up by the refresher.
 func TestCacheWithIMDSEmulator(t *testing.T) {
 	f, srv := newFakeIMDS(t, time.Now().Add(2*time.Second))
-	c := &credentialCache{provider: &imdsClient{endpoint: srv.URL}, refreshBefore: 1500 * time.Millisecond, log: slog.New(slog.DiscardHandler)}
+	logs := &syncBuffer{}
+	c := &credentialCache{provider: &imdsClient{endpoint: srv.URL}, refreshBefore: 1500 * time.Millisecond, log: slog.New(slog.NewTextHandler(logs, nil))}
 	c.Start(t.Context())
 	defer c.Close()
 	creds, err := c.Get(t.Context(), time.Now())
@@ -655,14 +627,12 @@ func TestCacheWithIMDSEmulator(t *testing.T) {
 		t.Fatalf("Get = %v, %v", creds, err)
 	}
 	f.setCredentials("ASIASECOND", testSecret, testToken, time.Now().Add(time.Hour))
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		if creds, _ := c.Get(t.Context(), time.Now()); creds != nil && creds.AccessKeyID == "ASIASECOND" {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !logs.waitFor(`msg="credentials refreshed" source=imds access_key_id=ASIASECOND`) {
+		t.Fatalf("the refresher did not pick up the rotated set:\n%s", logs)
 	}
-	t.Fatal("the rotated set was not picked up within 5 s")
+	if creds, err := c.Get(t.Context(), time.Now()); err != nil || creds.AccessKeyID != "ASIASECOND" {
+		t.Errorf("Get after the refresh = %v, %v", creds, err)
+	}
 }
 
 // BenchmarkCredentials is the request-path read of cached credentials.

@@ -227,6 +227,9 @@ func runServers(ctx context.Context, servers []serving, shutdownTimeout time.Dur
 	errc := make(chan error, len(servers))
 	var serveLoops sync.WaitGroup
 	for _, s := range servers {
+		// Shutdown runs this once the listener is closed: from then on new
+		// connections are refused while requests in flight finish.
+		s.srv.RegisterOnShutdown(func() { log.Info("stopped accepting", "server", s.name) })
 		serveLoops.Go(func() {
 			if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("%s server on %s: %w", s.name, s.ln.Addr(), err)
