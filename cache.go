@@ -423,37 +423,37 @@ type credentialStatus struct {
 // Status reports the cache's state at now.
 func (c *credentialCache) Status(now time.Time) credentialStatus {
 	c.mu.Lock()
-	st := credentialStatus{Refreshes: c.refreshes, Failures: c.failures}
+	status := credentialStatus{Refreshes: c.refreshes, Failures: c.failures}
 	if c.lastErr != nil {
-		st.LastError = c.lastErr.Error()
+		status.LastError = c.lastErr.Error()
 	}
 	c.mu.Unlock()
 	if cc := c.current.Load(); cc != nil {
-		st.Source, st.AccessKeyID = cc.creds.Source, cc.creds.AccessKeyID
-		st.Valid = cc.usable(now)
-		st.Extended = cc.extended
-		st.Age = now.Sub(cc.fetched)
+		status.Source, status.AccessKeyID = cc.creds.Source, cc.creds.AccessKeyID
+		status.Valid = cc.usable(now)
+		status.Extended = cc.extended
+		status.Age = now.Sub(cc.fetched)
 		if !cc.creds.Expires.IsZero() {
-			st.ExpiresIn = cc.creds.Expires.Sub(now)
+			status.ExpiresIn = cc.creds.Expires.Sub(now)
 		}
 	}
-	return st
+	return status
 }
 
 // Healthy reports whether requests are signed with a valid, unextended set,
 // and if not, why.
-func (st credentialStatus) Healthy() (bool, string) {
+func (cs credentialStatus) Healthy() (bool, string) {
 	switch {
-	case st.Source == "" && st.LastError != "":
-		return false, "no credentials yet: " + st.LastError
-	case st.Source == "":
+	case cs.Source == "" && cs.LastError != "":
+		return false, "no credentials yet: " + cs.LastError
+	case cs.Source == "":
 		return false, "no credentials yet"
-	case st.Extended:
-		return false, "credentials expired; running on the static-stability extension: " + st.LastError
-	case !st.Valid:
+	case cs.Extended:
+		return false, "credentials expired; running on the static-stability extension: " + cs.LastError
+	case !cs.Valid:
 		return false, "credentials expired"
 	}
-	return true, fmt.Sprintf("credentials from %s, expire in %s", st.Source, expiresText(st.ExpiresIn))
+	return true, fmt.Sprintf("credentials from %s, expire in %s", cs.Source, expiresText(cs.ExpiresIn))
 }
 
 // expiresText formats a time to expiry; zero is "never".

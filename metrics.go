@@ -135,7 +135,7 @@ func (m *Metrics) Request(method string, status int, bodyBytes int64, dur time.D
 		a.bytesOut.Add(bodyBytes)
 		a.requestDuration.observe(dur)
 	}
-	m.statsd.Count2(metricRequests, metricMethods[mi], statusLabel(si), 1)
+	m.statsd.CountBy(metricRequests, metricMethods[mi], statusLabel(si), 1)
 	m.statsd.Count(metricBytesOut, bodyBytes)
 	m.statsd.Timing(metricRequestDuration, dur)
 }
@@ -203,7 +203,7 @@ func (m *Metrics) UpstreamError(kind string) {
 	if m.agg != nil {
 		m.agg.upstreamErrors[i].Add(1)
 	}
-	m.statsd.Count2(metricUpstreamErrors, upstreamErrorKinds[i], "", 1)
+	m.statsd.CountBy(metricUpstreamErrors, upstreamErrorKinds[i], "", 1)
 }
 
 // S3Error records an error answer from S3: its code (text from S3's body)
@@ -216,7 +216,7 @@ func (m *Metrics) S3Error(code string, status int) {
 	if m.agg != nil {
 		m.agg.s3Errors[i].Add(1)
 	}
-	m.statsd.Count2(metricS3Errors, s3ErrorLabelAt(i), "", 1)
+	m.statsd.CountBy(metricS3Errors, s3ErrorLabelAt(i), "", 1)
 }
 
 // Gauge registers a value read whenever an output reports; an empty

@@ -48,7 +48,7 @@ func readPackets(t *testing.T, ln *net.UDPConn, wantLines int) []string {
 func TestMetricsLineFormat(t *testing.T) {
 	ln, conn := udpListener(t)
 	m := newStatsdEmitter(conn, "s3helper", "env:test,host:a", time.Hour)
-	m.Count2(metricRequests, "GET", "206", 1)
+	m.CountBy(metricRequests, "GET", "206", 1)
 	m.Timing(metricRequestDuration, 1500*time.Millisecond)
 	m.Gauge(metricInFlight, 7)
 	m.Count(metricBytesOut, 4096)
@@ -113,7 +113,7 @@ func TestMetricsNeverBlockAndCountDrops(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		for range 100_000 { // far more than the queue holds
-			m.Count2(metricRequests, "GET", "200", 1)
+			m.CountBy(metricRequests, "GET", "200", 1)
 		}
 		close(done)
 	}()
@@ -146,7 +146,7 @@ func TestMetricsWriteErrorsCounted(t *testing.T) {
 func TestMetricsNilIsNoOp(t *testing.T) {
 	var e *statsdEmitter
 	e.Count(metricRetries, 1)
-	e.Count2(metricRequests, "GET", "200", 1)
+	e.CountBy(metricRequests, "GET", "200", 1)
 	e.Timing(metricRequestDuration, time.Second)
 	e.Gauge(metricInFlight, 1)
 	e.GaugeFunc(metricInFlight, func() int64 { return 0 })
@@ -187,7 +187,7 @@ func BenchmarkMetricsAppend(b *testing.B) {
 	defer m.Close()
 	b.ReportAllocs()
 	for b.Loop() {
-		m.Count2(metricRequests, "GET", "206", 1)
+		m.CountBy(metricRequests, "GET", "206", 1)
 	}
 }
 

@@ -88,8 +88,8 @@ type signingRequest struct {
 	omitContentSHA256 bool
 }
 
-// signature holds every stage of one signing, for tests and -presign.
-type signature struct {
+// signingStages holds every stage of one signing, for tests and -presign.
+type signingStages struct {
 	amzDate          string
 	credentialScope  string
 	canonicalRequest string
@@ -256,11 +256,11 @@ func (s *Signer) Sign(h http.Header, in *signingRequest, creds *Credentials, t t
 }
 
 // explain signs like Sign but returns every stage; for tests and -presign.
-func (s *Signer) explain(in *signingRequest, creds *Credentials, t time.Time, headerAuth bool) signature {
+func (s *Signer) explain(in *signingRequest, creds *Credentials, t time.Time, headerAuth bool) signingStages {
 	b := s.getBuf()
 	defer s.bufs.Put(b)
 	o := s.sign(b, in, creds, t, headerAuth)
-	return signature{
+	return signingStages{
 		amzDate:          o.amzDate,
 		credentialScope:  string(b.out[o.scopeStart:o.scopeEnd]),
 		canonicalRequest: string(b.creq),
@@ -508,8 +508,8 @@ func (s *Signer) Presign(in signingRequest, creds *Credentials, t time.Time, exp
 
 // presignature is a presigning's stages plus the final query string.
 type presignature struct {
-	signature
-	query string
+	stages signingStages
+	query  string
 }
 
 // explainPresign signs in with its own query parameters own plus the
@@ -536,5 +536,5 @@ func (s *Signer) explainPresign(in *signingRequest, own url.Values, creds *Crede
 	withAuth := *in
 	withAuth.query = canonicalQuery(params)
 	sig := s.explain(&withAuth, creds, t, false)
-	return presignature{signature: sig, query: withAuth.query + "&X-Amz-Signature=" + sig.signature}
+	return presignature{stages: sig, query: withAuth.query + "&X-Amz-Signature=" + sig.signature}
 }

@@ -68,32 +68,29 @@ func TestS3WorkedExamples(t *testing.T) {
 			signature:        "34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7",
 		},
 	}
-	creds := newCredentials(docsAccessKeyID, docsSecret, "", time.Time{}, sourceEnvironment)
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			params, err := parseCanonicalQuery(tt.query)
+			uri := canonicalURI(tt.key)
+			if tt.key == "" {
+				uri = "/"
+			}
+			got, err := signVector(vectorRequest{akid: docsAccessKeyID, secret: docsSecret, method: tt.method, host: docsHost,
+				uri: uri, rawQuery: tt.query, headers: tt.headers, payloadHash: tt.payloadHash, at: docsTime})
 			if err != nil {
 				t.Fatal(err)
 			}
-			s := &Signer{Region: "us-east-1"}
-			in := &signingRequest{method: tt.method, host: docsHost, uri: canonicalURI(tt.key),
-				query: canonicalQuery(params), headers: tt.headers, payloadHash: tt.payloadHash}
-			if tt.key == "" {
-				in.uri = "/"
-			}
-			got := s.explain(in, creds, docsTime, true)
 			compareStages(t, got, tt.canonicalRequest, tt.stringToSign, tt.signature)
 			if tt.authorization != "" && got.authorization != tt.authorization {
 				t.Errorf("authorization = %q, want %q", got.authorization, tt.authorization)
 			}
-			if k := s.key(docsSecret, "20130524"); hex.EncodeToString(k.derived[:]) != docsSigningKey {
+			if k := (&Signer{Region: "us-east-1"}).key(docsSecret, "20130524"); hex.EncodeToString(k.derived[:]) != docsSigningKey {
 				t.Errorf("signing key = %x, want %s", k.derived, docsSigningKey)
 			}
 		})
 	}
 }
 
-func compareStages(t *testing.T, got signature, creq, sts, sig string) {
+func compareStages(t *testing.T, got signingStages, creq, sts, sig string) {
 	t.Helper()
 	if got.canonicalRequest != creq {
 		t.Errorf("canonical request:\n%s\nwant:\n%s", got.canonicalRequest, creq)
@@ -112,7 +109,7 @@ func TestPresignedGetExample(t *testing.T) {
 	s := &Signer{Region: "us-east-1"}
 	in := signingRequest{method: "GET", host: docsHost, uri: "/test.txt", payloadHash: unsignedPayload}
 	got := s.explainPresign(&in, nil, creds, docsTime, 86400*time.Second)
-	compareStages(t, got.signature,
+	compareStages(t, got.stages,
 		"GET\n/test.txt\nX-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host\nhost:examplebucket.s3.amazonaws.com\n\nhost\nUNSIGNED-PAYLOAD",
 		"AWS4-HMAC-SHA256\n20130524T000000Z\n20130524/us-east-1/s3/aws4_request\n3bfa292879f6447bbcda7001decf97f4a54dc650c8942174ae0a9121cf58ad04",
 		"aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404")
@@ -239,16 +236,35 @@ var suiteVectors = []suiteVector{
 		signature:        "07ec1639c89043aa0e3e2de82b96708f198cceab042d4a97044c66dd9f74e7f8"},
 }
 
-func signSuiteVector(v suiteVector) (signature, error) {
-	params, err := parseCanonicalQuery(v.query)
+func signSuiteVector(v suiteVector) (signingStages, error) {
+	return signVector(vectorRequest{akid: suiteAccessKeyID, secret: suiteSecret, token: v.token, service: "service",
+		method: v.method, host: v.host, uri: string(appendURIEncoded(nil, v.path, true)), rawQuery: v.query,
+		headers: v.headers, omitContentSHA256: true, at: suiteTime})
+}
+
+// vectorRequest is a test vector's request and credentials.
+type vectorRequest struct {
+	akid, secret, token string
+	// service is the signing name; empty means s3. The region is us-east-1.
+	service                     string
+	method, host, uri, rawQuery string
+	headers                     []headerField
+	payloadHash                 string
+	omitContentSHA256           bool
+	at                          time.Time
+}
+
+// signVector is the one way every vector test signs: a fresh signer, the
+// vector's query parsed from its raw form, every stage returned.
+func signVector(v vectorRequest) (signingStages, error) {
+	params, err := parseCanonicalQuery(v.rawQuery)
 	if err != nil {
-		return signature{}, err
+		return signingStages{}, err
 	}
-	creds := newCredentials(suiteAccessKeyID, suiteSecret, v.token, time.Time{}, sourceEnvironment)
-	s := &Signer{Region: "us-east-1", Service: "service"}
-	in := &signingRequest{method: v.method, host: v.host, uri: string(appendURIEncoded(nil, v.path, true)),
-		query: canonicalQuery(params), headers: v.headers, omitContentSHA256: true}
-	return s.explain(in, creds, suiteTime, true), nil
+	s := &Signer{Region: "us-east-1", Service: v.service}
+	in := &signingRequest{method: v.method, host: v.host, uri: v.uri, query: canonicalQuery(params),
+		headers: v.headers, payloadHash: v.payloadHash, omitContentSHA256: v.omitContentSHA256}
+	return s.explain(in, newCredentials(v.akid, v.secret, v.token, time.Time{}, sourceEnvironment), v.at, true), nil
 }
 
 func TestSuiteVectors(t *testing.T) {
@@ -430,20 +446,18 @@ func parseSuiteRequest(text string) (suiteVector, string) {
 	return v, body
 }
 
-func signLoaded(t *testing.T, v suiteVector, exp sharedExpect) signature {
+func signLoaded(t *testing.T, v suiteVector, exp sharedExpect) signingStages {
 	t.Helper()
-	params, err := parseCanonicalQuery(v.query)
+	got, err := signVector(vectorRequest{akid: suiteAccessKeyID, secret: suiteSecret, token: v.token, service: "service",
+		method: v.method, host: v.host, uri: string(appendURIEncoded(nil, v.path, true)), rawQuery: v.query,
+		headers: v.headers, payloadHash: exp.payloadHash, omitContentSHA256: !exp.signBody, at: suiteTime})
 	if err != nil {
 		t.Fatal(err)
 	}
-	creds := newCredentials(suiteAccessKeyID, suiteSecret, v.token, time.Time{}, sourceEnvironment)
-	s := &Signer{Region: "us-east-1", Service: "service"}
-	in := &signingRequest{method: v.method, host: v.host, uri: string(appendURIEncoded(nil, v.path, true)),
-		query: canonicalQuery(params), headers: v.headers, payloadHash: exp.payloadHash, omitContentSHA256: !exp.signBody}
-	return s.explain(in, creds, suiteTime, true)
+	return got
 }
 
-func presignLoaded(v suiteVector, payloadHash string, expires time.Duration) signature {
+func presignLoaded(v suiteVector, payloadHash string, expires time.Duration) signingStages {
 	params, _ := parseCanonicalQuery(v.query)
 	creds := newCredentials(suiteAccessKeyID, suiteSecret, v.token, time.Time{}, sourceEnvironment)
 	s := &Signer{Region: "us-east-1", Service: "service"}
@@ -452,7 +466,7 @@ func presignLoaded(v suiteVector, payloadHash string, expires time.Duration) sig
 	if in.payloadHash == "" { // presigning for S3 would use UNSIGNED-PAYLOAD; the suite does not
 		in.payloadHash = emptyPayloadHash
 	}
-	return s.explainPresign(in, params, creds, suiteTime, expires).signature
+	return s.explainPresign(in, params, creds, suiteTime, expires).stages
 }
 
 // TestCanonicalURI pins the S3 key encoding on the keys peers got wrong.
@@ -554,18 +568,28 @@ func TestSignHeaders(t *testing.T) {
 	}
 }
 
-// TestSigningKeyCache checks the key follows the day and the secret.
+// TestSigningKeyCache: one signer reused across days and secrets signs
+// exactly as a fresh signer would, and a repeated signing derives no key
+// (it allocates only its two header strings).
 func TestSigningKeyCache(t *testing.T) {
 	s := &Signer{Region: "us-east-1"}
-	k1 := s.key("secret-1", "20260101")
-	if s.key("secret-1", "20260101") != k1 {
-		t.Error("same secret and day: key derived again")
+	in := &signingRequest{method: "GET", host: "h", uri: "/k"}
+	day1, day2 := docsTime, docsTime.Add(24*time.Hour)
+	for _, step := range []struct {
+		secret string
+		at     time.Time
+	}{{"secret-1", day1}, {"secret-1", day1}, {"secret-1", day2}, {"secret-2", day2}, {"secret-1", day1}} {
+		creds := newCredentials("AKID", step.secret, "", time.Time{}, sourceEnvironment)
+		fresh := (&Signer{Region: "us-east-1"}).explain(in, creds, step.at, true).signature
+		if got := s.explain(in, creds, step.at, true).signature; got != fresh {
+			t.Errorf("reused signer, %s on %s: %s, a fresh signer: %s", step.secret, step.at.Format("2006-01-02"), got, fresh)
+		}
 	}
-	if k := s.key("secret-1", "20260102"); k == k1 || k.derived == k1.derived {
-		t.Error("next day: key not derived again")
-	}
-	if k := s.key("secret-2", "20260102"); k.secret != "secret-2" {
-		t.Error("new secret: key not derived again")
+	creds := newCredentials("AKID", "secret-1", "", time.Time{}, sourceEnvironment)
+	h := http.Header{}
+	s.Sign(h, in, creds, day1)
+	if allocs := testing.AllocsPerRun(100, func() { s.Sign(h, in, creds, day1) }); allocs > 2 {
+		t.Errorf("signing again with the same secret and day: %v allocations, want 2 (no key derived)", allocs)
 	}
 	// Concurrent signers with rotating secrets stay correct (run with -race).
 	var wg sync.WaitGroup

@@ -104,8 +104,9 @@ func newStatsdEmitter(w io.WriteCloser, prefix, tags string, flush time.Duration
 // Count adds v to a counter.
 func (m *statsdEmitter) Count(name string, v int64) { m.emit(name, "", "", v, "|c") }
 
-// Count2 adds v to the counter name.a.b, e.g. requests.GET.200.
-func (m *statsdEmitter) Count2(name, a, b string, v int64) { m.emit(name, a, b, v, "|c") }
+// CountBy adds v to the counter name.a.b: name counted by up to two
+// dimensions, e.g. requests.GET.200.
+func (m *statsdEmitter) CountBy(name, a, b string, v int64) { m.emit(name, a, b, v, "|c") }
 
 // Timing records a duration in milliseconds.
 func (m *statsdEmitter) Timing(name string, d time.Duration) {
