@@ -6,10 +6,15 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -171,3 +176,115 @@ func awaitListening(t *testing.T, logs *syncBuffer, withAdmin bool) (addr, admin
 	}
 	return addr, admin
 }
+
+func get(t *testing.T, method, target string, header http.Header) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, target, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: reading body: %v", method, target, err)
+	}
+	return resp, body
+}
+
+// roundTripperFunc injects transport faults.
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// timeoutError is a transport error that reports a timeout.
+type timeoutError struct{}
+
+func (timeoutError) Error() string   { return "net/http: timeout awaiting response headers" }
+func (timeoutError) Timeout() bool   { return true }
+func (timeoutError) Temporary() bool { return true }
+
+// udpListener receives statsd packets on a real socket.
+func udpListener(t *testing.T) (*net.UDPConn, net.Conn) {
+	t.Helper()
+	ln, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	conn, err := net.Dial("udp", ln.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln, conn
+}
+
+// readPackets reads datagrams until want lines arrived or 2 s passed.
+func readPackets(t *testing.T, ln *net.UDPConn, wantLines int) []string {
+	t.Helper()
+	var packets []string
+	lines := 0
+	buf := make([]byte, 65536)
+	ln.SetReadDeadline(time.Now().Add(2 * time.Second))
+	for lines < wantLines {
+		n, err := ln.Read(buf)
+		if err != nil {
+			t.Fatalf("after %d of %d lines: %v", lines, wantLines, err)
+		}
+		packets = append(packets, string(buf[:n]))
+		lines += strings.Count(string(buf[:n]), "\n")
+	}
+	return packets
+}
+
+func envFrom(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+// daemon is run() in a goroutine.
+type daemon struct {
+	addr  string
+	admin string
+	logs  *syncBuffer
+	stop  context.CancelFunc
+	done  chan error
+}
+
+// startDaemon runs s3-helper in-process and waits for its listening line.
+func startDaemon(t *testing.T, args []string, env map[string]string) *daemon {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &daemon{logs: &syncBuffer{}, stop: cancel, done: make(chan error, 1)}
+	args = append([]string{"-log-format", "json", "-listen", "127.0.0.1:0"}, args...)
+	go func() {
+		err := run(ctx, args, envFrom(env), io.Discard, d.logs)
+		fmt.Fprintf(d.logs, "%s: %v\n", exitedMarker, err)
+		d.done <- err
+	}()
+	wantAdmin := slices.Contains(args, "-admin")
+	d.addr, d.admin = awaitListening(t, d.logs, wantAdmin)
+	t.Cleanup(cancel)
+	return d
+}
+
+func staticEnv() map[string]string {
+	return map[string]string{"AWS_ACCESS_KEY_ID": testAKID, "AWS_SECRET_ACCESS_KEY": testSecret, "AWS_SESSION_TOKEN": testToken}
+}
+
+// The bucket and access key the stand-ins serve.
+const (
+	testBucket = "media"
+	testAKID   = "AKIATESTPROXY"
+)
+
+// The secret and session token of the test credentials.
+const (
+	testSecret = "test/secret+KEY0123456789abcdefghijklmnop"
+	testToken  = "IQoJtest-session-token/with+base64=="
+)

@@ -11,7 +11,6 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,114 +18,6 @@ import (
 	"testing/synctest"
 	"time"
 )
-
-const (
-	testSecret = "test/secret+KEY0123456789abcdefghijklmnop"
-	testToken  = "IQoJtest-session-token/with+base64=="
-)
-
-// fakeIMDS is an IMDSv2 emulator: tokens with TTL, 401 for unknown or
-// expired tokens, role listing, credentials JSON, and failures injected per
-// call.
-type fakeIMDS struct {
-	mu sync.Mutex // guards every field below
-	// now is the emulator's clock; nil means time.Now.
-	now    func() time.Time
-	tokens map[string]time.Time
-	role   string
-	// body is the credentials document served for role.
-	body []byte
-	// fail holds statuses returned by the next calls, in order.
-	fail      []int
-	tokenPuts int
-	credGets  int
-	// hangPUT makes the token PUT wait for the client to give up.
-	hangPUT bool
-}
-
-func newFakeIMDS(t *testing.T, expires time.Time) (*fakeIMDS, *httptest.Server) {
-	t.Helper()
-	f := &fakeIMDS{tokens: map[string]time.Time{}, role: "sidecar-role"}
-	f.setCredentials("ASIAFIRST", testSecret, testToken, expires)
-	srv := httptest.NewServer(f)
-	t.Cleanup(srv.Close)
-	return f, srv
-}
-
-func (f *fakeIMDS) clock() time.Time {
-	if f.now == nil {
-		return time.Now()
-	}
-	return f.now()
-}
-
-func (f *fakeIMDS) setCredentials(akid, secret, token string, expires time.Time) {
-	doc, _ := json.Marshal(map[string]string{
-		"Code": "Success", "LastUpdated": "2026-11-27T00:00:00Z", "Type": "AWS-HMAC",
-		"AccessKeyId": akid, "SecretAccessKey": secret, "Token": token,
-		"Expiration": expires.UTC().Format(time.RFC3339),
-	})
-	f.mu.Lock()
-	f.body = doc
-	f.mu.Unlock()
-}
-
-func (f *fakeIMDS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	f.mu.Lock()
-	if r.Method == http.MethodPut && r.URL.Path == imdsTokenPath && f.hangPUT {
-		f.mu.Unlock()
-		<-r.Context().Done()
-		return
-	}
-	defer f.mu.Unlock()
-	if len(f.fail) > 0 {
-		status := f.fail[0]
-		f.fail = f.fail[1:]
-		http.Error(w, "injected", status)
-		return
-	}
-	if r.Method == http.MethodPut && r.URL.Path == imdsTokenPath {
-		if r.Header.Get("X-Forwarded-For") != "" { // IMDSv2 refuses forwarded token requests
-			http.Error(w, "forbidden", http.StatusForbidden)
-			return
-		}
-		ttl, err := strconv.Atoi(r.Header.Get(imdsTokenTTLHeader))
-		if err != nil || ttl < 1 || ttl > 21600 {
-			http.Error(w, "bad ttl", http.StatusBadRequest)
-			return
-		}
-		f.tokenPuts++
-		token := fmt.Sprintf("imds-token-%d", f.tokenPuts)
-		f.tokens[token] = f.clock().Add(time.Duration(ttl) * time.Second)
-		fmt.Fprint(w, token)
-		return
-	}
-	if r.Method != http.MethodGet {
-		http.Error(w, "method", http.StatusMethodNotAllowed)
-		return
-	}
-	if exp, ok := f.tokens[r.Header.Get(imdsTokenHeader)]; !ok || !f.clock().Before(exp) {
-		http.Error(w, "unauthorized", http.StatusUnauthorized)
-		return
-	}
-	switch r.URL.Path {
-	case imdsCredentialsPath:
-		fmt.Fprintln(w, f.role)
-	case imdsCredentialsPath + f.role:
-		f.credGets++
-		w.Write(f.body)
-	case imdsRegionPath:
-		fmt.Fprint(w, "eu-west-1")
-	default:
-		http.NotFound(w, r)
-	}
-}
-
-func (f *fakeIMDS) counts() (tokenPuts, credGets int) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.tokenPuts, f.credGets
-}
 
 func TestIMDSRetrieveReusesToken(t *testing.T) {
 	expires := time.Now().Add(time.Hour).Truncate(time.Second)
@@ -320,49 +211,6 @@ func TestCredentialsRedaction(t *testing.T) {
 	if !strings.Contains(out.String(), "ASIAREDACT") {
 		t.Errorf("the access key ID should stay visible for debugging:\n%s", out.String())
 	}
-}
-
-// fakeProvider returns scripted results and counts calls.
-type fakeProvider struct {
-	mu    sync.Mutex // guards every field below
-	calls int
-	// next returns the result of call n (1-based).
-	next func(n int) (*Credentials, error)
-	// gate, if set, is waited on before answering.
-	gate chan struct{}
-}
-
-func (p *fakeProvider) Retrieve(ctx context.Context) (*Credentials, error) {
-	p.mu.Lock()
-	p.calls++
-	n, next, gate := p.calls, p.next, p.gate
-	p.mu.Unlock()
-	if gate != nil {
-		select {
-		case <-gate:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
-	return next(n)
-}
-
-func (p *fakeProvider) count() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.calls
-}
-
-func newTestCache(p credentialProvider, logs *syncBuffer, jitter float64) *credentialCache {
-	return &credentialCache{
-		provider: p,
-		rand:     func() float64 { return jitter },
-		log:      slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	}
-}
-
-func imdsCreds(akid string, expires time.Time) *Credentials {
-	return newCredentials(akid, testSecret, testToken, expires, sourceIMDS)
 }
 
 // TestCacheRefreshesInsideJitterWindow: with jitter u the refresh happens

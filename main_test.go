@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,10 +22,6 @@ import (
 	"testing"
 	"time"
 )
-
-func envFrom(m map[string]string) func(string) string {
-	return func(k string) string { return m[k] }
-}
 
 func TestValidationReportsEveryProblem(t *testing.T) {
 	var stderr bytes.Buffer
@@ -195,36 +190,6 @@ func TestBuildRoutesAddressing(t *testing.T) {
 	if err != nil || u.Host != "s3.example.com" {
 		t.Errorf("parseEndpoint dropped nothing: %v, %v", u, err)
 	}
-}
-
-// daemon is run() in a goroutine.
-type daemon struct {
-	addr  string
-	admin string
-	logs  *syncBuffer
-	stop  context.CancelFunc
-	done  chan error
-}
-
-// startDaemon runs s3-helper in-process and waits for its listening line.
-func startDaemon(t *testing.T, args []string, env map[string]string) *daemon {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	d := &daemon{logs: &syncBuffer{}, stop: cancel, done: make(chan error, 1)}
-	args = append([]string{"-log-format", "json", "-listen", "127.0.0.1:0"}, args...)
-	go func() {
-		err := run(ctx, args, envFrom(env), io.Discard, d.logs)
-		fmt.Fprintf(d.logs, "%s: %v\n", exitedMarker, err)
-		d.done <- err
-	}()
-	wantAdmin := slices.Contains(args, "-admin")
-	d.addr, d.admin = awaitListening(t, d.logs, wantAdmin)
-	t.Cleanup(cancel)
-	return d
-}
-
-func staticEnv() map[string]string {
-	return map[string]string{"AWS_ACCESS_KEY_ID": testAKID, "AWS_SECRET_ACCESS_KEY": testSecret, "AWS_SESSION_TOKEN": testToken}
 }
 
 // TestGracefulShutdownDrains: on a signal, a response in flight completes

@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -11,39 +10,6 @@ import (
 	"testing"
 	"time"
 )
-
-// udpListener receives statsd packets on a real socket.
-func udpListener(t *testing.T) (*net.UDPConn, net.Conn) {
-	t.Helper()
-	ln, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	conn, err := net.Dial("udp", ln.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ln, conn
-}
-
-// readPackets reads datagrams until want lines arrived or 2 s passed.
-func readPackets(t *testing.T, ln *net.UDPConn, wantLines int) []string {
-	t.Helper()
-	var packets []string
-	lines := 0
-	buf := make([]byte, 65536)
-	ln.SetReadDeadline(time.Now().Add(2 * time.Second))
-	for lines < wantLines {
-		n, err := ln.Read(buf)
-		if err != nil {
-			t.Fatalf("after %d of %d lines: %v", lines, wantLines, err)
-		}
-		packets = append(packets, string(buf[:n]))
-		lines += strings.Count(string(buf[:n]), "\n")
-	}
-	return packets
-}
 
 func TestMetricsLineFormat(t *testing.T) {
 	ln, conn := udpListener(t)

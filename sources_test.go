@@ -1,25 +1,16 @@
 package main
 
 import (
-	"cmp"
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -137,46 +128,6 @@ func TestContainerDialChecksResolvedAddresses(t *testing.T) {
 	}
 }
 
-// fakeContainerEndpoint answers like the ECS agent or the EKS Pod Identity
-// agent: it requires the Authorization token and serves a credentials
-// document, or an error document while fail is set.
-type fakeContainerEndpoint struct {
-	mu        sync.Mutex // guards every field below
-	wantAuth  string
-	akid      string
-	expires   time.Time
-	failWith  int // status to answer with, 0 for success
-	requests  int
-	seenAuths []string
-	// secret and token are served with akid; empty means the test constants.
-	secret, token string
-}
-
-func (f *fakeContainerEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.requests++
-	f.seenAuths = append(f.seenAuths, r.Header.Get("Authorization"))
-	w.Header().Set("Content-Type", "application/json")
-	switch {
-	case f.wantAuth != "" && r.Header.Get("Authorization") != f.wantAuth:
-		w.WriteHeader(http.StatusUnauthorized)
-		json.NewEncoder(w).Encode(map[string]string{"code": "InvalidToken", "message": "Authorization token is invalid\nsecond line"})
-	case f.failWith != 0:
-		w.WriteHeader(f.failWith)
-		json.NewEncoder(w).Encode(map[string]string{"code": "InternalError", "message": "agent unavailable"})
-	default:
-		json.NewEncoder(w).Encode(map[string]string{"AccessKeyId": f.akid, "SecretAccessKey": cmp.Or(f.secret, testSecret), "Token": cmp.Or(f.token, testToken),
-			"Expiration": f.expires.UTC().Format(time.RFC3339), "RoleArn": "arn:aws:iam::1:role/task"})
-	}
-}
-
-func (f *fakeContainerEndpoint) set(fn func(f *fakeContainerEndpoint)) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	fn(f)
-}
-
 func TestContainerProvider(t *testing.T) {
 	f := &fakeContainerEndpoint{wantAuth: "first-token", akid: "ASIACONTAINER1", expires: time.Now().Add(time.Hour)}
 	srv := httptest.NewServer(f)
@@ -251,142 +202,6 @@ func TestContainerDocumentValidation(t *testing.T) {
 			}
 		})
 	}
-}
-
-// fakeSTS answers AssumeRoleWithWebIdentity and AssumeRole like STS. For
-// AssumeRole it verifies the SigV4 signature with the base credentials it
-// knows, using referenceSignature (written independently of the signer).
-type fakeSTS struct {
-	mu sync.Mutex // guards every field below
-	// wantToken is the web identity token STS accepts.
-	wantToken string
-	// baseSecrets are the base credentials AssumeRole accepts, by key id.
-	baseSecrets map[string]string
-	// errors are answered first, one per request: code names an STS error.
-	errors []string
-	akid   string
-	calls  []url.Values
-	// secret and token are served with akid; empty means the test constants.
-	secret, token string
-}
-
-func (f *fakeSTS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	body, _ := io.ReadAll(r.Body)
-	form, _ := url.ParseQuery(string(body))
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.calls = append(f.calls, form)
-	fail := func(status int, code string) {
-		w.WriteHeader(status)
-		fmt.Fprintf(w, `<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type><Code>%s</Code><Message>%s failed</Message></Error><RequestId>r</RequestId></ErrorResponse>`, code, code)
-	}
-	if len(f.errors) > 0 {
-		code := f.errors[0]
-		f.errors = f.errors[1:]
-		status := http.StatusBadRequest
-		if code == "AccessDenied" {
-			status = http.StatusForbidden
-		}
-		fail(status, code)
-		return
-	}
-	if r.Method != http.MethodPost || form.Get("Version") != stsVersion || r.Header.Get("Content-Type") != stsContentType {
-		fail(400, "InvalidAction")
-		return
-	}
-	action := form.Get("Action")
-	switch action {
-	case "AssumeRoleWithWebIdentity":
-		if r.Header.Get("Authorization") != "" {
-			fail(400, "UnsignedRequestExpected")
-			return
-		}
-		if form.Get("WebIdentityToken") != f.wantToken {
-			fail(400, "InvalidIdentityToken")
-			return
-		}
-	case "AssumeRole":
-		if err := f.verify(r, body); err != nil {
-			fail(403, "SignatureDoesNotMatch")
-			return
-		}
-	default:
-		fail(400, "InvalidAction")
-		return
-	}
-	if !validSessionName(form.Get("RoleSessionName")) || !isRoleARN(form.Get("RoleArn")) {
-		fail(400, "ValidationError")
-		return
-	}
-	fmt.Fprintf(w, `<%[1]sResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><%[1]sResult>
-<Credentials><AccessKeyId>%[2]s</AccessKeyId><SecretAccessKey>%[3]s</SecretAccessKey><SessionToken>%[4]s</SessionToken><Expiration>%[5]s</Expiration></Credentials>
-<AssumedRoleUser><Arn>%[6]s/s</Arn><AssumedRoleId>AROA:s</AssumedRoleId></AssumedRoleUser></%[1]sResult>
-<ResponseMetadata><RequestId>r</RequestId></ResponseMetadata></%[1]sResponse>`,
-		action, f.akid, cmp.Or(f.secret, testSecret), cmp.Or(f.token, testToken), time.Now().Add(time.Hour).UTC().Format(time.RFC3339), form.Get("RoleArn"))
-}
-
-// verify checks an AssumeRole request's Authorization header.
-func (f *fakeSTS) verify(r *http.Request, body []byte) error {
-	auth := r.Header.Get("Authorization")
-	rest, ok := strings.CutPrefix(auth, "AWS4-HMAC-SHA256 Credential=")
-	if !ok {
-		return errors.New("not signed")
-	}
-	cred, rest, _ := strings.Cut(rest, ", SignedHeaders=")
-	signed, sig, _ := strings.Cut(rest, ", Signature=")
-	parts := strings.Split(cred, "/")
-	if len(parts) != 5 || parts[3] != "sts" {
-		return fmt.Errorf("credential scope %q", cred)
-	}
-	secret, ok := f.baseSecrets[parts[0]]
-	if !ok {
-		return errors.New("unknown base access key")
-	}
-	sum := sha256.Sum256(body)
-	if r.Header.Get("X-Amz-Content-Sha256") != hex.EncodeToString(sum[:]) {
-		return errors.New("payload hash does not match the body")
-	}
-	want := referenceSignature(r, strings.Split(signed, ";"), hex.EncodeToString(sum[:]), secret, parts[1], parts[2], parts[3])
-	if want != sig {
-		return errors.New("signature mismatch")
-	}
-	return nil
-}
-
-// referenceSignature is SigV4 written plainly from the AWS documentation,
-// independent of sigv4.go: strings, sorting and crypto/hmac only.
-func referenceSignature(r *http.Request, signed []string, payloadHash, secret, date, region, service string) string {
-	var lines []string
-	for _, name := range signed {
-		v := r.Header.Get(name)
-		if name == "host" {
-			v = r.Host
-		}
-		lines = append(lines, name+":"+strings.Join(strings.Fields(v), " "))
-	}
-	slices.Sort(lines)
-	creq := strings.Join([]string{r.Method, r.URL.EscapedPath(), r.URL.RawQuery, strings.Join(lines, "\n") + "\n", strings.Join(signed, ";"), payloadHash}, "\n")
-	creqSum := sha256.Sum256([]byte(creq))
-	scope := date + "/" + region + "/" + service + "/aws4_request"
-	sts := "AWS4-HMAC-SHA256\n" + r.Header.Get("X-Amz-Date") + "\n" + scope + "\n" + hex.EncodeToString(creqSum[:])
-	mac := func(key []byte, msg string) []byte {
-		h := hmac.New(sha256.New, key)
-		h.Write([]byte(msg))
-		return h.Sum(nil)
-	}
-	key := mac([]byte("AWS4"+secret), date)
-	for _, part := range []string{region, service, "aws4_request"} {
-		key = mac(key, part)
-	}
-	return hex.EncodeToString(mac(key, sts))
-}
-
-func newTestSTS(t *testing.T) (*fakeSTS, *stsClient) {
-	t.Helper()
-	f := &fakeSTS{wantToken: "jwt-1", akid: "ASIASTS1", baseSecrets: map[string]string{"AKIABASE": "base/secret+key"}}
-	srv := httptest.NewServer(f)
-	t.Cleanup(srv.Close)
-	return f, &stsClient{endpoint: srv.URL, pause: func(int) time.Duration { return 0 }}
 }
 
 func TestWebIdentityProvider(t *testing.T) {
