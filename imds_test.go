@@ -280,16 +280,23 @@ func TestCacheRetriesWhileIMDSServesTheSameSet(t *testing.T) {
 	})
 }
 
+// startGatedCache starts a cache whose first fetch waits until p.gate is
+// closed, then serves ASIAONE for an hour.
+func startGatedCache(t *testing.T) (*fakeProvider, *credentialCache) {
+	p := &fakeProvider{gate: make(chan struct{}), next: func(int) (*Credentials, error) {
+		return imdsCreds("ASIAONE", time.Now().Add(time.Hour)), nil
+	}}
+	c := newTestCache(p, &syncBuffer{}, 0.5)
+	c.Start(t.Context())
+	t.Cleanup(c.Close)
+	return p, c
+}
+
 // TestCacheSingleFlight: a thousand callers arriving before the first
 // fetch ends cause one fetch.
 func TestCacheSingleFlight(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		p := &fakeProvider{gate: make(chan struct{}), next: func(int) (*Credentials, error) {
-			return imdsCreds("ASIAONE", time.Now().Add(time.Hour)), nil
-		}}
-		c := newTestCache(p, &syncBuffer{}, 0.5)
-		c.Start(t.Context())
-		defer c.Close()
+		p, c := startGatedCache(t)
 		var wg sync.WaitGroup
 		var failed atomic.Int64
 		for range 1000 {
@@ -312,12 +319,7 @@ func TestCacheSingleFlight(t *testing.T) {
 // shared fetch for the others.
 func TestCacheWaiterCancellation(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		p := &fakeProvider{gate: make(chan struct{}), next: func(int) (*Credentials, error) {
-			return imdsCreds("ASIAONE", time.Now().Add(time.Hour)), nil
-		}}
-		c := newTestCache(p, &syncBuffer{}, 0.5)
-		c.Start(t.Context())
-		defer c.Close()
+		p, c := startGatedCache(t)
 		ctx, cancel := context.WithCancel(t.Context())
 		errc := make(chan error, 1)
 		go func() { _, err := c.Get(ctx, time.Now()); errc <- err }()

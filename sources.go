@@ -93,6 +93,25 @@ func withRetries(ctx context.Context, pause func(n int) time.Duration, attempt f
 	}
 }
 
+// readAnswer sends req and reads the whole answer, bounded, so a timeout
+// cannot race the read. A network failure is transient; an oversized answer
+// is not. The body is closed.
+func readAnswer(client *http.Client, req *http.Request, peer string) (*http.Response, []byte, error) {
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, nil, transientError{fmt.Errorf("%s: %w", peer, err)}
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxSourceBodyBytes+1))
+	if err != nil {
+		return nil, nil, transientError{fmt.Errorf("%s: read body: %w", peer, err)}
+	}
+	if len(body) > maxSourceBodyBytes {
+		return nil, nil, fmt.Errorf("%s: answer exceeds %d bytes", peer, maxSourceBodyBytes)
+	}
+	return resp, body, nil
+}
+
 // readTokenFile reads a token the platform rotates (kubelet, Pod Identity
 // agent): it is read on every fetch, bounded, and never quoted in an error.
 func readTokenFile(path string) (string, error) {
@@ -164,17 +183,9 @@ func (p *containerProvider) fetch(ctx context.Context) (*Credentials, error) {
 	if auth != "" {
 		req.Header.Set("Authorization", auth)
 	}
-	resp, err := p.httpClient().Do(req)
+	resp, body, err := readAnswer(p.httpClient(), req, "container endpoint "+p.url)
 	if err != nil {
-		return nil, transientError{fmt.Errorf("container endpoint %s: %w", p.url, err)}
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxSourceBodyBytes+1))
-	if err != nil {
-		return nil, transientError{fmt.Errorf("container endpoint %s: read body: %w", p.url, err)}
-	}
-	if len(body) > maxSourceBodyBytes {
-		return nil, fmt.Errorf("container endpoint %s: answer exceeds %d bytes", p.url, maxSourceBodyBytes)
+		return nil, err
 	}
 	var doc containerDocument
 	jsonErr := json.Unmarshal(body, &doc)
@@ -371,14 +382,9 @@ func (s *stsClient) call(ctx context.Context, form url.Values, source string, si
 		if client == nil {
 			client = sourceHTTPClient(nil)
 		}
-		resp, err := client.Do(req)
+		resp, raw, err := readAnswer(client, req, "STS "+s.endpoint)
 		if err != nil {
-			return nil, transientError{fmt.Errorf("STS %s: %w", s.endpoint, err)}
-		}
-		defer resp.Body.Close()
-		raw, err := io.ReadAll(io.LimitReader(resp.Body, maxSourceBodyBytes+1))
-		if err != nil {
-			return nil, transientError{fmt.Errorf("STS %s: read body: %w", s.endpoint, err)}
+			return nil, err
 		}
 		var answer stsAnswer
 		xmlErr := xml.Unmarshal(raw, &answer)
@@ -392,7 +398,7 @@ func (s *stsClient) call(ctx context.Context, form url.Values, source string, si
 			}
 			return nil, serr
 		}
-		if xmlErr != nil || len(raw) > maxSourceBodyBytes {
+		if xmlErr != nil {
 			return nil, fmt.Errorf("STS %s: answer is not an STS XML document (%d bytes)", s.endpoint, len(raw))
 		}
 		c := answer.WebIdentity.Credentials
