@@ -4,9 +4,12 @@
 // (the standard-library baseline) and s3-helper with static credentials,
 // each in its own process, then measures 4 KiB and 256 KiB ranges at 16 and
 // 256 connections against (a) the origin, (b) the baseline and (c)
-// s3-helper in interleaved rounds. It prints medians, ratios, latency
-// percentiles and s3-helper's peak RSS, then runs 1000 slow clients each
-// reading 1 MiB. It exits non-zero if any request failed.
+// s3-helper in interleaved rounds, once with a plain HTTP origin and once
+// with a TLS origin (as S3 is reached in production; the certificate is
+// made here with crypto/x509, and s3-helper trusts it through
+// SSL_CERT_FILE). It prints medians, ratios, latency percentiles and
+// s3-helper's peak RSS, then runs 1000 slow clients each reading 1 MiB. It
+// exits non-zero if any request failed.
 //
 //	go run ./tools/loadtest [-round 2s] [-rounds 3]
 package main
@@ -14,11 +17,19 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	crand "crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log"
+	"math/big"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -42,15 +53,17 @@ func main() {
 	mode := flag.String("mode", "", "internal: origin or baseline (the processes this tool starts)")
 	addr := flag.String("addr", "", "internal: listen address")
 	target := flag.String("target", "", "internal: baseline's upstream URL")
+	certFile := flag.String("cert", "", "internal: the origin's TLS certificate (PEM), which the baseline also trusts")
+	keyFile := flag.String("key", "", "internal: the origin's TLS key (PEM)")
 	round := flag.Duration("round", 2*time.Second, "length of one measurement")
 	rounds := flag.Int("rounds", 3, "interleaved rounds per configuration (the median is reported)")
 	slowClients := flag.Int("slow-clients", 1000, "concurrent slow clients reading 1 MiB each; 0 skips")
 	flag.Parse()
 	switch *mode {
 	case "origin":
-		serveOrigin(*addr)
+		serveOrigin(*addr, *certFile, *keyFile)
 	case "baseline":
-		serveBaseline(*addr, *target)
+		serveBaseline(*addr, *target, *certFile)
 	case "":
 		if err := measure(*round, *rounds, *slowClients); err != nil {
 			log.Fatal(err)
@@ -62,7 +75,7 @@ func main() {
 
 // serveOrigin answers every GET with the requested range of a fixed
 // pseudo-random object, as S3 would (206, Content-Range, ETag, x-amz-*).
-func serveOrigin(addr string) {
+func serveOrigin(addr, certFile, keyFile string) {
 	object := make([]byte, objectBytes)
 	r := rand.New(rand.NewPCG(1, 2))
 	for i := range object {
@@ -75,17 +88,68 @@ func serveOrigin(addr string) {
 		http.ServeContent(w, req, "", time.Unix(0, 0), bytes.NewReader(object))
 	})
 	srv := &http.Server{Addr: addr, Handler: h}
+	if certFile != "" {
+		log.Fatal(srv.ListenAndServeTLS(certFile, keyFile))
+	}
 	log.Fatal(srv.ListenAndServe())
 }
 
+// writeCertificate makes a self-signed ECDSA certificate for 127.0.0.1 and
+// writes it and its key as PEM; it returns the pool that trusts it.
+func writeCertificate(certFile, keyFile string) (*x509.CertPool, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "loadtest origin"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, BasicConstraintsValid: true, IsCA: true,
+	}
+	der, err := x509.CreateCertificate(crand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	if err := os.WriteFile(certFile, certPEM, 0o600); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(certPEM)
+	return pool, nil
+}
+
+// trusting returns a pool with the PEM certificates in file.
+func trusting(file string) *x509.CertPool {
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		log.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(raw)
+	return pool
+}
+
 // serveBaseline is the plain standard-library reverse proxy.
-func serveBaseline(addr, target string) {
+func serveBaseline(addr, target, caFile string) {
 	u, err := url.Parse(target)
 	if err != nil {
 		log.Fatal(err)
 	}
 	rp := httputil.NewSingleHostReverseProxy(u)
-	rp.Transport = &http.Transport{MaxIdleConnsPerHost: 512, DisableCompression: true}
+	tr := &http.Transport{MaxIdleConnsPerHost: 512, DisableCompression: true}
+	if caFile != "" {
+		tr.TLSClientConfig = &tls.Config{RootCAs: trusting(caFile)}
+	}
+	rp.Transport = tr
 	rp.ErrorLog = log.New(io.Discard, "", 0) // clients cancelling at the end of a round are expected
 	log.Fatal((&http.Server{Addr: addr, Handler: rp}).ListenAndServe())
 }
@@ -99,10 +163,11 @@ func freeAddr() string {
 	return ln.Addr().String()
 }
 
-func waitUp(url string) error {
+func waitUp(url string, roots *x509.CertPool) error {
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
-		if resp, err := http.Get(url); err == nil {
+		if resp, err := client.Get(url); err == nil {
 			resp.Body.Close()
 			return nil
 		}
@@ -129,8 +194,9 @@ func (r result) pct(p float64) time.Duration {
 }
 
 // load runs conns clients fetching rangeBytes ranges from base for d.
-func load(base string, conns, rangeBytes int, d time.Duration) result {
-	tr := &http.Transport{MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, DisableCompression: true}
+func load(base string, roots *x509.CertPool, conns, rangeBytes int, d time.Duration) result {
+	tr := &http.Transport{MaxIdleConnsPerHost: conns, MaxConnsPerHost: conns, DisableCompression: true,
+		TLSClientConfig: &tls.Config{RootCAs: roots}}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr}
 	ctx, cancel := context.WithTimeout(context.Background(), d)
@@ -217,69 +283,97 @@ func measure(round time.Duration, rounds, slowClients int) error {
 	if err != nil {
 		return err
 	}
-	originAddr, baseAddr, helperAddr := freeAddr(), freeAddr(), freeAddr()
-	origin, err := start(self, []string{"-mode", "origin", "-addr", originAddr}, nil)
+	certFile, keyFile := filepath.Join(dir, "origin.pem"), filepath.Join(dir, "origin-key.pem")
+	roots, err := writeCertificate(certFile, keyFile)
 	if err != nil {
 		return err
 	}
-	defer origin.Process.Kill()
-	baseline, err := start(self, []string{"-mode", "baseline", "-addr", baseAddr, "-target", "http://" + originAddr}, nil)
-	if err != nil {
-		return err
+	var procs []*exec.Cmd
+	defer func() {
+		for _, p := range procs {
+			p.Process.Kill()
+		}
+	}()
+	launch := func(name string, args, env []string) (*exec.Cmd, error) {
+		cmd, err := start(name, args, env)
+		if err == nil {
+			procs = append(procs, cmd)
+		}
+		return cmd, err
 	}
-	defer baseline.Process.Kill()
-	if err := waitUp("http://" + originAddr + "/"); err != nil {
-		return err
-	}
-	startAt := time.Now()
-	helperArgs := []string{"-listen", helperAddr, "-bucket", "media", "-region", "us-east-1",
-		"-endpoint", "http://" + originAddr, "-log-level", "warn"}
-	if admin := os.Getenv("LOADTEST_ADMIN"); admin != "" { // profiling: LOADTEST_ADMIN=127.0.0.1:6060
-		helperArgs = append(helperArgs, "-admin", admin, "-pprof")
-	}
-	helper, err := start(helperBin, helperArgs,
-		[]string{"AWS_ACCESS_KEY_ID=AKIALOADTEST", "AWS_SECRET_ACCESS_KEY=loadtest-secret", "AWS_SESSION_TOKEN=" + strings.Repeat("T", 700)})
-	if err != nil {
-		return err
-	}
-	defer helper.Process.Kill()
-	if err := waitFirstObject("http://" + helperAddr); err != nil {
-		return err
-	}
-	firstServed := time.Since(startAt)
-	if err := waitUp("http://" + baseAddr + "/"); err != nil {
-		return err
+	credentialsEnv := []string{"AWS_ACCESS_KEY_ID=AKIALOADTEST", "AWS_SECRET_ACCESS_KEY=loadtest-secret", "AWS_SESSION_TOKEN=" + strings.Repeat("T", 700)}
+	var stacks []stack
+	firstServed := time.Duration(0)
+	for _, useTLS := range []bool{false, true} {
+		st := stack{origin: "plain", direct: "http://" + freeAddr(), baseline: "http://" + freeAddr(), helper: "http://" + freeAddr()}
+		originArgs := []string{"-mode", "origin", "-addr", strings.TrimPrefix(st.direct, "http://")}
+		baselineArgs := []string{"-mode", "baseline", "-addr", strings.TrimPrefix(st.baseline, "http://"), "-target", st.direct}
+		helperEnv := credentialsEnv
+		if useTLS {
+			st.origin, st.roots = "TLS", roots
+			st.direct = "https://" + strings.TrimPrefix(st.direct, "http://")
+			originArgs = append(originArgs, "-cert", certFile, "-key", keyFile)
+			baselineArgs = []string{"-mode", "baseline", "-addr", strings.TrimPrefix(st.baseline, "http://"), "-target", st.direct, "-cert", certFile}
+			helperEnv = append(slices.Clone(credentialsEnv), "SSL_CERT_FILE="+certFile)
+		}
+		if _, err := launch(self, originArgs, nil); err != nil {
+			return err
+		}
+		if _, err := launch(self, baselineArgs, nil); err != nil {
+			return err
+		}
+		if err := waitUp(st.direct+"/", roots); err != nil {
+			return err
+		}
+		startAt := time.Now()
+		helperArgs := []string{"-listen", strings.TrimPrefix(st.helper, "http://"), "-bucket", "media", "-region", "us-east-1",
+			"-endpoint", st.direct, "-log-level", "warn"}
+		helper, err := launch(helperBin, helperArgs, helperEnv)
+		if err != nil {
+			return err
+		}
+		st.helperPID = helper.Process.Pid
+		if err := waitFirstObject(st.helper); err != nil {
+			return err
+		}
+		if !useTLS {
+			firstServed = time.Since(startAt)
+		}
+		if err := waitUp(st.baseline+"/", nil); err != nil {
+			return err
+		}
+		stacks = append(stacks, st)
 	}
 	fi, err := os.Stat(helperBin)
 	if err != nil {
 		return err
 	}
 
-	targets := []struct{ name, base string }{
-		{"direct", "http://" + originAddr}, {"ReverseProxy", "http://" + baseAddr}, {"s3-helper", "http://" + helperAddr},
-	}
 	configs := []config{{16, 4 << 10}, {256, 4 << 10}, {16, 256 << 10}, {256, 256 << 10}}
 	results := map[string][]result{}
 	var failed int64
-	for r := range rounds {
-		for _, c := range configs {
-			for _, tg := range rotate(targets, r) { // interleaved, in a rotating order
-				res := load(tg.base, c.conns, c.bytes, round)
-				key := fmt.Sprintf("%s/%d/%d", tg.name, c.conns, c.bytes)
-				results[key] = append(results[key], res)
-				failed += res.failed
+	for _, st := range stacks {
+		targets := []struct{ name, base string }{{"direct", st.direct}, {"ReverseProxy", st.baseline}, {"s3-helper", st.helper}}
+		for r := range rounds {
+			for _, c := range configs {
+				for _, tg := range rotate(targets, r) { // interleaved, in a rotating order
+					res := load(tg.base, st.roots, c.conns, c.bytes, round)
+					key := fmt.Sprintf("%s/%s/%d/%d", st.origin, tg.name, c.conns, c.bytes)
+					results[key] = append(results[key], res)
+					failed += res.failed
+				}
 			}
 		}
 	}
 	if rounds > 0 {
-		printTable(results, configs, rounds, round)
+		printTable(results, stacks, configs, rounds, round)
 	}
-	fmt.Printf("\ns3-helper peak RSS after the load: %.1f MiB\n", peakRSSMiB(helper.Process.Pid))
+	plain := stacks[0]
 	if slowClients > 0 {
-		n, sf, dur := slowLoad("http://"+helperAddr, slowClients)
+		n, sf, dur := slowLoad(plain.helper, slowClients)
 		failed += sf
 		fmt.Printf("%d slow clients reading 1 MiB each: %d complete, %d failed in %v; s3-helper peak RSS %.1f MiB\n",
-			slowClients, n, sf, dur.Round(time.Millisecond), peakRSSMiB(helper.Process.Pid))
+			slowClients, n, sf, dur.Round(time.Millisecond), peakRSSMiB(plain.helperPID))
 	}
 	fmt.Printf("start to first served request: %v; static binary: %.1f MB\n", firstServed.Round(time.Millisecond), float64(fi.Size())/1e6)
 	if failed > 0 {
@@ -288,21 +382,37 @@ func measure(round time.Duration, rounds, slowClients int) error {
 	return nil
 }
 
+// stack is one origin (plain or TLS) with the baseline and s3-helper in
+// front of it.
+type stack struct {
+	origin                   string
+	direct, baseline, helper string
+	// roots trusts the TLS origin; nil for the plain one.
+	roots     *x509.CertPool
+	helperPID int
+}
+
 type config struct{ conns, bytes int }
 
-func printTable(results map[string][]result, configs []config, rounds int, round time.Duration) {
+func printTable(results map[string][]result, stacks []stack, configs []config, rounds int, round time.Duration) {
 	fmt.Printf("s3-helper load test: %s, %d CPUs, GOMAXPROCS %d, %d rounds of %v, medians\n\n",
 		runtime.GOOS+"/"+runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0), rounds, round)
-	fmt.Println("| range | conns | direct req/s | ReverseProxy req/s | s3-helper req/s | s3-helper MiB/s | c/a | c/b | p50 a/b/c | p99 a/b/c |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|")
-	for _, c := range configs {
-		a := median(results[fmt.Sprintf("direct/%d/%d", c.conns, c.bytes)])
-		b := median(results[fmt.Sprintf("ReverseProxy/%d/%d", c.conns, c.bytes)])
-		h := median(results[fmt.Sprintf("s3-helper/%d/%d", c.conns, c.bytes)])
-		fmt.Printf("| %d KiB | %d | %.0f | %.0f | %.0f | %.0f | %.2f | %.2f | %s/%s/%s | %s/%s/%s |\n",
-			c.bytes>>10, c.conns, a.rps(), b.rps(), h.rps(), h.mibps(), h.rps()/a.rps(), h.rps()/b.rps(),
-			ms(a.pct(0.5)), ms(b.pct(0.5)), ms(h.pct(0.5)), ms(a.pct(0.99)), ms(b.pct(0.99)), ms(h.pct(0.99)))
+	fmt.Println("| origin | range | conns | direct req/s | ReverseProxy req/s | s3-helper req/s | s3-helper MiB/s | c/a | c/b | p50 a/b/c | p99 a/b/c |")
+	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
+	for _, st := range stacks {
+		for _, c := range configs {
+			a := median(results[fmt.Sprintf("%s/direct/%d/%d", st.origin, c.conns, c.bytes)])
+			b := median(results[fmt.Sprintf("%s/ReverseProxy/%d/%d", st.origin, c.conns, c.bytes)])
+			h := median(results[fmt.Sprintf("%s/s3-helper/%d/%d", st.origin, c.conns, c.bytes)])
+			fmt.Printf("| %s | %d KiB | %d | %.0f | %.0f | %.0f | %.0f | %.2f | %.2f | %s/%s/%s | %s/%s/%s |\n",
+				st.origin, c.bytes>>10, c.conns, a.rps(), b.rps(), h.rps(), h.mibps(), h.rps()/a.rps(), h.rps()/b.rps(),
+				ms(a.pct(0.5)), ms(b.pct(0.5)), ms(h.pct(0.5)), ms(a.pct(0.99)), ms(b.pct(0.99)), ms(h.pct(0.99)))
+		}
 	}
+	for _, st := range stacks {
+		fmt.Printf("\ns3-helper (%s origin) peak RSS after the load: %.1f MiB", st.origin, peakRSSMiB(st.helperPID))
+	}
+	fmt.Println()
 }
 
 // waitFirstObject polls until s3-helper serves an object.
