@@ -270,6 +270,13 @@ func startDaemon(t *testing.T, args []string, env map[string]string) *daemon {
 	wantAdmin := slices.Contains(args, "-admin")
 	d.addr, d.admin = awaitListening(t, d.logs, wantAdmin)
 	t.Cleanup(cancel)
+	// Ready once the first credential fetch has ended, either way.
+	if _, ok := d.logs.waitUntil(10*time.Second, func(text string) bool {
+		return strings.Contains(text, `"msg":"credentials refreshed"`) || strings.Contains(text, `"msg":"credential refresh failed"`) ||
+			strings.Contains(text, exitedMarker)
+	}); !ok {
+		t.Fatalf("no credential fetch ended:\n%s", d.logs)
+	}
 	return d
 }
 
