@@ -1,5 +1,8 @@
 package main
 
+// s3-helper -check against an S3 stand-in that behaves like S3 in each
+// broken set-up: exactly the right step fails, with its fix.
+
 import (
 	"bytes"
 	"errors"

@@ -1,5 +1,8 @@
 package main
 
+// The outputs: New Relic payloads checked against the Metric API's documented
+// schema and limits, through an outage and a rejected key.
+
 import (
 	"bytes"
 	"compress/gzip"

@@ -1,5 +1,8 @@
 package main
 
+// The measurements and their outputs: statsd lines on a real socket, bounded
+// labels, and Prometheus counts equal to the traffic.
+
 import (
 	"errors"
 	"fmt"
@@ -219,6 +222,102 @@ func TestPrometheusCountsEqualTraffic(t *testing.T) {
 	} {
 		if got[sample] != want {
 			t.Errorf("%s = %q, want %s", sample, got[sample], want)
+		}
+	}
+}
+
+// TestProxyEmitsMetrics checks the proxy's statsd lines on a real socket.
+func TestProxyEmitsMetrics(t *testing.T) {
+	tp := newTestProxy(t)
+	ln, conn := udpListener(t)
+	tp.metrics = newMetrics(newStatsdEmitter(conn, "s3helper", "", time.Hour), false)
+	tp.s3.put("k", []byte("12345"))
+	get(t, "GET", tp.url+"/k", nil)
+	get(t, "GET", tp.url+"/missing", nil)
+	tp.metrics.Close()
+	var got strings.Builder
+	for _, p := range readPackets(t, ln, 8) {
+		got.WriteString(p)
+	}
+	for _, want := range []string{"s3helper.requests.GET.200:1|c\n", "s3helper.bytes_out:5|c\n", "s3helper.requests.GET.404:1|c\n",
+		"s3helper.upstream.s3_errors.NoSuchKey:1|c\n", "s3helper.request_ms:", "s3helper.upstream_ttfb_ms:"} {
+		if !strings.Contains(got.String(), want) {
+			t.Errorf("metrics lack %q:\n%s", want, got.String())
+		}
+	}
+}
+
+func TestStatusLabels(t *testing.T) {
+	for _, status := range []int{200, 206, 304, 400, 403, 404, 405, 412, 416, 431, 499, 500, 502, 503, 504} {
+		if got := statusLabel(statusIndex(status)); got != fmt.Sprint(status) {
+			t.Errorf("statusLabel(%d) = %q", status, got)
+		}
+	}
+	for _, status := range []int{0, 201, 418, 1000} {
+		if got := statusLabel(statusIndex(status)); got != "other" {
+			t.Errorf("statusLabel(%d) = %q, want other", status, got)
+		}
+	}
+}
+
+// TestProxyMetricNamesAreBounded: client methods and S3 error codes never
+// become metric name segments; they are reduced to a fixed set.
+func TestProxyMetricNamesAreBounded(t *testing.T) {
+	tp := newTestProxy(t)
+	ln, conn := udpListener(t)
+	tp.metrics = newMetrics(newStatsdEmitter(conn, "s3helper", "", time.Hour), false)
+	tp.s3.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
+		switch r.URL.Path {
+		case "/" + testBucket + "/new-code":
+			s3Error(w, http.StatusForbidden, "BrandNewCode"+strings.Repeat("X", 40), "a code no list knows")
+		case "/" + testBucket + "/hostile-code":
+			s3Error(w, http.StatusForbidden, "Evil|ms|#tag:1\nx", "punctuation in the code")
+		default:
+			return false
+		}
+		return true
+	}
+	for _, m := range []string{"GET|ms|#evil", "PROPFIND", "get", "X" + strings.Repeat("Y", 200)} {
+		if resp, _ := get(t, m, tp.url+"/k", nil); resp.StatusCode != 405 {
+			t.Errorf("%.20s = %d, want 405", m, resp.StatusCode)
+		}
+	}
+	get(t, "GET", tp.url+"/new-code", nil)
+	get(t, "GET", tp.url+"/hostile-code", nil)
+	tp.metrics.Close()
+	var got strings.Builder
+	for _, p := range readPackets(t, ln, 10) {
+		got.WriteString(p)
+	}
+	for line := range strings.SplitSeq(strings.TrimSpace(got.String()), "\n") {
+		name, _, _ := strings.Cut(line, ":")
+		for _, c := range name {
+			if !(c == '.' || c == '_' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9') {
+				t.Errorf("metric name %q has %q", name, c)
+			}
+		}
+	}
+	for _, want := range []string{"s3helper.requests.other.405:1|c\n", "s3helper.upstream.s3_errors.other:1|c\n",
+		"s3helper.upstream.s3_errors.403:1|c\n"} {
+		if !strings.Contains(got.String(), want) {
+			t.Errorf("metrics lack %q:\n%s", want, got.String())
+		}
+	}
+	if strings.Contains(got.String(), "BrandNewCode") || strings.Contains(got.String(), "Evil") {
+		t.Errorf("an S3 error code reached a metric name:\n%s", got.String())
+	}
+}
+
+func TestMetricLabels(t *testing.T) {
+	tests := []struct{ got, want string }{
+		{methodLabel("GET"), "GET"}, {methodLabel("HEAD"), "HEAD"}, {methodLabel("get"), "other"},
+		{methodLabel("GET|ms|#evil"), "other"},
+		{s3ErrorLabel("NoSuchKey", 404), "NoSuchKey"}, {s3ErrorLabel("", 404), "404"},
+		{s3ErrorLabel("Whatever", 403), "other"}, {s3ErrorLabel("", 1000), "other"},
+	}
+	for _, tt := range tests {
+		if tt.got != tt.want {
+			t.Errorf("label = %q, want %q", tt.got, tt.want)
 		}
 	}
 }

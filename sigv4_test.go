@@ -1,5 +1,8 @@
 package main
 
+// SigV4 against AWS's published vectors (the S3 worked examples and the
+// signature test suite), every stage compared, and the bytes on the wire.
+
 import (
 	"crypto/sha256"
 	"encoding/hex"

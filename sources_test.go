@@ -1,5 +1,8 @@
 package main
 
+// The credential sources against stand-ins that answer in the documented
+// formats: precedence, container endpoint rules, web identity, AssumeRole.
+
 import (
 	"context"
 	"errors"

@@ -1,0 +1,88 @@
+package main
+
+// Signing with S3's time when this host's clock is off.
+
+import (
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestProxyAdoptsS3ClockWhenSkewed: against an S3 whose clock is two hours
+// ahead, the first request is refused, signed again with S3's time and
+// served; later ones are served at once; when S3's clock moves back the
+// offset is re-learned.
+func TestProxyAdoptsS3ClockWhenSkewed(t *testing.T) {
+	tp := newTestProxy(t)
+	tp.s3.put("k", []byte("on time"))
+	setAhead := func(d time.Duration) {
+		tp.s3.mu.Lock()
+		tp.s3.clockAhead = d
+		tp.s3.mu.Unlock()
+	}
+	upstreamRequest := func() int { return len(tp.s3.received()) }
+	setAhead(2 * time.Hour)
+	if resp, body := get(t, "GET", tp.url+"/k", nil); resp.StatusCode != 200 || string(body) != "on time" {
+		t.Fatalf("first GET with S3 2 h ahead = %d %q, want 200 after one retry", resp.StatusCode, body)
+	}
+	if n := upstreamRequest(); n != 2 {
+		t.Errorf("upstream requests for the first GET = %d, want 2 (refused, then signed with S3's time)", n)
+	}
+	if off := tp.clockFix.Offset(time.Now()); off < 2*time.Hour-2*time.Second || off > 2*time.Hour+2*time.Second {
+		t.Errorf("learned offset = %v, want about 2h", off)
+	}
+	for range 3 {
+		if resp, _ := get(t, "GET", tp.url+"/k", nil); resp.StatusCode != 200 {
+			t.Fatalf("later GET = %d", resp.StatusCode)
+		}
+	}
+	if n := upstreamRequest(); n != 5 {
+		t.Errorf("upstream requests after 3 more GETs = %d, want 5: one each", n)
+	}
+	setAhead(0) // S3's clock moves back (or ours was fixed)
+	if resp, _ := get(t, "GET", tp.url+"/k", nil); resp.StatusCode != 200 {
+		t.Fatalf("GET after S3's clock moved back = %d", resp.StatusCode)
+	}
+	if off := tp.clockFix.Offset(time.Now()); off.Abs() > 2*time.Second {
+		t.Errorf("offset after S3's clock moved back = %v, want about 0", off)
+	}
+	if n := strings.Count(tp.logs.String(), "clock is off"); n != 2 {
+		t.Errorf("clock corrections logged %d times, want 2 (learned, then changed by 2 h):\n%s", n, tp.logs)
+	}
+}
+
+func TestClockCorrectionBounds(t *testing.T) {
+	now := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	log := slog.New(slog.DiscardHandler)
+	tests := []struct {
+		name, code string
+		serverTime time.Time
+		adopt      bool
+	}{
+		{"too skewed", "RequestTimeTooSkewed", now.Add(-3 * time.Hour), true},
+		{"bad signature, clock far off", "SignatureDoesNotMatch", now.Add(20 * time.Minute), true},
+		{"bad signature, clock close", "SignatureDoesNotMatch", now.Add(time.Minute), false},
+		{"other code", "AccessDenied", now.Add(3 * time.Hour), false},
+		{"more than a day", "RequestTimeTooSkewed", now.Add(25 * time.Hour), false},
+	}
+	for _, tt := range tests {
+		var c clockCorrection
+		if got := c.learn(tt.serverTime.Format(http.TimeFormat), tt.code, now, log); got != tt.adopt {
+			t.Errorf("%s: learn = %v, want %v", tt.name, got, tt.adopt)
+		}
+		if tt.adopt {
+			if got := c.apply(now); got.Sub(tt.serverTime).Abs() > dateResolution {
+				t.Errorf("%s: apply = %v, want %v within the Date header's second", tt.name, got, tt.serverTime)
+			}
+			if got := c.apply(now.Add(clockOffsetTTL)); !got.Equal(now.Add(clockOffsetTTL)) {
+				t.Errorf("%s: the offset is still applied after %v", tt.name, clockOffsetTTL)
+			}
+		}
+	}
+	var c clockCorrection
+	if c.learn("not a date", "RequestTimeTooSkewed", now, log) {
+		t.Error("adopted an unparsable Date")
+	}
+}
