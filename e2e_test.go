@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -147,9 +148,14 @@ func startHelperEnv(t *testing.T, env *e2eEnv, listen string, extraEnv []string,
 		logFile.Close()
 	})
 	h.addr, h.admin = awaitListening(t, h.logs, true)
-	// Healthy once the first credential set is in.
+	// Healthy once the set that signs S3 requests is in: with -assume-role
+	// that is the assumed one, which arrives after the base set.
+	signing := `"msg":"credentials refreshed"`
+	if slices.Contains(extra, "-assume-role") {
+		signing = `"source":"assume-role"`
+	}
 	if _, ok := h.logs.waitUntil(10*time.Second, func(text string) bool {
-		return strings.Contains(text, `"msg":"credentials refreshed"`) || strings.Contains(text, exitedMarker)
+		return strings.Contains(text, signing) || strings.Contains(text, exitedMarker)
 	}); !ok {
 		t.Fatalf("s3-helper never fetched credentials:\n%s", h.logs)
 	}
