@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -417,5 +418,44 @@ func TestCredentialFlagValidation(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("run = %v, want %q", err, want)
 		}
+	}
+}
+
+// TestSourcesGiveUpOnAHangingPeer: a container endpoint or STS that accepts
+// the request and never answers costs a bounded fetch (the client's
+// response-header timeout, retried sourceAttempts times), never a stuck
+// refresher; and the error says it timed out.
+func TestSourcesGiveUpOnAHangingPeer(t *testing.T) {
+	var requests atomic.Int64
+	stop := make(chan struct{})
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		io.Copy(io.Discard, r.Body) // so the server notices the client leaving
+		select {
+		case <-r.Context().Done():
+		case <-stop:
+		}
+	}))
+	t.Cleanup(hang.Close)
+	t.Cleanup(func() { close(stop) }) // runs first: no handler outlives the test
+	impatient := &http.Client{Transport: &http.Transport{ResponseHeaderTimeout: 50 * time.Millisecond}}
+	noPause := func(int) time.Duration { return 0 }
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokenFile, []byte("jwt"), 0o600)
+	providers := map[string]credentialProvider{
+		"container":    &containerProvider{url: hang.URL, client: impatient, pause: noPause},
+		"web identity": &webIdentityProvider{sts: &stsClient{endpoint: hang.URL, client: impatient, pause: noPause}, roleARN: "arn:aws:iam::1:role/r", sessionName: "s3-helper-1", tokenFile: tokenFile},
+	}
+	for name, p := range providers {
+		t.Run(name, func(t *testing.T) {
+			requests.Store(0)
+			_, err := p.Retrieve(t.Context())
+			if err == nil || !strings.Contains(err.Error(), "timeout") {
+				t.Errorf("Retrieve from a hanging peer = %v, want a timeout", err)
+			}
+			if n := requests.Load(); n != sourceAttempts {
+				t.Errorf("requests = %d, want %d (retried, then given up)", n, sourceAttempts)
+			}
+		})
 	}
 }
