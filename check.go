@@ -230,7 +230,7 @@ func (c *checker) checkBucket(ctx context.Context, p *Proxy, rt route, region st
 	}
 	d := pr.details
 	switch {
-	case hintRegion(pr) != "":
+	case regionHint(pr.status, pr.details) != "":
 		fix := "set -region to the bucket's region (S3 did not name it), or fix -endpoint"
 		if d.region != "" {
 			fix = "set -region " + d.region
@@ -259,9 +259,6 @@ func (c *checker) checkBucket(ctx context.Context, p *Proxy, rt route, region st
 	c.fail(step, fmt.Sprintf("unexpected answer %d %s", pr.status, d.code), "check -endpoint and -path-style")
 	return pr, false
 }
-
-// hintRegion reports the region fix for a probe, or "".
-func hintRegion(pr bucketProbe) string { return regionHint(pr.status, pr.details) }
 
 // checkClock compares this host's clock with S3's Date header.
 func (c *checker) checkClock(pr bucketProbe) {

@@ -541,12 +541,12 @@ func (p *Proxy) stream(ctx context.Context, w http.ResponseWriter, resp *http.Re
 		p.metrics.Resume()
 		p.log.Info("resuming upstream body", "key", x.key, "after_bytes", x.bytes, "err", err)
 		answer, err := p.attempts(ctx, up, x, plan.restRequest())
-		next, rerr := plan.acceptRest(answer.resp, answer.status)
-		if err != nil {
-			rerr = err
+		var next io.ReadCloser
+		if err == nil {
+			next, err = plan.acceptRest(answer.resp, answer.status)
 		}
-		if rerr != nil {
-			p.abort(x, fmt.Errorf("resume after %d bytes failed, aborting the client response: %w", x.bytes, rerr))
+		if err != nil {
+			p.abort(x, fmt.Errorf("resume after %d bytes failed, aborting the client response: %w", x.bytes, err))
 		}
 		body.Close()
 		body = next
