@@ -167,8 +167,11 @@ type newRelicPusher struct {
 	dropped atomic.Int64 // payloads dropped: rejected, or pushed out of pending
 	// waiting mirrors len(pending) for readers outside the run goroutine.
 	waiting atomic.Int64
-	stop    chan struct{}
-	done    chan struct{}
+	// stopping is cancelled by close: it ends a push in flight, so a
+	// hanging endpoint cannot hold up shutdown beyond the final push.
+	stopping context.Context
+	stop     context.CancelFunc
+	done     chan struct{}
 }
 
 // nrMetric is one Metric API data point.
@@ -199,15 +202,17 @@ type nrBatch struct {
 
 // start runs the pusher until close.
 func (p *newRelicPusher) start() {
-	p.stop, p.done = make(chan struct{}), make(chan struct{})
+	p.stopping, p.stop = context.WithCancel(context.Background())
+	p.done = make(chan struct{})
 	p.last = map[string]int64{}
 	p.lastPush = p.clock()
 	go p.pushLoop()
 }
 
-// close pushes what is left (one try) and stops.
+// close ends the push in flight, pushes what is left (one try, at most
+// newRelicTimeout) and stops.
 func (p *newRelicPusher) close() {
-	close(p.stop)
+	p.stop()
 	<-p.done
 }
 
@@ -232,9 +237,9 @@ func (p *newRelicPusher) pushLoop() {
 			retryC = retry.C
 		}
 		select {
-		case <-p.stop:
+		case <-p.stopping.Done():
 			p.enqueue(p.collect())
-			p.flush()
+			p.flush(context.Background())
 			return
 		case <-ticker.C:
 			p.enqueue(p.collect())
@@ -244,7 +249,7 @@ func (p *newRelicPusher) pushLoop() {
 			retry.Stop()
 			retry = nil
 		}
-		if !p.flush() {
+		if !p.flush(p.stopping) {
 			p.failures++
 			retry = time.NewTimer(min(time.Second<<min(p.failures-1, 10), p.interval))
 		} else {
@@ -266,11 +271,12 @@ func (p *newRelicPusher) enqueue(payload []byte) {
 	p.waiting.Store(int64(len(p.pending)))
 }
 
-// flush sends pending payloads oldest first; false means a retryable
-// failure left some pending.
-func (p *newRelicPusher) flush() bool {
+// flush sends pending payloads oldest first, each push bounded by
+// newRelicTimeout within ctx; false means a retryable failure left some
+// pending.
+func (p *newRelicPusher) flush(ctx context.Context) bool {
 	for len(p.pending) > 0 {
-		status, reason, err := p.send(p.pending[0])
+		status, reason, err := p.send(ctx, p.pending[0])
 		switch {
 		case err == nil && status == http.StatusAccepted:
 		case err != nil || status >= 500 || status == http.StatusRequestTimeout || status == http.StatusTooManyRequests:
@@ -292,8 +298,8 @@ func (p *newRelicPusher) flush() bool {
 }
 
 // send POSTs one gzipped payload; reason is New Relic's answer, bounded.
-func (p *newRelicPusher) send(payload []byte) (status int, reason string, err error) {
-	ctx, cancel := context.WithTimeout(context.Background(), newRelicTimeout)
+func (p *newRelicPusher) send(ctx context.Context, payload []byte) (status int, reason string, err error) {
+	ctx, cancel := context.WithTimeout(ctx, newRelicTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.endpoint, bytes.NewReader(payload))
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -349,6 +350,55 @@ func TestNewRelicRejectedKey(t *testing.T) {
 		}
 		if p.dropped.Load() != 5 {
 			t.Errorf("dropped = %d, want 5", p.dropped.Load())
+		}
+	})
+}
+
+// TestNewRelicHangingEndpoint: an endpoint that accepts pushes and never
+// answers costs each push newRelicTimeout; payloads wait (bounded) and
+// close still returns. Recording never waits on it.
+func TestNewRelicHangingEndpoint(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := newMetrics(nil, true)
+		var attempts atomic.Int64
+		logs := &syncBuffer{}
+		p := newTestPusher(m, nil, logs)
+		p.client = &http.Client{Transport: roundTripperFunc(func(r *http.Request) (*http.Response, error) {
+			attempts.Add(1)
+			<-r.Context().Done() // a connection that never answers, as a client sees it
+			return nil, r.Context().Err()
+		})}
+		p.start()
+		const intervals = maxPendingPayloads + 5
+		for range intervals {
+			start := time.Now()
+			m.Request("GET", 200, 1, time.Millisecond)
+			if time.Since(start) != 0 {
+				t.Fatal("recording a request waited on New Relic")
+			}
+			time.Sleep(defaultNewRelicInterval)
+			synctest.Wait()
+		}
+		if n := p.waiting.Load(); n > maxPendingPayloads {
+			t.Errorf("pending payloads = %d, above the bound %d", n, maxPendingPayloads)
+		}
+		if p.dropped.Load() == 0 {
+			t.Error("no payload dropped although New Relic never answered")
+		}
+		if n := attempts.Load(); n == 0 || n > 2*intervals {
+			t.Errorf("push attempts = %d over %d intervals of a hanging endpoint", n, intervals)
+		}
+		closed := make(chan struct{})
+		go func() { p.close(); close(closed) }()
+		time.Sleep(newRelicTimeout)
+		synctest.Wait()
+		select {
+		case <-closed:
+		default:
+			t.Fatal("close did not return within one push timeout")
+		}
+		if !strings.Contains(logs.String(), "New Relic push failed") || strings.Contains(logs.String(), testLicenseKey) {
+			t.Errorf("want the failure logged, without the key:\n%s", logs)
 		}
 	})
 }
