@@ -30,8 +30,6 @@ const (
 	// an expired set while IMDS is down (the AWS SDKs use 5 to 15 minutes).
 	minExtension = 5 * time.Minute
 	maxExtension = 15 * time.Minute
-	// fetchTimeout bounds one shared fetch (token, role and credentials).
-	fetchTimeout = 10 * time.Second
 	// minForcedRefreshInterval limits fetches forced by S3 rejecting the
 	// credentials, so a persistent rejection cannot hammer IMDS.
 	minForcedRefreshInterval = 10 * time.Second
@@ -62,7 +60,7 @@ type credentialCache struct {
 	// two thirds of it before expiry: the earliest third of the window.
 	refreshBefore time.Duration
 	// now is the clock; nil means time.Now.
-	now func() time.Time
+	now clock
 	// rand returns jitter in [0, 1); nil means math/rand/v2.
 	rand func() float64
 	// log receives refresh events; nil means slog.Default().
@@ -88,14 +86,6 @@ type credentialCache struct {
 	stop chan struct{}
 	// wg tracks the refresher and fetch goroutines so Close can wait.
 	wg sync.WaitGroup
-}
-
-// clock reads the injected clock.
-func (c *credentialCache) clock() time.Time {
-	if c.now == nil {
-		return time.Now()
-	}
-	return c.now()
 }
 
 // jitter returns a uniform number in [0, 1) from the injected source.
@@ -142,7 +132,7 @@ func (c *credentialCache) Get(ctx context.Context, now time.Time) (*Credentials,
 // forbids another.
 func (c *credentialCache) waitForFirst(ctx context.Context) (*Credentials, error) {
 	c.mu.Lock()
-	if c.inflight == nil && c.failStreak > 0 && c.clock().Before(c.nextRefresh) {
+	if c.inflight == nil && c.failStreak > 0 && c.now.read().Before(c.nextRefresh) {
 		err := c.lastErr
 		c.mu.Unlock()
 		return nil, fmt.Errorf("%w: %w", errCredentialsUnavailable, err)
@@ -152,7 +142,7 @@ func (c *credentialCache) waitForFirst(ctx context.Context) (*Credentials, error
 	if err := awaitFetch(ctx, done); err != nil {
 		return nil, err
 	}
-	if cc := c.current.Load(); cc.usable(c.clock()) {
+	if cc := c.current.Load(); cc.usable(c.now.read()) {
 		return cc.creds, nil
 	}
 	c.mu.Lock()
@@ -198,7 +188,7 @@ func (c *credentialCache) startFetchLocked(ctx context.Context) <-chan struct{} 
 
 // finishFetch records a fetch's result and schedules the next one.
 func (c *credentialCache) finishFetch(creds *Credentials, err error) {
-	now := c.clock()
+	now := c.now.read()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	defer func() {
@@ -236,15 +226,7 @@ func (c *credentialCache) finishFetch(creds *Credentials, err error) {
 	c.nextRefresh = c.refreshMoment(creds.Expires, now)
 	c.metrics.CredentialRefresh()
 	c.logger().Info("credentials refreshed", "source", creds.Source, "access_key_id", creds.AccessKeyID,
-		"expires_in", durationOrNever(creds.Expires, now), "next_refresh_in", durationOrNever(c.nextRefresh, now))
-}
-
-// durationOrNever formats t-now for logs; zero t is "never".
-func durationOrNever(t, now time.Time) string {
-	if t.IsZero() {
-		return "never"
-	}
-	return t.Sub(now).Round(time.Second).String()
+		"expires_in", untilText(creds.Expires, now), "next_refresh_in", untilText(c.nextRefresh, now))
 }
 
 // refreshMoment is uniform between refreshBefore and two thirds of it
@@ -316,7 +298,7 @@ var errSameCredentials = errors.New("no other credentials available yet")
 // Expiration). It joins or starts a fetch, at most one forced fetch per
 // 10 s, and returns the set that replaced dead, or errSameCredentials.
 func (c *credentialCache) Refresh(ctx context.Context, dead *Credentials) (*Credentials, error) {
-	now := c.clock()
+	now := c.now.read()
 	c.mu.Lock()
 	if cc := c.current.Load(); cc != nil && cc.creds != dead && cc.usable(now) {
 		c.mu.Unlock()
@@ -334,7 +316,7 @@ func (c *credentialCache) Refresh(ctx context.Context, dead *Credentials) (*Cred
 	if err := awaitFetch(ctx, done); err != nil {
 		return nil, err
 	}
-	if cc := c.current.Load(); cc != nil && cc.creds != dead && cc.usable(c.clock()) {
+	if cc := c.current.Load(); cc != nil && cc.creds != dead && cc.usable(c.now.read()) {
 		return cc.creds, nil
 	}
 	return nil, errSameCredentials
@@ -375,7 +357,7 @@ func (c *credentialCache) refresher(ctx context.Context) {
 		}
 		var tick <-chan time.Time
 		if !next.IsZero() {
-			timer.Reset(max(next.Sub(c.clock()), 0))
+			timer.Reset(max(next.Sub(c.now.read()), 0))
 			tick = timer.C
 		}
 		select {
@@ -453,28 +435,5 @@ func (cs credentialStatus) Healthy() (bool, string) {
 	case !cs.Valid:
 		return false, "credentials expired"
 	}
-	return true, fmt.Sprintf("credentials from %s, expire in %s", cs.Source, expiresText(cs.ExpiresIn))
-}
-
-// expiresText formats a time to expiry; zero is "never".
-func expiresText(d time.Duration) string {
-	if d == 0 {
-		return "never"
-	}
-	return d.Round(time.Second).String()
-}
-
-// sleepCtx pauses for d unless ctx ends first.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return true, fmt.Sprintf("credentials from %s, expire in %s", cs.Source, durationText(cs.ExpiresIn))
 }

@@ -156,11 +156,7 @@ func (c *checker) checkCredentials(ctx context.Context, cfg config, getenv func(
 			return nil
 		}
 		creds = got
-		expiry := "never expire"
-		if !got.Expires.IsZero() {
-			expiry = "expire in " + time.Until(got.Expires).Round(time.Second).String()
-		}
-		c.pass("credentials", fmt.Sprintf("%s: access key %s, %s", what, got.AccessKeyID, expiry))
+		c.pass("credentials", fmt.Sprintf("%s: access key %s, %s", what, got.AccessKeyID, expiryText(got.Expires, time.Now())))
 	}
 	return creds
 }
@@ -200,13 +196,13 @@ func (c *checker) probe(ctx context.Context, p *Proxy, rt route, method, key str
 	if method == http.MethodGet {
 		up.client.Set("Range", "bytes=0-0")
 	}
-	up.uri = rt.uriPrefix + canonicalURI(rt.keyPrefix+key)
+	up.uri = rt.uri(key)
 	now := time.Now()
 	creds, err := p.creds.Get(ctx, now)
 	if err != nil {
 		return bucketProbe{}, err
 	}
-	resp, err := p.transport.RoundTrip(p.newRequest(ctx, &up, creds, now, nil))
+	resp, err := p.transport.RoundTrip(p.newRequest(ctx, &up, creds, now))
 	if err != nil {
 		return bucketProbe{}, err
 	}

@@ -65,36 +65,56 @@ func (c *clockCorrection) Offset(now time.Time) time.Duration {
 	return 0
 }
 
-// learn adopts S3's clock when its answer says ours is off: the code is
-// RequestTimeTooSkewed, or SignatureDoesNotMatch while S3's Date is more
-// than 5 minutes from now. It reports whether the request should be signed
-// again.
-func (c *clockCorrection) learn(date, code string, now time.Time, log *slog.Logger) bool {
+// skewReading is what one S3 error answer says of this host's clock.
+type skewReading struct {
+	// adopt: S3's clock should be used for signing, at offset.
+	adopt  bool
+	offset time.Duration
+	code   string
+	// implausible: S3's Date is more than a day away, so it is not
+	// adopted; date is that header, clipped, for the log.
+	implausible bool
+	date        string
+}
+
+// judge reads S3's answer: the code is RequestTimeTooSkewed, or
+// SignatureDoesNotMatch while S3's Date is more than 5 minutes from now,
+// and the offset is not the one already in force. It changes nothing.
+func (c *clockCorrection) judge(date, code string, now time.Time) skewReading {
 	if code != "RequestTimeTooSkewed" && code != "SignatureDoesNotMatch" {
-		return false
+		return skewReading{}
 	}
 	serverTime, err := http.ParseTime(date)
 	if err != nil {
-		return false
+		return skewReading{}
 	}
 	offset := serverTime.Add(dateResolution / 2).Sub(now)
 	if offset.Abs() > maxClockOffset {
-		log.Error("S3's Date header is more than a day from this host's clock; not adopting it", "s3_date", clip(date, 40))
-		return false
+		return skewReading{implausible: true, date: clip(date, 40)}
 	}
 	if code == "SignatureDoesNotMatch" && offset.Abs() < skewedSignatureThreshold {
-		return false
+		return skewReading{}
 	}
 	if prev := c.current.Load(); code == "RequestTimeTooSkewed" && prev != nil && (prev.offset-offset).Abs() < 2*dateResolution && now.Before(prev.until) {
-		return false // signed with this very offset and still refused: not a clock problem
+		return skewReading{} // signed with this very offset and still refused: not a clock problem
 	}
-	c.current.Store(&clockOffset{offset: offset, until: now.Add(clockOffsetTTL)})
+	return skewReading{adopt: true, offset: offset, code: code}
+}
+
+// adopt signs with the offset r read from now on, for clockOffsetTTL, and
+// logs it when it is new or moved by more than a minute.
+func (c *clockCorrection) adopt(r skewReading, now time.Time, log *slog.Logger) {
+	c.current.Store(&clockOffset{offset: r.offset, until: now.Add(clockOffsetTTL)})
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.logged == 0 || (offset-c.logged).Abs() > relogClockOffsetChange {
-		c.logged = offset
+	if c.logged == 0 || (r.offset-c.logged).Abs() > relogClockOffsetChange {
+		c.logged = r.offset
 		log.Warn("this host's clock is off from S3's; signing with S3's time (fix the clock: NTP, chrony or systemd-timesyncd)",
-			"offset", offset, "s3_code", code)
+			"offset", r.offset, "s3_code", r.code)
 	}
-	return true
+}
+
+// reportImplausible logs a Date header too far off to adopt.
+func reportImplausible(r skewReading, log *slog.Logger) {
+	log.Error("S3's Date header is more than a day from this host's clock; not adopting it", "s3_date", r.date)
 }

@@ -16,6 +16,11 @@ import (
 // offset is re-learned.
 func TestProxyAdoptsS3ClockWhenSkewed(t *testing.T) {
 	tp := newTestProxy(t)
+	// One fixed instant for both clocks, on a whole second as a Date
+	// header is: every offset below is exact.
+	base := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+	tp.now = func() time.Time { return base }
+	tp.s3.now = func() time.Time { return base }
 	tp.s3.put("k", []byte("on time"))
 	setAhead := func(d time.Duration) {
 		tp.s3.mu.Lock()
@@ -30,8 +35,8 @@ func TestProxyAdoptsS3ClockWhenSkewed(t *testing.T) {
 	if n := upstreamRequest(); n != 2 {
 		t.Errorf("upstream requests for the first GET = %d, want 2 (refused, then signed with S3's time)", n)
 	}
-	if off := tp.clockFix.Offset(time.Now()); off < 2*time.Hour-2*time.Second || off > 2*time.Hour+2*time.Second {
-		t.Errorf("learned offset = %v, want about 2h", off)
+	if off, want := tp.clockFix.Offset(base), 2*time.Hour+dateResolution/2; off != want {
+		t.Errorf("learned offset = %v, want %v (S3's Date plus half its resolution)", off, want)
 	}
 	for range 3 {
 		if resp, _ := get(t, "GET", tp.url+"/k", nil); resp.StatusCode != 200 {
@@ -45,8 +50,8 @@ func TestProxyAdoptsS3ClockWhenSkewed(t *testing.T) {
 	if resp, _ := get(t, "GET", tp.url+"/k", nil); resp.StatusCode != 200 {
 		t.Fatalf("GET after S3's clock moved back = %d", resp.StatusCode)
 	}
-	if off := tp.clockFix.Offset(time.Now()); off.Abs() > 2*time.Second {
-		t.Errorf("offset after S3's clock moved back = %v, want about 0", off)
+	if off, want := tp.clockFix.Offset(base), dateResolution/2; off != want {
+		t.Errorf("offset after S3's clock moved back = %v, want %v", off, want)
 	}
 	if n := strings.Count(tp.logs.String(), "clock is off"); n != 2 {
 		t.Errorf("clock corrections logged %d times, want 2 (learned, then changed by 2 h):\n%s", n, tp.logs)
@@ -67,9 +72,17 @@ func TestClockCorrectionBounds(t *testing.T) {
 		{"other code", "AccessDenied", now.Add(3 * time.Hour), false},
 		{"more than a day", "RequestTimeTooSkewed", now.Add(25 * time.Hour), false},
 	}
+	// learn is what the proxy's loop does with an S3 error answer.
+	learn := func(c *clockCorrection, date, code string, now time.Time, log *slog.Logger) bool {
+		r := c.judge(date, code, now)
+		if r.adopt {
+			c.adopt(r, now, log)
+		}
+		return r.adopt
+	}
 	for _, tt := range tests {
 		var c clockCorrection
-		if got := c.learn(tt.serverTime.Format(http.TimeFormat), tt.code, now, log); got != tt.adopt {
+		if got := learn(&c, tt.serverTime.Format(http.TimeFormat), tt.code, now, log); got != tt.adopt {
 			t.Errorf("%s: learn = %v, want %v", tt.name, got, tt.adopt)
 		}
 		if tt.adopt {
@@ -82,7 +95,7 @@ func TestClockCorrectionBounds(t *testing.T) {
 		}
 	}
 	var c clockCorrection
-	if c.learn("not a date", "RequestTimeTooSkewed", now, log) {
+	if learn(&c, "not a date", "RequestTimeTooSkewed", now, log) {
 		t.Error("adopted an unparsable Date")
 	}
 }

@@ -502,7 +502,7 @@ func newProxy(cfg config, creds credentialGetter, metrics *Metrics, log *slog.Lo
 	return &Proxy{
 		routes: buildRoutes(cfg.routeSpecs, cfg.endpointURL, cfg.pathStyle), scheme: cfg.endpointURL.Scheme,
 		signer: &Signer{Region: cfg.region}, creds: creds, transport: newUpstreamTransport(cfg.timeout),
-		metrics: metrics, log: log, accessLog: cfg.accessLog, retries: cfg.retries, bodyTimeout: cfg.timeout,
+		metrics: metrics, log: log, accessLog: cfg.accessLog, policy: retryPolicy{limit: cfg.retries}, bodyTimeout: cfg.timeout,
 	}
 }
 

@@ -268,6 +268,13 @@ func TestE2EUnusualKeys(t *testing.T) {
 func rewriteIMDS(t *testing.T, env *e2eEnv, akid, secret, token string, expires time.Time) {
 	t.Helper()
 	writeIMDSConfig(t, env, akid, secret, token, expires)
+	awaitIMDS(t, env, akid, secret)
+}
+
+// awaitIMDS polls the emulator until it serves the set akid names: it
+// re-reads its config file on its own schedule.
+func awaitIMDS(t *testing.T, env *e2eEnv, akid, secret string) {
+	t.Helper()
 	client := &imdsClient{endpoint: env.imds, role: "sidecar-role"}
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
@@ -429,8 +436,7 @@ func TestE2ERevokedSessionRecovers(t *testing.T) {
 		t.Fatalf("GET with the first session = %d", resp.StatusCode)
 	}
 	editSessions(t, env, second, secret, token, time.Now().Add(time.Hour))
-	writeIMDSConfig(t, env, second, secret, token, time.Now().Add(time.Hour))
-	time.Sleep(1500 * time.Millisecond) // the emulator re-reads its config within a second
+	rewriteIMDS(t, env, second, secret, token, time.Now().Add(time.Hour))
 	editSessions(t, env, first, "", "", time.Time{})
 	resp, body := get(t, "GET", h.url("/hello.txt"), nil)
 	if resp.StatusCode != 200 || !bytes.Equal(body, readSeed(t, env, "hello.txt")) {
@@ -573,7 +579,7 @@ func TestE2ESoak(t *testing.T) {
 		writeIMDSConfig(t, env, akid, secret, token, now.Add(40*time.Second))
 	}
 	session(0, time.Now())
-	time.Sleep(1500 * time.Millisecond) // the emulator re-reads its config within a second
+	awaitIMDS(t, env, "ASIASOAK000000000000", "soak-secret-0-0123456789abcdefghijklmnopq")
 	h := startHelper(t, env, "127.0.0.1:0", "-endpoint", "http://"+faulty.ln.Addr().String(),
 		"-refresh-before", "15s", "-access-log=false")
 	pid := h.cmd.Process.Pid

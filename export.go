@@ -155,7 +155,7 @@ type newRelicPusher struct {
 	client *http.Client
 	log    *slog.Logger
 	// now is the clock; nil means time.Now.
-	now func() time.Time
+	now clock
 
 	// Only the run goroutine uses the fields below.
 	last           map[string]int64
@@ -205,7 +205,7 @@ func (p *newRelicPusher) start() {
 	p.stopping, p.stop = context.WithCancel(context.Background())
 	p.done = make(chan struct{})
 	p.last = map[string]int64{}
-	p.lastPush = p.clock()
+	p.lastPush = p.now.read()
 	go p.pushLoop()
 }
 
@@ -214,14 +214,6 @@ func (p *newRelicPusher) start() {
 func (p *newRelicPusher) close() {
 	p.stop()
 	<-p.done
-}
-
-// clock reads the injected clock.
-func (p *newRelicPusher) clock() time.Time {
-	if p.now == nil {
-		return time.Now()
-	}
-	return p.now()
 }
 
 // pushLoop collects every interval and sends, retrying a failed send with
@@ -328,7 +320,7 @@ func (p *newRelicPusher) send(ctx context.Context, payload []byte) (status int, 
 // collect turns the changes since the last push into a gzipped payload, or
 // nil when nothing happened and no gauge is registered.
 func (p *newRelicPusher) collect() []byte {
-	now := p.clock()
+	now := p.now.read()
 	a := p.metrics.agg
 	var batch nrBatch
 	batch.Common.Timestamp = p.lastPush.UnixMilli()

@@ -44,6 +44,8 @@ type fakeS3 struct {
 	// noListBucket answers a missing key with 403 AccessDenied, as S3 does
 	// when the role lacks s3:ListBucket.
 	noListBucket bool
+	// now is this S3's clock before clockAhead; nil means time.Now.
+	now clock
 
 	mu       sync.Mutex // guards every field below
 	objects  map[string]fakeObject
@@ -81,7 +83,7 @@ func (f *fakeS3) received() []*http.Request {
 func (f *fakeS3) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	f.requests = append(f.requests, r)
-	n, fault, serverNow := len(f.requests), f.fault, time.Now().Add(f.clockAhead)
+	n, fault, serverNow := len(f.requests), f.fault, f.now.read().Add(f.clockAhead)
 	f.mu.Unlock()
 	w.Header().Set("Date", serverNow.UTC().Format(http.TimeFormat))
 	if signed, err := time.Parse(amzDateFormat, r.Header.Get(headerAmzDate)); err == nil && serverNow.Sub(signed).Abs() > 15*time.Minute {
@@ -201,8 +203,7 @@ func newTestProxy(t *testing.T) *testProxy {
 		transport:   newUpstreamTransport(time.Second),
 		log:         slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		accessLog:   true,
-		retries:     3,
-		backoff:     func(int) time.Duration { return 0 },
+		policy:      retryPolicy{limit: 3, pause: func(int) time.Duration { return 0 }},
 		bodyTimeout: time.Second,
 	}
 	front := httptest.NewServer(p)
@@ -216,7 +217,7 @@ func newTestProxy(t *testing.T) *testProxy {
 type fakeIMDS struct {
 	mu sync.Mutex // guards every field below
 	// now is the emulator's clock; nil means time.Now.
-	now    func() time.Time
+	now    clock
 	tokens map[string]time.Time
 	role   string
 	// body is the credentials document served for role.
@@ -236,13 +237,6 @@ func newFakeIMDS(t *testing.T, expires time.Time) (*fakeIMDS, *httptest.Server) 
 	srv := httptest.NewServer(f)
 	t.Cleanup(srv.Close)
 	return f, srv
-}
-
-func (f *fakeIMDS) clock() time.Time {
-	if f.now == nil {
-		return time.Now()
-	}
-	return f.now()
 }
 
 func (f *fakeIMDS) setCredentials(akid, secret, token string, expires time.Time) {
@@ -282,7 +276,7 @@ func (f *fakeIMDS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		f.tokenPuts++
 		token := fmt.Sprintf("imds-token-%d", f.tokenPuts)
-		f.tokens[token] = f.clock().Add(time.Duration(ttl) * time.Second)
+		f.tokens[token] = f.now.read().Add(time.Duration(ttl) * time.Second)
 		fmt.Fprint(w, token)
 		return
 	}
@@ -290,7 +284,7 @@ func (f *fakeIMDS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "method", http.StatusMethodNotAllowed)
 		return
 	}
-	if exp, ok := f.tokens[r.Header.Get(imdsTokenHeader)]; !ok || !f.clock().Before(exp) {
+	if exp, ok := f.tokens[r.Header.Get(imdsTokenHeader)]; !ok || !f.now.read().Before(exp) {
 		http.Error(w, "unauthorized", http.StatusUnauthorized)
 		return
 	}

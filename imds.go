@@ -56,7 +56,7 @@ type imdsClient struct {
 	// HTTP proxy (IMDS must never be reached through one).
 	client *http.Client
 	// now is the clock; nil means time.Now.
-	now func() time.Time
+	now clock
 
 	clientOnce sync.Once
 	mu         sync.Mutex // guards token and tokenExpires
@@ -120,19 +120,11 @@ func (c *imdsClient) httpClient() *http.Client {
 	return c.client
 }
 
-// clock reads the injected clock.
-func (c *imdsClient) clock() time.Time {
-	if c.now == nil {
-		return time.Now()
-	}
-	return c.now()
-}
-
 // sessionToken returns a cached IMDSv2 token, or fetches a new one.
 func (c *imdsClient) sessionToken(ctx context.Context) (string, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	now := c.clock()
+	now := c.now.read()
 	if c.token != "" && now.Before(c.tokenExpires) {
 		return c.token, nil
 	}
@@ -253,7 +245,7 @@ func (c *imdsClient) Retrieve(ctx context.Context) (*Credentials, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fetch credentials of role %q: %w", role, err)
 	}
-	creds, err := parseIMDSCredentials(body, c.clock())
+	creds, err := parseIMDSCredentials(body, c.now.read())
 	if err != nil {
 		return nil, fmt.Errorf("fetch credentials of role %q: %w", role, err)
 	}

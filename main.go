@@ -305,7 +305,7 @@ func adminHandler(cache *credentialCache, metrics *Metrics, source string, withP
 			fmt.Fprintln(w, "ok:", reason)
 		}
 		fmt.Fprintf(w, "source=%s access_key_id=%s age=%s expires_in=%s extended=%t refreshes=%d failures=%d\n",
-			status.Source, status.AccessKeyID, status.Age.Round(time.Second), expiresText(status.ExpiresIn), status.Extended, status.Refreshes, status.Failures)
+			status.Source, status.AccessKeyID, status.Age.Round(time.Second), durationText(status.ExpiresIn), status.Extended, status.Refreshes, status.Failures)
 		fmt.Fprintf(w, "credentials: %s\n", source)
 	})
 	if withPprof {
@@ -329,7 +329,7 @@ func printPresignedURL(ctx context.Context, stdout io.Writer, p *Proxy, cfg conf
 	if err != nil {
 		return fmt.Errorf("presign: %w", err)
 	}
-	uri := rt.uriPrefix + canonicalURI(rt.keyPrefix+cfg.presign)
+	uri := rt.uri(cfg.presign)
 	query, err := p.signer.Presign(signingRequest{method: http.MethodGet, host: rt.host, uri: uri}, creds, now, cfg.presignExpires)
 	if err != nil {
 		return fmt.Errorf("presign: %w", err)

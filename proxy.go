@@ -10,12 +10,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
-	"net"
 	"net/http"
-	"net/url"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,9 +22,6 @@ const (
 	// flight holds one, so it bounds memory under many slow clients (1000
 	// clients: 16 MiB); larger buffers measured no faster on 256 KiB ranges.
 	copyBufferBytes = 32 << 10
-	// defaultRetryBase and maxRetryBackoff bound the pause between attempts.
-	defaultRetryBase = 50 * time.Millisecond
-	maxRetryBackoff  = time.Second
 	// maxLoggedMethodBytes and maxLoggedRangeBytes bound client text in log
 	// lines; slog quotes what remains. Keys are bounded by maxKeyBytes.
 	maxLoggedMethodBytes = 16
@@ -54,16 +47,13 @@ type Proxy struct {
 	// log must be set.
 	log       *slog.Logger
 	accessLog bool
-	// retries is how many times a failed attempt is repeated.
-	retries int
+	// policy limits and paces retries and resumes.
+	policy retryPolicy
 	// bodyTimeout ends an attempt whose body sends nothing for this long;
 	// zero means never.
 	bodyTimeout time.Duration
-	// backoff returns the pause before retry n (1-based); nil means full
-	// jitter over 50 ms·2^(n-1), capped at 1 s.
-	backoff func(n int) time.Duration
 	// now is the clock; nil means time.Now.
-	now func() time.Time
+	now clock
 
 	// clockFix corrects the signing time when this host's clock is off.
 	clockFix clockCorrection
@@ -103,7 +93,7 @@ func badRequest(status int, err error) *proxyError {
 
 // clientGone ends an exchange whose client went away.
 func clientGone(err error) *proxyError {
-	return &proxyError{status: statusClientGone, kind: "client_gone", err: err}
+	return &proxyError{status: statusClientGone, kind: kindClientGone, err: err}
 }
 
 // Unwrap returns the cause.
@@ -122,20 +112,10 @@ type exchange struct {
 	// started from (after retries, before any resume).
 	upstreamStatus int
 	s3Code         string
-	// s3Region is the bucket's region when an S3 error names it.
-	s3Region string
-	bytes    int64
-	attempts int
-	resumes  int
-	err      error
-}
-
-// clock reads the injected clock.
-func (p *Proxy) clock() time.Time {
-	if p.now == nil {
-		return time.Now()
-	}
-	return p.now()
+	bytes          int64
+	attempts       int
+	resumes        int
+	err            error
 }
 
 // InFlight returns how many requests are being served.
@@ -143,7 +123,7 @@ func (p *Proxy) InFlight() int64 { return p.inFlight.Load() }
 
 // ServeHTTP serves one GET or HEAD.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	x := exchange{start: p.clock(), method: r.Method, remote: r.RemoteAddr}
+	x := exchange{start: p.now.read(), method: r.Method, remote: r.RemoteAddr}
 	p.inFlight.Add(1)
 	defer p.inFlight.Add(-1)
 	defer p.finish(r.Context(), &x)
@@ -152,7 +132,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.fail(w, r, &x, err)
 		return
 	}
-	answer, err := p.attempts(r.Context(), &up, &x, nil)
+	answer, err := p.fetch(r.Context(), &up, &x)
 	if err != nil {
 		p.fail(w, r, &x, err)
 		return
@@ -188,11 +168,11 @@ func (p *Proxy) upstreamFor(r *http.Request, x *exchange) (upstreamRequest, erro
 		return upstreamRequest{}, badRequest(http.StatusBadRequest, err)
 	}
 	return upstreamRequest{route: rt, method: r.Method, client: r.Header,
-		uri: rt.uriPrefix + canonicalURI(rt.keyPrefix+key), query: canonicalQuery(params)}, nil
+		uri: rt.uri(key), query: canonicalQuery(params)}, nil
 }
 
-// upstream describes the S3 request of one exchange; every attempt and
-// resume is built from it.
+// upstreamRequest describes the S3 request of one exchange; every attempt
+// and resume is built from it, and attempts only read it.
 type upstreamRequest struct {
 	route  route
 	method string
@@ -202,15 +182,25 @@ type upstreamRequest struct {
 	// uri and query are canonical and are sent exactly as signed.
 	uri   string
 	query string
+	// rest is set on a resume: the bytes still owed, pinned to the
+	// object's version. Its Range and If-Match replace the client's.
+	rest *restOfResponse
 }
 
-// newRequest builds one signed attempt. extra headers (a resume's Range and
-// If-Match) replace the client's.
-func (p *Proxy) newRequest(ctx context.Context, up *upstreamRequest, creds *Credentials, now time.Time, extra http.Header) *http.Request {
+// resumeOf is the upstream request for the rest of a response.
+func (up *upstreamRequest) resumeOf(rest *restOfResponse) *upstreamRequest {
+	r := *up
+	r.rest = rest
+	return &r
+}
+
+// newRequest builds one signed attempt.
+func (p *Proxy) newRequest(ctx context.Context, up *upstreamRequest, creds *Credentials, now time.Time) *http.Request {
 	h := make(http.Header, len(forwardedRequestHeaders)+5)
 	copyRequestHeaders(h, up.client)
-	for k, v := range extra {
-		h[k] = v
+	if up.rest != nil {
+		h["Range"] = []string{up.rest.rangeHeader}
+		h["If-Match"] = []string{up.rest.etag}
 	}
 	h["User-Agent"] = []string{userAgent}
 	req := &http.Request{
@@ -227,154 +217,123 @@ func (p *Proxy) newRequest(ctx context.Context, up *upstreamRequest, creds *Cred
 	return req
 }
 
-// upstreamAnswer is what S3 answered an exchange: a response whose body is
-// passed on (2xx and 304), or an error answer already read and closed.
-type upstreamAnswer struct {
-	// resp is set when the body is passed on; nil for an error answer.
-	resp *http.Response
-	// status and s3 describe an error answer.
-	status int
-	s3     s3ErrorDetails
-}
-
-// outcome is what one attempt's result calls for.
-type outcome int
-
-const (
-	// passOn: the answer (or the error) goes to the client.
-	passOn outcome = iota
-	// signAgain: the signing time or the credentials were corrected; send
-	// again at once.
-	signAgain
-	// retryLater: a transient failure; pause, then try again.
-	retryLater
-)
-
-// retryState is what one exchange has tried so far.
-type retryState struct {
-	retries   int  // transient failures retried
-	refreshed bool // credentials were replaced after S3 rejected them
-	reclocked bool // the signing time was corrected from S3's clock
-}
-
-// attempts sends the request until S3 answers for good: connect errors,
-// header timeouts and 500/502/503/504 are retried with backoff, each time
-// freshly signed; a skewed clock or rejected credentials are corrected and
-// signed again once. extra headers (a resume's Range and If-Match) replace
-// the client's. The error is set only when no answer can be passed on.
-func (p *Proxy) attempts(ctx context.Context, up *upstreamRequest, x *exchange, extra http.Header) (upstreamAnswer, error) {
+// fetch sends up until S3 answers for good: each attempt returns its facts,
+// decide says what they call for, and fetch applies it (a correction, a
+// paced retry within the policy) and records the exchange. The error is set
+// only when no answer can be passed on.
+func (p *Proxy) fetch(ctx context.Context, up *upstreamRequest, x *exchange) (upstreamAnswer, error) {
 	var tried retryState
 	for {
-		answer, next, err := p.attempt(ctx, up, x, extra, &tried)
-		switch next {
-		case signAgain:
-			continue
+		f := p.attempt(ctx, up)
+		p.record(x, up, &f)
+		d := decide(&f, tried)
+		switch d.verdict {
 		case passOn:
-			return answer, err
-		}
-		var perr *proxyError
-		errors.As(err, &perr)
-		p.metrics.UpstreamError(perr.kind)
-		if tried.retries >= p.retries {
-			if answer.status != 0 {
-				return answer, nil // S3's own last answer passes through
+			if d.err != nil {
+				return upstreamAnswer{}, d.err
 			}
-			return upstreamAnswer{}, perr
+			return f.answer(), nil
+		case signAgain:
+			if p.correct(ctx, d.fix, &f, x, &tried) {
+				continue
+			}
+			return f.answer(), nil
 		}
-		tried.retries++
+		p.metrics.UpstreamError(d.err.kind)
+		if !p.policy.retry(&tried) {
+			if f.status != 0 {
+				return f.answer(), nil // S3's own last answer passes through
+			}
+			return upstreamAnswer{}, d.err
+		}
 		p.metrics.Retry()
-		p.log.Debug("retrying upstream", "key", x.key, "attempt", tried.retries, "err", perr, "s3_code", x.s3Code)
-		if err := sleepCtx(ctx, p.retryPause(tried.retries)); err != nil {
+		p.log.Debug("retrying upstream", "key", x.key, "attempt", tried.retries, "err", d.err, "s3_code", f.s3.code)
+		if err := sleepCtx(ctx, p.policy.wait(tried.retries)); err != nil {
 			return upstreamAnswer{}, clientGone(err)
 		}
 	}
 }
 
-// attempt sends one signed request and decides what its result calls for.
-func (p *Proxy) attempt(ctx context.Context, up *upstreamRequest, x *exchange, extra http.Header, tried *retryState) (upstreamAnswer, outcome, error) {
-	now := p.clock()
+// record is the one writer of the exchange's record of its attempts.
+func (p *Proxy) record(x *exchange, up *upstreamRequest, f *attemptFacts) {
+	if f.creds == nil {
+		return // nothing was sent
+	}
+	x.attempts++
+	if f.err == nil {
+		p.metrics.UpstreamTTFB(f.ttfb)
+		if up.rest == nil { // a resume's 206 is not what the client was answered
+			x.upstreamStatus = f.status
+		}
+	}
+	if f.s3.code != "" {
+		x.s3Code = f.s3.code
+	}
+	if f.skew.implausible {
+		reportImplausible(f.skew, p.log)
+	}
+}
+
+// correct applies the fix a signAgain names and reports whether signing
+// again can help. Each fix is tried once per fetch.
+func (p *Proxy) correct(ctx context.Context, fx fix, f *attemptFacts, x *exchange, tried *retryState) bool {
+	switch fx {
+	case adoptClock:
+		tried.reclocked = true
+		p.clockFix.adopt(f.skew, p.now.read(), p.log)
+		return true
+	case refreshCredentials:
+		tried.refreshed = true
+		if _, err := p.creds.Refresh(ctx, f.creds); err != nil {
+			return false
+		}
+		p.log.Warn("S3 rejected the credentials; retrying with a fresh set", "key", x.key,
+			"s3_code", f.s3.code, "rejected_access_key_id", f.creds.AccessKeyID)
+		return true
+	}
+	return false
+}
+
+// attempt signs and sends one request and returns what happened, changing
+// nothing but the clock's and credentials' caches it reads through. The
+// body of a passed-on response is watched for stalls.
+func (p *Proxy) attempt(ctx context.Context, up *upstreamRequest) attemptFacts {
+	now := p.now.read()
 	creds, err := p.creds.Get(ctx, now)
 	if err != nil {
 		if ctx.Err() != nil {
-			return upstreamAnswer{}, passOn, clientGone(ctx.Err())
+			return attemptFacts{err: clientGone(ctx.Err())}
 		}
-		return upstreamAnswer{}, passOn, &proxyError{status: http.StatusServiceUnavailable, kind: "credentials", err: err}
+		return attemptFacts{err: &proxyError{status: http.StatusServiceUnavailable, kind: kindCredentials, err: err}}
 	}
-	resp, err := p.send(ctx, up, x, creds, now, extra)
-	if ctx.Err() != nil {
+	f := attemptFacts{creds: creds}
+	actx, cancel := context.WithCancel(ctx)
+	req := p.newRequest(actx, up, creds, now)
+	sent := p.now.read()
+	resp, err := p.transport.RoundTrip(req)
+	switch {
+	case ctx.Err() != nil:
 		if resp != nil {
 			resp.Body.Close()
 		}
-		return upstreamAnswer{}, passOn, clientGone(ctx.Err())
-	}
-	if err != nil {
-		return upstreamAnswer{}, retryLater, classifyTransport(err)
-	}
-	if resp.StatusCode < 300 || resp.StatusCode == http.StatusNotModified {
-		return upstreamAnswer{resp: resp}, passOn, nil
-	}
-	answer := upstreamAnswer{status: resp.StatusCode, s3: readS3Error(resp)}
-	x.s3Code, x.s3Region = answer.s3.code, answer.s3.region
-	switch {
-	case !tried.reclocked && p.clockFix.learn(resp.Header.Get("Date"), answer.s3.code, p.clock(), p.log):
-		tried.reclocked = true // our clock is off: signed with S3's time, the request succeeds
-		return answer, signAgain, nil
-	case !tried.refreshed && credentialsRejected(answer.s3.code):
-		// The set was revoked or expired early: fetch another once and
-		// retry, instead of failing until the next refresh.
-		tried.refreshed = true
-		if _, rerr := p.creds.Refresh(ctx, creds); rerr == nil {
-			p.log.Warn("S3 rejected the credentials; retrying with a fresh set", "key", x.key,
-				"s3_code", answer.s3.code, "rejected_access_key_id", creds.AccessKeyID)
-			return answer, signAgain, nil
-		}
-	case retryableStatus(resp.StatusCode):
-		return answer, retryLater, &proxyError{status: resp.StatusCode, kind: "status_" + strconv.Itoa(resp.StatusCode),
-			err: fmt.Errorf("S3 answered %d %s", resp.StatusCode, answer.s3.code)}
-	}
-	return answer, passOn, nil
-}
-
-// send signs and sends one attempt, timing S3's response headers and
-// watching the body for stalls.
-func (p *Proxy) send(ctx context.Context, up *upstreamRequest, x *exchange, creds *Credentials, now time.Time, extra http.Header) (*http.Response, error) {
-	x.attempts++
-	actx, cancel := context.WithCancel(ctx)
-	sent := p.clock()
-	resp, err := p.transport.RoundTrip(p.newRequest(actx, up, creds, now, extra))
-	if err != nil {
 		cancel()
-		return nil, err
+		f.err = clientGone(ctx.Err())
+		return f
+	case err != nil:
+		cancel()
+		f.err = classifyTransport(err)
+		return f
 	}
-	p.metrics.UpstreamTTFB(p.clock().Sub(sent))
-	if extra == nil { // a resume's 206 is not what the client was answered
-		x.upstreamStatus = resp.StatusCode
+	f.ttfb, f.status = p.now.read().Sub(sent), resp.StatusCode
+	if resp.StatusCode < 300 || resp.StatusCode == http.StatusNotModified {
+		resp.Body = watchBody(resp.Body, cancel, p.bodyTimeout)
+		f.resp = resp
+		return f
 	}
-	resp.Body = watchBody(resp.Body, cancel, p.bodyTimeout)
-	return resp, nil
-}
-
-// classifyTransport maps a transport error to the status the client gets:
-// 504 for a timeout, 502 for everything else.
-func classifyTransport(err error) *proxyError {
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return &proxyError{status: http.StatusGatewayTimeout, kind: "timeout", err: err}
-	}
-	var oe *net.OpError
-	if errors.As(err, &oe) && oe.Op == "dial" {
-		return &proxyError{status: http.StatusBadGateway, kind: "connect", err: err}
-	}
-	return &proxyError{status: http.StatusBadGateway, kind: "transport", err: err}
-}
-
-// retryPause is full jitter over 50 ms doubling per retry, capped at 1 s.
-func (p *Proxy) retryPause(n int) time.Duration {
-	if p.backoff != nil {
-		return p.backoff(n)
-	}
-	ceiling := min(defaultRetryBase<<min(n-1, 10), maxRetryBackoff)
-	return time.Duration(rand.Int64N(int64(ceiling) + 1))
+	f.s3 = readS3Error(resp)
+	cancel()
+	f.skew = p.clockFix.judge(resp.Header.Get("Date"), f.s3.code, p.now.read())
+	return f
 }
 
 // respond passes S3's answer on: a success streams its body; an error
@@ -457,7 +416,7 @@ func clientReason(err error) string {
 
 // finish logs the exchange once and records its metrics.
 func (p *Proxy) finish(ctx context.Context, x *exchange) {
-	dur := p.clock().Sub(x.start)
+	dur := p.now.read().Sub(x.start)
 	status := x.status
 	if status == 0 {
 		status = http.StatusOK
@@ -533,14 +492,14 @@ func (p *Proxy) stream(ctx context.Context, w http.ResponseWriter, resp *http.Re
 		case errors.Is(err, errClientWrite) || ctx.Err() != nil:
 			x.status, x.err = statusClientGone, fmt.Errorf("client went away after %d bytes: %w", x.bytes, err)
 			return
-		case !resumable || x.resumes >= p.retries || plan.complete():
+		case !resumable || !p.policy.resume(x.resumes) || plan.complete():
 			p.metrics.UpstreamError("body")
 			p.abort(x, fmt.Errorf("upstream body failed after %d bytes, aborting the client response: %w", x.bytes, err))
 		}
 		x.resumes++
 		p.metrics.Resume()
 		p.log.Info("resuming upstream body", "key", x.key, "after_bytes", x.bytes, "err", err)
-		answer, err := p.attempts(ctx, up, x, plan.restRequest())
+		answer, err := p.fetch(ctx, up.resumeOf(plan.rest()), x)
 		var next io.ReadCloser
 		if err == nil {
 			next, err = plan.acceptRest(answer.resp, answer.status)
@@ -557,17 +516,4 @@ func (p *Proxy) stream(ctx context.Context, w http.ResponseWriter, resp *http.Re
 func (p *Proxy) abort(x *exchange, err error) {
 	x.status, x.err = http.StatusBadGateway, err
 	panic(http.ErrAbortHandler)
-}
-
-// upstreamURL builds a URL whose request target is uri and query exactly as
-// signed: Opaque stops net/http from re-escaping the path.
-func upstreamURL(scheme, host, uri, query string) *url.URL {
-	opaque := uri
-	if strings.HasPrefix(opaque, "//") {
-		// A key starting with '/' under virtual-hosted addressing: "//key"
-		// would read as an authority, so send the absolute form instead
-		// (RFC 9112 §3.2.2 obliges servers to accept it).
-		opaque = "//" + host + uri
-	}
-	return &url.URL{Scheme: scheme, Host: host, Opaque: opaque, RawQuery: query}
 }

@@ -238,7 +238,7 @@ func TestProxyRetries(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tp := newTestProxy(t)
-			tp.retries = tt.retries
+			tp.policy.limit = tt.retries
 			tp.s3.put("k", []byte("payload"))
 			tp.s3.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
 				if n <= tt.failures {
@@ -501,7 +501,7 @@ func benchProxy(body []byte) *Proxy {
 		creds:     &credentialCache{provider: staticProvider{creds}, log: slog.New(slog.DiscardHandler)},
 		transport: staticUpstream(body),
 		log:       slog.New(slog.DiscardHandler),
-		retries:   3,
+		policy:    retryPolicy{limit: 3},
 		// As in production: each upstream body is watched for stalls.
 		bodyTimeout: 5 * time.Second,
 	}
@@ -570,7 +570,7 @@ func BenchmarkMapAndScrub(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		_ = rt.uriPrefix + canonicalURI(rt.keyPrefix+key)
+		_ = rt.uri(key)
 		if _, _, err := filterQuery(""); err != nil {
 			b.Fatal(err)
 		}

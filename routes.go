@@ -27,6 +27,24 @@ type route struct {
 	uriPrefix string
 }
 
+// uri is the request target of key (relative to the route) at S3, encoded
+// as SigV4 signs it: the bucket segment for path-style addressing, then the
+// key prefix and key.
+func (r route) uri(key string) string { return r.uriPrefix + canonicalURI(r.keyPrefix+key) }
+
+// upstreamURL builds a URL whose request target is uri and query exactly as
+// signed: Opaque stops net/http from re-escaping the path.
+func upstreamURL(scheme, host, uri, query string) *url.URL {
+	opaque := uri
+	if strings.HasPrefix(opaque, "//") {
+		// A key starting with '/' under virtual-hosted addressing: "//key"
+		// would read as an authority, so send the absolute form instead
+		// (RFC 9112 §3.2.2 obliges servers to accept it).
+		opaque = "//" + host + uri
+	}
+	return &url.URL{Scheme: scheme, Host: host, Opaque: opaque, RawQuery: query}
+}
+
 // errNoKey marks a request for a bucket root: never a listing.
 var errNoKey = errors.New("no object key: listing is not served")
 

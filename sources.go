@@ -151,7 +151,7 @@ type containerProvider struct {
 	// pause is the wait between attempts; nil means 200 ms doubling.
 	pause func(n int) time.Duration
 	// now is the clock; nil means time.Now.
-	now func() time.Time
+	now clock
 }
 
 // containerDocument is the container endpoint's answer, success or error.
@@ -202,7 +202,7 @@ func (p *containerProvider) fetch(ctx context.Context) (*Credentials, error) {
 	if jsonErr != nil {
 		return nil, fmt.Errorf("container endpoint %s: credentials document is not JSON (%d bytes)", p.url, len(body))
 	}
-	creds, err := validCredentials(credentialFields{doc.AccessKeyID, doc.SecretAccessKey, doc.Token, doc.Expiration}, p.clock(), sourceContainer)
+	creds, err := validCredentials(credentialFields{doc.AccessKeyID, doc.SecretAccessKey, doc.Token, doc.Expiration}, p.now.read(), sourceContainer)
 	if err != nil {
 		return nil, fmt.Errorf("container endpoint %s: %w", p.url, err)
 	}
@@ -236,14 +236,6 @@ func (p *containerProvider) httpClient() *http.Client {
 		return sourceHTTPClient(nil)
 	}
 	return sourceHTTPClient(allowedContainerDial(p.lookupIP))
-}
-
-// clock reads the injected clock.
-func (p *containerProvider) clock() time.Time {
-	if p.now == nil {
-		return time.Now()
-	}
-	return p.now()
 }
 
 // allowedContainerIP reports the addresses an http:// container endpoint
@@ -322,7 +314,7 @@ type stsClient struct {
 	// pause is the wait between attempts; nil means 200 ms doubling.
 	pause func(n int) time.Duration
 	// now is the clock; nil means time.Now.
-	now func() time.Time
+	now clock
 }
 
 // stsResult is the part of an AssumeRole* answer s3-helper uses.
@@ -405,7 +397,7 @@ func (s *stsClient) call(ctx context.Context, form url.Values, source string, si
 		if c.AccessKeyID == "" {
 			c = answer.AssumeRole.Credentials
 		}
-		return validCredentials(credentialFields{c.AccessKeyID, c.SecretAccessKey, c.SessionToken, c.Expiration}, s.clock(), source)
+		return validCredentials(credentialFields{c.AccessKeyID, c.SecretAccessKey, c.SessionToken, c.Expiration}, s.now.read(), source)
 	})
 }
 
@@ -416,14 +408,6 @@ func stsForm(action, roleARN, sessionName string) url.Values {
 
 // stsContentType is the form body's type, signed with it for AssumeRole.
 const stsContentType = "application/x-www-form-urlencoded; charset=utf-8"
-
-// clock reads the injected clock.
-func (s *stsClient) clock() time.Time {
-	if s.now == nil {
-		return time.Now()
-	}
-	return s.now()
-}
 
 // webIdentityProvider exchanges a web identity token (IRSA, any OIDC
 // federation) for role credentials with AssumeRoleWithWebIdentity, which is
@@ -475,15 +459,12 @@ type assumeRoleProvider struct {
 	signer                           *Signer
 	roleARN, externalID, sessionName string
 	// now is the clock; nil means time.Now.
-	now func() time.Time
+	now clock
 }
 
 // Retrieve calls AssumeRole with the current base credentials.
 func (p *assumeRoleProvider) Retrieve(ctx context.Context) (*Credentials, error) {
-	now := time.Now()
-	if p.now != nil {
-		now = p.now()
-	}
+	now := p.now.read()
 	base, err := p.base.Get(ctx, now)
 	if err != nil {
 		return nil, fmt.Errorf("assume role %s: base credentials: %w", p.roleARN, err)

@@ -164,14 +164,19 @@ func parseContentRange(v string) (first, last int64, ok bool) {
 // errObjectChanged is returned when a resume finds another object version.
 var errObjectChanged = errors.New("object changed during the response (If-Match failed)")
 
-// restRequest returns the headers that ask S3 for the bytes not yet
-// delivered, pinned to the same object version.
-func (r *resumePlan) restRequest() http.Header {
+// restOfResponse asks S3 for the bytes of a response not yet delivered:
+// a Range from the next byte, pinned by If-Match to the same version.
+type restOfResponse struct {
+	rangeHeader, etag string
+}
+
+// rest describes the bytes not yet delivered.
+func (r *resumePlan) rest() *restOfResponse {
 	rng := "bytes=" + strconv.FormatInt(r.first+r.done, 10) + "-"
 	if r.last >= 0 {
 		rng += strconv.FormatInt(r.last, 10)
 	}
-	return http.Header{"Range": {rng}, "If-Match": {r.etag}}
+	return &restOfResponse{rangeHeader: rng, etag: r.etag}
 }
 
 // acceptRest checks that S3 answered a restRequest with exactly the bytes

@@ -80,7 +80,7 @@ func TestProxyResumesMidBody(t *testing.T) {
 	for _, tt := range clientRanges(body, 250999) {
 		t.Run(tt.name, func(t *testing.T) {
 			tp := newTestProxy(t)
-			tp.retries = 10
+			tp.policy.limit = 10
 			tp.s3.put("v.mp4", body)
 			var cuts atomic.Int64
 			tp.s3.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
@@ -255,7 +255,7 @@ func TestProxySlowReaderIsNotAStall(t *testing.T) {
 				p := benchProxy(nil)
 				p.log = slog.New(slog.NewTextHandler(logs, nil))
 				p.accessLog = true
-				p.retries = 3
+				p.policy.limit = 3
 				p.bodyTimeout = timeout
 				p.transport = roundTripperFunc(func(r *http.Request) (*http.Response, error) {
 					upstreamRequests.Add(1)

@@ -1,0 +1,87 @@
+package main
+
+// Time in one place: the injectable clock every component reads, pauses that
+// end with their context, exponential backoff with full jitter, and how a
+// duration reads in a log line. Nothing here depends on another file.
+
+import (
+	"context"
+	"time"
+)
+
+// clock reads the time; a nil clock is time.Now. Components take one so
+// tests (and testing/synctest) fix the instants they assert.
+type clock func() time.Time
+
+// read returns the current time.
+func (c clock) read() time.Time {
+	if c == nil {
+		return time.Now()
+	}
+	return c()
+}
+
+// fetchTimeout bounds one shared fetch from a credential source (token,
+// role and credentials together) and every wait for one.
+const fetchTimeout = 10 * time.Second
+
+// sleepCtx pauses for d unless ctx ends first.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// backoff is exponential: base for the first retry, doubling, capped.
+type backoff struct {
+	base, ceiling time.Duration
+}
+
+// limit is the longest pause before retry n (1-based).
+func (b backoff) limit(n int) time.Duration {
+	if n < 1 {
+		n = 1
+	}
+	return min(b.base<<min(n-1, 30), b.ceiling)
+}
+
+// fullJitter is the pause before retry n with u uniform in [0, 1): anywhere
+// from zero to the limit, which spreads a fleet's retries the most
+// (https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/).
+func (b backoff) fullJitter(n int, u float64) time.Duration {
+	return time.Duration(u * float64(b.limit(n)))
+}
+
+// durationText formats a remaining time for logs and health text; zero
+// reads "never" (credentials that never expire, a refresh never planned).
+func durationText(d time.Duration) string {
+	if d == 0 {
+		return "never"
+	}
+	return d.Round(time.Second).String()
+}
+
+// expiryText says when credentials expire: "expire in 5h59m54s", or
+// "never expire" for a zero t.
+func expiryText(t, now time.Time) string {
+	if t.IsZero() {
+		return "never expire"
+	}
+	return "expire in " + durationText(t.Sub(now))
+}
+
+// untilText formats t-now like durationText; a zero t is "never".
+func untilText(t, now time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	return durationText(t.Sub(now))
+}
