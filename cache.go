@@ -203,7 +203,7 @@ func (c *credentialCache) finishFetch(creds *Credentials, err error) {
 		c.failStreak++
 		c.lastErr, c.lastErrAt = err, now
 		c.nextRefresh = now.Add(c.backoff(c.failStreak))
-		c.metrics.CredentialFailure()
+		c.metrics.Inc(mCredentialFailures)
 		c.logger().Warn("credential refresh failed", "err", err, "failures_in_a_row", c.failStreak,
 			"retry_in", c.nextRefresh.Sub(now).Round(time.Millisecond))
 		c.keepExpiredLocked(now) // so health reports the extension without waiting for a request
@@ -224,7 +224,7 @@ func (c *credentialCache) finishFetch(creds *Credentials, err error) {
 	}
 	c.current.Store(&cachedCredentials{creds: creds, fetched: now, usableUntil: creds.Expires})
 	c.nextRefresh = c.refreshMoment(creds.Expires, now)
-	c.metrics.CredentialRefresh()
+	c.metrics.Inc(mCredentialRefreshes)
 	c.logger().Info("credentials refreshed", "source", creds.Source, "access_key_id", creds.AccessKeyID,
 		"expires_in", untilText(creds.Expires, now), "next_refresh_in", untilText(c.nextRefresh, now))
 }
@@ -244,13 +244,12 @@ func (c *credentialCache) refreshMoment(expires, now time.Time) time.Time {
 	return at
 }
 
-// backoff is exponential from 1 s to 30 s with jitter over its upper half,
-// so retries from many hosts spread out but never come back-to-back.
+// backoff is exponential from 1 s to 30 s with jitter over its upper half
+// ("equal jitter", not full): the refresher is the only caller, and a
+// retry at once after a failed fetch would only meet the same failure,
+// while the half that is jittered still spreads a fleet's retries.
 func (c *credentialCache) backoff(failures int) time.Duration {
-	d := maxBackoff
-	if failures < 6 {
-		d = min(minBackoff<<(failures-1), maxBackoff)
-	}
+	d := backoff{base: minBackoff, ceiling: maxBackoff}.limit(failures)
 	return d/2 + time.Duration(c.jitter()*float64(d/2))
 }
 
@@ -280,7 +279,7 @@ func (c *credentialCache) keepExpiredLocked(now time.Time) *cachedCredentials {
 	ext := minExtension + time.Duration(c.jitter()*float64(maxExtension-minExtension))
 	next := &cachedCredentials{creds: cc.creds, fetched: cc.fetched, usableUntil: now.Add(ext), extended: true}
 	c.current.Store(next)
-	c.metrics.CredentialExtension()
+	c.metrics.Inc(mCredentialExtensions)
 	lastErr := "none yet: the provider still serves this set"
 	if c.lastErr != nil {
 		lastErr = c.lastErr.Error()

@@ -21,8 +21,12 @@ import (
 	"time"
 )
 
-// promPrefix starts every Prometheus metric name.
-const promPrefix = "s3helper_"
+// promPrefix starts every Prometheus metric name, newRelicPrefix every New
+// Relic one.
+const (
+	promPrefix     = "s3helper_"
+	newRelicPrefix = "s3helper."
+)
 
 // promWriter writes the Prometheus text exposition format 0.0.4
 // (https://prometheus.io/docs/instrumenting/exposition_formats/).
@@ -57,12 +61,6 @@ func (p promWriter) sampleFloat(name, labels string, value float64) {
 	p.w.WriteByte('\n')
 }
 
-// counter writes a one-sample counter family.
-func (p promWriter) counter(name, help string, value int64) {
-	p.family(name, "counter", help)
-	p.sample(name, "", value)
-}
-
 // histogram writes a histogram family in seconds.
 func (p promWriter) histogram(name, help string, h *histogram) {
 	p.family(name, "histogram", help)
@@ -77,49 +75,59 @@ func (p promWriter) histogram(name, help string, h *histogram) {
 	p.sample(name+"_count", "", cumulative)
 }
 
-// ServeHTTP writes every measurement in the Prometheus text format. It reads
-// atomics only, so a scrape never holds up a request.
+// ServeHTTP writes every measurement of metricTable that goes to Prometheus,
+// in the table's order. It reads atomics only, so a scrape never holds up
+// a request.
 func (m *Metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	bw := bufio.NewWriter(w)
 	defer bw.Flush()
 	p := promWriter{bw}
-	a := m.agg
-
-	p.family("requests_total", "counter", "Requests answered, by method (GET, HEAD or other) and status sent to the client (499: the client went away).")
-	for mi, method := range metricMethods {
-		for si := range a.requests[mi] {
-			if n := a.requests[mi][si].Load(); n > 0 || mi == 0 && si == 0 {
-				p.sample("requests_total", `method="`+method+`",status="`+statusLabel(si)+`"`, n)
+	for id := range metricTable {
+		d := &metricTable[id]
+		if d.outputs&toPrometheus == 0 {
+			continue
+		}
+		switch d.kind {
+		case counterKind:
+			p.counters(d, m.agg.counts[id])
+		case durationKind:
+			p.histogram(d.prom, d.help, m.agg.histograms[id])
+		case gaugeKind, totalKind:
+			if read := m.reader(metricID(id)); read != nil {
+				kind := "gauge"
+				if d.kind == totalKind {
+					kind = "counter"
+				}
+				p.family(d.prom, kind, d.help)
+				p.sample(d.prom, "", read())
 			}
 		}
 	}
-	p.counter("response_body_bytes_total", "Response body bytes sent to clients.", a.bytesOut.Load())
-	p.histogram("request_duration_seconds", "Time from a request's arrival to its last byte.", &a.requestDuration)
-	p.histogram("upstream_ttfb_seconds", "Time from sending an upstream attempt to S3's response headers.", &a.upstreamTTFB)
-	p.counter("upstream_retries_total", "Upstream attempts retried (connect errors, timeouts, 5xx).", a.retries.Load())
-	p.counter("upstream_resumes_total", "Responses continued with a ranged request after S3 failed mid-body.", a.resumes.Load())
-	p.family("upstream_errors_total", "counter", "Failed upstream attempts by kind.")
-	for i, kind := range upstreamErrorKinds {
-		p.sample("upstream_errors_total", `kind="`+kind+`"`, a.upstreamErrors[i].Load())
-	}
-	p.family("s3_errors_total", "counter", "Error answers from S3 by code (a fixed list, else other), or by status when S3 sent no code.")
-	for i := range a.s3Errors {
-		if n := a.s3Errors[i].Load(); n > 0 {
-			p.sample("s3_errors_total", `code="`+s3ErrorLabelAt(i)+`"`, n)
+}
+
+// maxPromZeroSamples is the label-set size up to which every sample is
+// written, zeros too; a larger set writes only those that happened (and its
+// first, so the family always has a sample).
+const maxPromZeroSamples = 16
+
+// counters writes a counter family, one sample per label cell.
+func (p promWriter) counters(d *metricDef, counts []atomic.Int64) {
+	p.family(d.prom, "counter", d.help)
+	for cell := range counts {
+		n := counts[cell].Load()
+		if n == 0 && cell > 0 && len(counts) > maxPromZeroSamples {
+			continue
 		}
-	}
-	p.counter("credential_refreshes_total", "New credential sets fetched.", a.credentialRefreshes.Load())
-	p.counter("credential_failures_total", "Failed credential fetches.", a.credentialFailures.Load())
-	p.counter("credential_extensions_total", "Expired credential sets kept in use while no new one could be fetched.", a.credentialExtensions.Load())
-	for _, g := range m.readGauges() {
-		kind := "gauge"
-		if len(g.promName) > len("_total") && g.promName[len(g.promName)-len("_total"):] == "_total" {
-			kind = "counter"
+		labels := ""
+		for i, v := range d.cellValues(cell) {
+			if i > 0 {
+				labels += ","
+			}
+			labels += d.labels[i].name + `="` + v + `"`
 		}
-		p.family(g.promName, kind, g.help)
-		p.sample(g.promName, "", g.read())
+		p.sample(d.prom, labels, n)
 	}
 }
 
@@ -133,7 +141,8 @@ const (
 	// maxPendingPayloads bounds what waits while New Relic is down (ten
 	// minutes at the default interval); older payloads are dropped first.
 	maxPendingPayloads = 20
-	// maxNewRelicPayloadBytes is the Metric API's limit (10^6 bytes).
+	// maxNewRelicPayloadBytes is the Metric API's limit on a compressed
+	// payload (10^6 bytes); fixed label sets keep ours near 2 KB.
 	maxNewRelicPayloadBytes = 1_000_000
 	// newRelicTimeout bounds one push.
 	newRelicTimeout = 10 * time.Second
@@ -158,7 +167,7 @@ type newRelicPusher struct {
 	now clock
 
 	// Only the run goroutine uses the fields below.
-	last           map[string]int64
+	last           map[lastKey]int64
 	lastPush       time.Time
 	pending        [][]byte
 	failures       int
@@ -204,8 +213,9 @@ type nrBatch struct {
 func (p *newRelicPusher) start() {
 	p.stopping, p.stop = context.WithCancel(context.Background())
 	p.done = make(chan struct{})
-	p.last = map[string]int64{}
+	p.last = map[lastKey]int64{}
 	p.lastPush = p.now.read()
+	p.metrics.Gauge(mNewRelicDropped, p.dropped.Load)
 	go p.pushLoop()
 }
 
@@ -243,16 +253,23 @@ func (p *newRelicPusher) pushLoop() {
 		}
 		if !p.flush(p.stopping) {
 			p.failures++
-			retry = time.NewTimer(min(time.Second<<min(p.failures-1, 10), p.interval))
+			// Doubling from 1 s, capped at the interval, without jitter:
+			// one pusher per host, whose pushes are already spread by
+			// each host's start time; the Metric API gives no
+			// Retry-After to follow.
+			retry = time.NewTimer(backoff{base: time.Second, ceiling: p.interval}.limit(p.failures))
 		} else {
 			p.failures = 0
 		}
 	}
 }
 
-// enqueue adds a payload, dropping the oldest beyond maxPendingPayloads.
+// enqueue adds a payload, dropping the oldest beyond maxPendingPayloads,
+// and one the Metric API would refuse for its size.
 func (p *newRelicPusher) enqueue(payload []byte) {
-	if payload == nil {
+	if len(payload) > maxNewRelicPayloadBytes {
+		p.dropped.Add(1)
+		p.log.Error("metrics payload exceeds the Metric API's limit; dropped", "bytes", len(payload), "limit", maxNewRelicPayloadBytes)
 		return
 	}
 	p.pending = append(p.pending, payload)
@@ -317,8 +334,8 @@ func (p *newRelicPusher) send(ctx context.Context, payload []byte) (status int, 
 	return resp.StatusCode, printable(string(body)), nil
 }
 
-// collect turns the changes since the last push into a gzipped payload, or
-// nil when nothing happened and no gauge is registered.
+// collect turns the changes since the last push, and the gauges' values,
+// into one gzipped payload.
 func (p *newRelicPusher) collect() []byte {
 	now := p.now.read()
 	a := p.metrics.agg
@@ -327,44 +344,36 @@ func (p *newRelicPusher) collect() []byte {
 	batch.Common.IntervalMS = max(now.Sub(p.lastPush).Milliseconds(), 1)
 	batch.Common.Attributes = p.attributes
 	p.lastPush = now
-	count := func(name string, attrs map[string]any, cumulative int64) {
-		key := name + fmt.Sprint(attrs)
-		if delta := cumulative - p.last[key]; delta > 0 {
-			batch.Metrics = append(batch.Metrics, nrMetric{Name: name, Type: "count", Value: delta, Attributes: attrs})
+	for id := range metricTable {
+		d := &metricTable[id]
+		if d.outputs&toNewRelic == 0 {
+			continue
 		}
-		p.last[key] = cumulative
-	}
-	for mi, method := range metricMethods {
-		for si := range a.requests[mi] {
-			count("s3helper.requests", map[string]any{"method": method, "status": statusLabel(si)}, a.requests[mi][si].Load())
-		}
-	}
-	count("s3helper.bytes_out", nil, a.bytesOut.Load())
-	count("s3helper.upstream.retries", nil, a.retries.Load())
-	count("s3helper.upstream.resumes", nil, a.resumes.Load())
-	for i, kind := range upstreamErrorKinds {
-		count("s3helper.upstream.errors", map[string]any{"kind": kind}, a.upstreamErrors[i].Load())
-	}
-	for i := range a.s3Errors {
-		count("s3helper.upstream.s3_errors", map[string]any{"code": s3ErrorLabelAt(i)}, a.s3Errors[i].Load())
-	}
-	count("s3helper.credentials.refreshes", nil, a.credentialRefreshes.Load())
-	count("s3helper.credentials.failures", nil, a.credentialFailures.Load())
-	count("s3helper.credentials.extensions", nil, a.credentialExtensions.Load())
-	p.summary(&batch, "s3helper.request_ms", &a.requestDuration)
-	p.summary(&batch, "s3helper.upstream_ttfb_ms", &a.upstreamTTFB)
-	for _, g := range p.metrics.readGauges() {
-		if g.statsdName != "" {
-			batch.Metrics = append(batch.Metrics, nrMetric{Name: "s3helper." + g.statsdName, Type: "gauge", Value: g.read()})
+		name := newRelicPrefix + d.name
+		switch d.kind {
+		case counterKind:
+			for cell := range a.counts[id] {
+				key := lastKey{metricID(id), cell}
+				cumulative := a.counts[id][cell].Load()
+				if delta := cumulative - p.last[key]; delta > 0 {
+					batch.Metrics = append(batch.Metrics, nrMetric{Name: name, Type: "count", Value: delta, Attributes: newRelicAttributes(d, cell)})
+				}
+				p.last[key] = cumulative
+			}
+		case durationKind:
+			p.summary(&batch, metricID(id), a.histograms[id])
+		case gaugeKind, totalKind:
+			if read := p.metrics.reader(metricID(id)); read != nil {
+				batch.Metrics = append(batch.Metrics, nrMetric{Name: name, Type: "gauge", Value: read()})
+			}
 		}
 	}
-	batch.Metrics = append(batch.Metrics, nrMetric{Name: "s3helper.newrelic.dropped_payloads", Type: "gauge", Value: p.dropped.Load()})
 	return gzipJSON([]nrBatch{batch})
 }
 
 // summary adds a histogram's interval as a summary in milliseconds.
-func (p *newRelicPusher) summary(batch *nrBatch, name string, h *histogram) {
-	countKey, sumKey := name+".count", name+".sum"
+func (p *newRelicPusher) summary(batch *nrBatch, id metricID, h *histogram) {
+	countKey, sumKey := lastKey{id, 0}, lastKey{id, 1}
 	n, sum := h.count.Load(), h.sumNanos.Load()
 	minNanos, maxNanos := h.minNanos.Swap(0), h.maxNanos.Swap(0)
 	delta, deltaSum := n-p.last[countKey], sum-p.last[sumKey]
@@ -373,8 +382,27 @@ func (p *newRelicPusher) summary(batch *nrBatch, name string, h *histogram) {
 		return
 	}
 	ms := func(nanos int64) float64 { return float64(nanos) / float64(time.Millisecond) }
-	batch.Metrics = append(batch.Metrics, nrMetric{Name: name, Type: "summary",
+	batch.Metrics = append(batch.Metrics, nrMetric{Name: newRelicPrefix + metricTable[id].name, Type: "summary",
 		Value: nrSummary{Count: delta, Sum: ms(deltaSum), Min: ms(minNanos), Max: ms(maxNanos)}})
+}
+
+// lastKey names what the last push reported of one measurement: a
+// counter's label cell, or a histogram's count (0) and sum (1).
+type lastKey struct {
+	id   metricID
+	cell int
+}
+
+// newRelicAttributes are a counter cell's labels as attributes, or nil.
+func newRelicAttributes(d *metricDef, cell int) map[string]any {
+	if len(d.labels) == 0 {
+		return nil
+	}
+	attrs := make(map[string]any, len(d.labels))
+	for i, v := range d.cellValues(cell) {
+		attrs[d.labels[i].name] = v
+	}
+	return attrs
 }
 
 // gzipJSON encodes v as gzipped JSON.

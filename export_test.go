@@ -226,7 +226,7 @@ func newTestPusher(m *Metrics, nr *fakeNewRelic, logs *syncBuffer) *newRelicPush
 func TestNewRelicPushesDeltas(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		m := newMetrics(nil, true)
-		m.Gauge(metricInFlight, "requests_in_flight", "h", func() int64 { return 3 })
+		m.Gauge(mInFlight, func() int64 { return 3 })
 		nr := newFakeNewRelic(t, nil)
 		logs := &syncBuffer{}
 		p := newTestPusher(m, nr, logs)

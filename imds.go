@@ -163,7 +163,8 @@ func (c *imdsClient) dropToken() {
 
 // get fetches a metadata path with the token. A 401 means IMDS no longer
 // knows the token (it expired or IMDS restarted): fetch a new one and retry
-// once.
+// once, at once, as the AWS SDKs' IMDS client does; no backoff here, the
+// cache's refresher paces whole fetches.
 func (c *imdsClient) get(ctx context.Context, path string) ([]byte, error) {
 	for attempt := 0; ; attempt++ {
 		token, err := c.sessionToken(ctx)

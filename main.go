@@ -148,21 +148,20 @@ func newNewRelicPusher(cfg config, metrics *Metrics, log *slog.Logger) *newRelic
 	nr := &newRelicPusher{metrics: metrics, endpoint: cfg.newRelicEndpoint, key: cfg.newRelicKey, interval: cfg.newRelicInterval,
 		attributes: map[string]any{"service.name": "s3-helper", "host.name": host, "instance": cfg.listen, "service.version": releaseVersion},
 		log:        log.With("component", "newrelic")}
-	metrics.Gauge("", "newrelic_dropped_payloads_total", "New Relic payloads dropped: rejected, or pushed out while New Relic was unreachable.", nr.dropped.Load)
 	return nr
 }
 
 // registerGauges adds the values read when an output reports.
 func registerGauges(metrics *Metrics, proxy *Proxy, cache *credentialCache, statsd *statsdEmitter) {
-	metrics.Gauge(metricInFlight, "requests_in_flight", "Requests being served.", proxy.InFlight)
-	metrics.Gauge(metricCredentialTTL, "credential_expiry_seconds", "Seconds until the credentials in use expire (0: they never do).", func() int64 {
+	metrics.Gauge(mInFlight, proxy.InFlight)
+	metrics.Gauge(mCredentialTTL, func() int64 {
 		return int64(cache.Status(time.Now()).ExpiresIn / time.Second)
 	})
-	metrics.Gauge(metricClockOffset, "clock_offset_seconds", "Seconds added to this host's clock when signing, learned from S3's Date header (0: the clock is right).", func() int64 {
+	metrics.Gauge(mClockOffset, func() int64 {
 		return int64(proxy.clockFix.Offset(time.Now()) / time.Second)
 	})
 	if statsd != nil {
-		metrics.Gauge("", "statsd_dropped_lines_total", "statsd lines dropped because the socket or the queue was full.", statsd.Dropped)
+		metrics.Gauge(mStatsdDropped, statsd.Dropped)
 	}
 }
 

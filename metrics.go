@@ -1,11 +1,13 @@
 package main
 
-// The one set of measurements every output reads: the proxy and the
-// credential cache record events here, and each event is counted in
-// aggregates over bounded label sets (for Prometheus text on the admin
-// listener and New Relic pushes) and sent as a statsd line. An output that
-// is off costs nothing: without statsd no line is formatted, and without
-// an aggregating output no aggregate is kept. A nil *Metrics does nothing.
+// The one set of measurements every output reads, declared once in
+// metricTable: its names (statsd and New Relic, Prometheus), kind, help and
+// bounded labels. The proxy and the credential cache record events here;
+// each is counted in aggregates over the bounded label sets (for Prometheus
+// text on the admin listener and New Relic pushes) and sent as a statsd
+// line. An output that is off costs nothing: without statsd no line is
+// formatted, and without an aggregating output no aggregate is kept. A nil
+// *Metrics does nothing.
 
 import (
 	"strconv"
@@ -13,6 +15,162 @@ import (
 	"sync/atomic"
 	"time"
 )
+
+// metricID names one measurement of metricTable.
+type metricID int
+
+const (
+	mRequests metricID = iota
+	mBytesOut
+	mRequestDuration
+	mUpstreamTTFB
+	mRetries
+	mResumes
+	mUpstreamErrors
+	mS3Errors
+	mCredentialRefreshes
+	mCredentialFailures
+	mCredentialExtensions
+	mCredentialTTL
+	mInFlight
+	mClockOffset
+	mStatsdDropped
+	mNewRelicDropped
+	metricCount
+)
+
+// metricKind is how a measurement is recorded and reported.
+type metricKind int
+
+const (
+	// counterKind counts events: a statsd counter, a Prometheus counter,
+	// a New Relic count of the change since the last push.
+	counterKind metricKind = iota
+	// durationKind observes durations: a statsd timer (ms), a Prometheus
+	// histogram (s), a New Relic summary (ms).
+	durationKind
+	// gaugeKind is a value read when an output reports.
+	gaugeKind
+	// totalKind is a running total read when an output reports: a
+	// Prometheus counter, a New Relic gauge.
+	totalKind
+)
+
+// outputSet is the outputs a measurement goes to.
+type outputSet uint8
+
+const (
+	toStatsd outputSet = 1 << iota
+	toPrometheus
+	toNewRelic
+	allOutputs = toStatsd | toPrometheus | toNewRelic
+)
+
+// labelDim is one label with its fixed values: a statsd name segment, a
+// Prometheus label and a New Relic attribute.
+type labelDim struct {
+	name   string
+	values []string
+}
+
+// metricDef declares one measurement.
+type metricDef struct {
+	// name follows the "s3helper." prefix in statsd and New Relic; label
+	// values follow it as statsd name segments.
+	name string
+	// prom follows the "s3helper_" prefix in Prometheus.
+	prom string
+	kind metricKind
+	help string
+	// labels are at most two, each from a fixed set.
+	labels []labelDim
+	// outputs is where it goes.
+	outputs outputSet
+}
+
+// The label sets. Every value outside a set is labelOther, so text chosen
+// by a client or by S3 never mints a new name.
+var (
+	methodDim        = labelDim{"method", metricMethods[:]}
+	statusDim        = labelDim{"status", statusLabels[:]}
+	upstreamErrorDim = labelDim{"kind", upstreamErrorKinds[:]}
+	s3ErrorDim       = labelDim{"code", append(append([]string(nil), knownS3ErrorCodes[:]...), statusLabels[:]...)}
+)
+
+// metricTable declares every measurement once; the outputs, the metric
+// tests and the README's table are made from it.
+var metricTable = [metricCount]metricDef{
+	mRequests: {name: "requests", prom: "requests_total", kind: counterKind, outputs: allOutputs, labels: []labelDim{methodDim, statusDim},
+		help: "Requests answered, by method (GET, HEAD or other) and status sent to the client (499: the client went away)."},
+	mBytesOut: {name: "bytes_out", prom: "response_body_bytes_total", kind: counterKind, outputs: allOutputs,
+		help: "Response body bytes sent to clients."},
+	mRequestDuration: {name: "request_ms", prom: "request_duration_seconds", kind: durationKind, outputs: allOutputs,
+		help: "Time from a request's arrival to its last byte."},
+	mUpstreamTTFB: {name: "upstream_ttfb_ms", prom: "upstream_ttfb_seconds", kind: durationKind, outputs: allOutputs,
+		help: "Time from sending an upstream attempt to S3's response headers."},
+	mRetries: {name: "upstream.retries", prom: "upstream_retries_total", kind: counterKind, outputs: allOutputs,
+		help: "Upstream attempts retried (connect errors, timeouts, 5xx)."},
+	mResumes: {name: "upstream.resumes", prom: "upstream_resumes_total", kind: counterKind, outputs: allOutputs,
+		help: "Responses continued with a ranged request after S3 failed mid-body."},
+	mUpstreamErrors: {name: "upstream.errors", prom: "upstream_errors_total", kind: counterKind, outputs: allOutputs, labels: []labelDim{upstreamErrorDim},
+		help: "Failed upstream attempts by kind."},
+	mS3Errors: {name: "upstream.s3_errors", prom: "s3_errors_total", kind: counterKind, outputs: allOutputs, labels: []labelDim{s3ErrorDim},
+		help: "Error answers from S3 by code (a fixed list, else other), or by status when S3 sent no code."},
+	mCredentialRefreshes: {name: "credentials.refreshes", prom: "credential_refreshes_total", kind: counterKind, outputs: allOutputs,
+		help: "New credential sets fetched."},
+	mCredentialFailures: {name: "credentials.failures", prom: "credential_failures_total", kind: counterKind, outputs: allOutputs,
+		help: "Failed credential fetches."},
+	mCredentialExtensions: {name: "credentials.extensions", prom: "credential_extensions_total", kind: counterKind, outputs: allOutputs,
+		help: "Expired credential sets kept in use while no new one could be fetched."},
+	mCredentialTTL: {name: "credentials.seconds_to_expiry", prom: "credential_expiry_seconds", kind: gaugeKind, outputs: allOutputs,
+		help: "Seconds until the credentials in use expire (0: they never do)."},
+	mInFlight: {name: "in_flight", prom: "requests_in_flight", kind: gaugeKind, outputs: allOutputs,
+		help: "Requests being served."},
+	mClockOffset: {name: "clock.offset_seconds", prom: "clock_offset_seconds", kind: gaugeKind, outputs: allOutputs,
+		help: "Seconds added to this host's clock when signing, learned from S3's Date header (0: the clock is right)."},
+	// The statsd emitter counts its own drops under this name.
+	mStatsdDropped: {name: statsdDroppedName, prom: "statsd_dropped_lines_total", kind: totalKind, outputs: toStatsd | toPrometheus,
+		help: "statsd lines dropped because the socket or the queue was full."},
+	mNewRelicDropped: {name: "newrelic.dropped_payloads", prom: "newrelic_dropped_payloads_total", kind: totalKind, outputs: toPrometheus | toNewRelic,
+		help: "New Relic payloads dropped: rejected, or pushed out while New Relic was unreachable."},
+}
+
+// cells is how many label combinations d has.
+func (d *metricDef) cells() int {
+	n := 1
+	for _, l := range d.labels {
+		n *= len(l.values)
+	}
+	return n
+}
+
+// cellValues returns the label values of one cell, first label first.
+func (d *metricDef) cellValues(cell int) []string {
+	values := make([]string, len(d.labels))
+	for i := len(d.labels) - 1; i >= 0; i-- {
+		n := len(d.labels[i].values)
+		values[i] = d.labels[i].values[cell%n]
+		cell /= n
+	}
+	return values
+}
+
+// statsdCellNames are every cell's statsd name ("requests.GET.200"),
+// formatted once so recording never concatenates.
+var statsdCellNames = func() (names [metricCount][]string) {
+	for id := range metricTable {
+		d := &metricTable[id]
+		names[id] = make([]string, d.cells())
+		for cell := range names[id] {
+			name := d.name
+			for _, v := range d.cellValues(cell) {
+				name += "." + v
+			}
+			names[id][cell] = name
+		}
+	}
+	return names
+}()
 
 // Metrics records every measurement. Its methods never block and never
 // return errors; they are safe for concurrent use.
@@ -22,14 +180,16 @@ type Metrics struct {
 	// agg holds the aggregates; nil when no output reads them.
 	agg *aggregates
 
-	gaugesMu sync.Mutex // guards gauges
-	gauges   []gauge
+	readsMu sync.Mutex // guards reads
+	// reads are the registered gauges and totals.
+	reads [metricCount]func() int64
 }
 
-// gauge is a value read when an output reports, not recorded per event.
-type gauge struct {
-	statsdName, promName, help string
-	read                       func() int64
+// aggregates are the cumulative totals outputs read, one slot per label
+// cell, so memory is bounded whatever clients and S3 send.
+type aggregates struct {
+	counts     [metricCount][]atomic.Int64
+	histograms [metricCount]*histogram
 }
 
 // newMetrics returns measurements feeding statsd (when statsd is not nil)
@@ -41,6 +201,14 @@ func newMetrics(statsd *statsdEmitter, aggregate bool) *Metrics {
 	m := &Metrics{statsd: statsd}
 	if aggregate {
 		m.agg = &aggregates{}
+		for id, d := range metricTable {
+			switch d.kind {
+			case counterKind:
+				m.agg.counts[id] = make([]atomic.Int64, d.cells())
+			case durationKind:
+				m.agg.histograms[id] = &histogram{}
+			}
+		}
 	}
 	return m
 }
@@ -53,41 +221,90 @@ func (m *Metrics) Close() error {
 	return m.statsd.Close()
 }
 
+// Count adds v to a counter's label cell (0 when it has no labels).
+func (m *Metrics) Count(id metricID, cell int, v int64) {
+	if m == nil {
+		return
+	}
+	if m.agg != nil {
+		m.agg.counts[id][cell].Add(v)
+	}
+	if metricTable[id].outputs&toStatsd != 0 {
+		m.statsd.Count(statsdCellNames[id][cell], v)
+	}
+}
+
+// Inc adds one to a counter without labels.
+func (m *Metrics) Inc(id metricID) { m.Count(id, 0, 1) }
+
+// Observe records one duration.
+func (m *Metrics) Observe(id metricID, d time.Duration) {
+	if m == nil {
+		return
+	}
+	if m.agg != nil {
+		m.agg.histograms[id].observe(d)
+	}
+	m.statsd.Timing(metricTable[id].name, d)
+}
+
+// Request records one answered request. method is the client's text and
+// is reduced to GET, HEAD or other here.
+func (m *Metrics) Request(method string, status int, bodyBytes int64, dur time.Duration) {
+	if m == nil {
+		return
+	}
+	m.Count(mRequests, methodIndex(method)*len(statusLabels)+statusIndex(status), 1)
+	m.Count(mBytesOut, 0, bodyBytes)
+	m.Observe(mRequestDuration, dur)
+}
+
+// UpstreamError records a failed upstream attempt of a kind from
+// upstreamErrorKinds; any other kind counts as other.
+func (m *Metrics) UpstreamError(kind string) {
+	i := len(upstreamErrorKinds) - 1
+	for j, k := range upstreamErrorKinds {
+		if k == kind {
+			i = j
+			break
+		}
+	}
+	m.Count(mUpstreamErrors, i, 1)
+}
+
+// S3Error records an error answer from S3: its code (text from S3's body)
+// or, without one, its status.
+func (m *Metrics) S3Error(code string, status int) { m.Count(mS3Errors, s3ErrorIndex(code, status), 1) }
+
+// Gauge registers the function that reads a gauge or a total whenever an
+// output reports.
+func (m *Metrics) Gauge(id metricID, read func() int64) {
+	if m == nil {
+		return
+	}
+	m.readsMu.Lock()
+	m.reads[id] = read
+	m.readsMu.Unlock()
+	// A total in statsd is its own counter (the emitter's drops), never
+	// a gauge line.
+	if d := &metricTable[id]; d.kind == gaugeKind && d.outputs&toStatsd != 0 {
+		m.statsd.GaugeFunc(d.name, read)
+	}
+}
+
+// reader returns the registered read function of id, or nil.
+func (m *Metrics) reader(id metricID) func() int64 {
+	m.readsMu.Lock()
+	defer m.readsMu.Unlock()
+	return m.reads[id]
+}
+
 // latencyBuckets are the histogram bounds for request and upstream times:
 // S3 answers a ranged GET in 10–100 ms and throttles or stalls for seconds.
 var latencyBuckets = [...]time.Duration{
 	5 * time.Millisecond, 10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond,
 	100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond,
 	time.Second, 2500 * time.Millisecond, 5 * time.Second, 10 * time.Second,
-}
-
-// metricMethods and metricStatuses are the label values of requests; any
-// other status is counted as other (the last index).
-var (
-	metricMethods  = [...]string{"GET", "HEAD", labelOther}
-	metricStatuses = [...]int{200, 206, 304, 400, 403, 404, 405, 412, 416, 431, 499, 500, 502, 503, 504}
-)
-
-// upstreamErrorKinds are the kinds of failed upstream attempts; proxy.go
-// names them and nothing else.
-var upstreamErrorKinds = [...]string{"connect", "timeout", "transport", "body",
-	"status_500", "status_502", "status_503", "status_504", labelOther}
-
-// aggregates are the cumulative totals outputs read. Every label set is
-// fixed, so memory is bounded whatever clients and S3 send.
-type aggregates struct {
-	requests        [len(metricMethods)][len(metricStatuses) + 1]atomic.Int64
-	bytesOut        atomic.Int64
-	requestDuration histogram
-	upstreamTTFB    histogram
-	retries         atomic.Int64
-	resumes         atomic.Int64
-	upstreamErrors  [len(upstreamErrorKinds)]atomic.Int64
-	// s3Errors is indexed by s3ErrorIndex: known codes, then statuses, then other.
-	s3Errors             [len(knownS3ErrorCodes) + len(metricStatuses) + 1]atomic.Int64
-	credentialRefreshes  atomic.Int64
-	credentialFailures   atomic.Int64
-	credentialExtensions atomic.Int64
 }
 
 // histogram counts durations into latencyBuckets (cumulatively at read
@@ -123,122 +340,17 @@ func (h *histogram) observe(d time.Duration) {
 	}
 }
 
-// Request records one answered request. method is the client's text and
-// is reduced to GET, HEAD or other here.
-func (m *Metrics) Request(method string, status int, bodyBytes int64, dur time.Duration) {
-	if m == nil {
-		return
-	}
-	mi, si := methodIndex(method), statusIndex(status)
-	if a := m.agg; a != nil {
-		a.requests[mi][si].Add(1)
-		a.bytesOut.Add(bodyBytes)
-		a.requestDuration.observe(dur)
-	}
-	m.statsd.CountBy(metricRequests, metricMethods[mi], statusLabel(si), 1)
-	m.statsd.Count(metricBytesOut, bodyBytes)
-	m.statsd.Timing(metricRequestDuration, dur)
-}
+// metricMethods and metricStatuses are the label values of requests; any
+// other status is counted as other (the last index).
+var (
+	metricMethods  = [...]string{"GET", "HEAD", labelOther}
+	metricStatuses = [...]int{200, 206, 304, 400, 403, 404, 405, 412, 416, 431, 499, 500, 502, 503, 504}
+)
 
-// UpstreamTTFB records S3's time to response headers for one attempt.
-func (m *Metrics) UpstreamTTFB(d time.Duration) {
-	if m == nil {
-		return
-	}
-	if m.agg != nil {
-		m.agg.upstreamTTFB.observe(d)
-	}
-	m.statsd.Timing(metricUpstreamTTFB, d)
-}
-
-// Retry records a retried upstream attempt.
-func (m *Metrics) Retry() {
-	m.count(metricRetries, func(a *aggregates) *atomic.Int64 { return &a.retries })
-}
-
-// Resume records a mid-body resume.
-func (m *Metrics) Resume() {
-	m.count(metricResumes, func(a *aggregates) *atomic.Int64 { return &a.resumes })
-}
-
-// CredentialRefresh records a new credential set.
-func (m *Metrics) CredentialRefresh() {
-	m.count(metricCredentialRefreshes, func(a *aggregates) *atomic.Int64 { return &a.credentialRefreshes })
-}
-
-// CredentialFailure records a failed credential fetch.
-func (m *Metrics) CredentialFailure() {
-	m.count(metricCredentialFailures, func(a *aggregates) *atomic.Int64 { return &a.credentialFailures })
-}
-
-// CredentialExtension records a static-stability extension.
-func (m *Metrics) CredentialExtension() {
-	m.count(metricCredentialExtensions, func(a *aggregates) *atomic.Int64 { return &a.credentialExtensions })
-}
-
-// count adds one to an unlabelled counter in every output.
-func (m *Metrics) count(statsdName string, counter func(*aggregates) *atomic.Int64) {
-	if m == nil {
-		return
-	}
-	if m.agg != nil {
-		counter(m.agg).Add(1)
-	}
-	m.statsd.Count(statsdName, 1)
-}
-
-// UpstreamError records a failed upstream attempt of a kind from
-// upstreamErrorKinds.
-func (m *Metrics) UpstreamError(kind string) {
-	if m == nil {
-		return
-	}
-	i := len(upstreamErrorKinds) - 1
-	for j, k := range upstreamErrorKinds {
-		if k == kind {
-			i = j
-			break
-		}
-	}
-	if m.agg != nil {
-		m.agg.upstreamErrors[i].Add(1)
-	}
-	m.statsd.CountBy(metricUpstreamErrors, upstreamErrorKinds[i], "", 1)
-}
-
-// S3Error records an error answer from S3: its code (text from S3's body)
-// or, without one, its status.
-func (m *Metrics) S3Error(code string, status int) {
-	if m == nil {
-		return
-	}
-	i := s3ErrorIndex(code, status)
-	if m.agg != nil {
-		m.agg.s3Errors[i].Add(1)
-	}
-	m.statsd.CountBy(metricS3Errors, s3ErrorLabelAt(i), "", 1)
-}
-
-// Gauge registers a value read whenever an output reports; an empty
-// statsdName keeps it out of statsd.
-func (m *Metrics) Gauge(statsdName, promName, help string, read func() int64) {
-	if m == nil {
-		return
-	}
-	m.gaugesMu.Lock()
-	m.gauges = append(m.gauges, gauge{statsdName, promName, help, read})
-	m.gaugesMu.Unlock()
-	if statsdName != "" {
-		m.statsd.GaugeFunc(statsdName, read)
-	}
-}
-
-// readGauges returns the registered gauges.
-func (m *Metrics) readGauges() []gauge {
-	m.gaugesMu.Lock()
-	defer m.gaugesMu.Unlock()
-	return append([]gauge(nil), m.gauges...)
-}
+// upstreamErrorKinds are the kinds of failed upstream attempts; proxy.go
+// names them and nothing else.
+var upstreamErrorKinds = [...]string{"connect", "timeout", "transport", "body",
+	"status_500", "status_502", "status_503", "status_504", labelOther}
 
 // methodIndex is the index in metricMethods of a client's method.
 func methodIndex(method string) int {
@@ -261,7 +373,7 @@ func statusIndex(status int) int {
 	return len(metricStatuses)
 }
 
-// statusLabels are metricStatuses as text, formatted once.
+// statusLabels are metricStatuses as text, formatted once, then other.
 var statusLabels = func() (labels [len(metricStatuses) + 1]string) {
 	for i, s := range metricStatuses {
 		labels[i] = strconv.Itoa(s)
@@ -270,11 +382,8 @@ var statusLabels = func() (labels [len(metricStatuses) + 1]string) {
 	return labels
 }()
 
-// statusLabel names a statusIndex.
-func statusLabel(i int) string { return statusLabels[i] }
-
-// s3ErrorIndex places an S3 error in aggregates.s3Errors: a known code, else
-// the status when S3 sent no code, else other.
+// s3ErrorIndex places an S3 error in s3ErrorDim: a known code, else the
+// status when S3 sent no code, else other.
 func s3ErrorIndex(code string, status int) int {
 	if code == "" {
 		return len(knownS3ErrorCodes) + statusIndex(status)
@@ -286,21 +395,6 @@ func s3ErrorIndex(code string, status int) int {
 	}
 	return len(knownS3ErrorCodes) + len(metricStatuses)
 }
-
-// s3ErrorLabelAt names an s3ErrorIndex.
-func s3ErrorLabelAt(i int) string {
-	if i < len(knownS3ErrorCodes) {
-		return knownS3ErrorCodes[i]
-	}
-	return statusLabel(i - len(knownS3ErrorCodes))
-}
-
-// s3ErrorLabel names an S3 error for a metric.
-func s3ErrorLabel(code string, status int) string { return s3ErrorLabelAt(s3ErrorIndex(code, status)) }
-
-// methodLabel reduces a request method to GET, HEAD or other: the method is
-// client text, and every distinct value would otherwise be a new metric.
-func methodLabel(method string) string { return metricMethods[methodIndex(method)] }
 
 // labelOther stands for every value outside a label's bounded set, so text
 // chosen by a client or by S3 can never mint a new metric name.

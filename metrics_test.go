@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -17,10 +18,10 @@ import (
 func TestMetricsLineFormat(t *testing.T) {
 	ln, conn := udpListener(t)
 	m := newStatsdEmitter(conn, "s3helper", "env:test,host:a", time.Hour)
-	m.CountBy(metricRequests, "GET", "206", 1)
-	m.Timing(metricRequestDuration, 1500*time.Millisecond)
-	m.Gauge(metricInFlight, 7)
-	m.Count(metricBytesOut, 4096)
+	m.Count("requests.GET.206", 1)
+	m.Timing("request_ms", 1500*time.Millisecond)
+	m.Gauge("in_flight", 7)
+	m.Count("bytes_out", 4096)
 	if err := m.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +41,7 @@ func TestMetricsFlushOnSize(t *testing.T) {
 	defer m.Close()
 	const lines = 200 // ~20 bytes each: more than one packet
 	for range lines {
-		m.Count(metricRetries, 1)
+		m.Count("upstream.retries", 1)
 	}
 	packets := readPackets(t, ln, 1) // the first full packet, sent without waiting for a tick
 	for _, p := range packets {
@@ -58,8 +59,8 @@ func TestMetricsFlushOnTicker(t *testing.T) {
 	m := newStatsdEmitter(conn, "p", "", 20*time.Millisecond)
 	defer m.Close()
 	var inFlight int64 = 3
-	m.GaugeFunc(metricInFlight, func() int64 { return inFlight })
-	m.Count(metricRetries, 2)
+	m.GaugeFunc("in_flight", func() int64 { return inFlight })
+	m.Count("upstream.retries", 2)
 	got := strings.Join(readPackets(t, ln, 2), "")
 	if !strings.Contains(got, "p.upstream.retries:2|c\n") || !strings.Contains(got, "p.in_flight:3|g\n") {
 		t.Errorf("ticker flush sent %q", got)
@@ -82,7 +83,7 @@ func TestMetricsNeverBlockAndCountDrops(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		for range 100_000 { // far more than the queue holds
-			m.CountBy(metricRequests, "GET", "200", 1)
+			m.Count("requests.GET.200", 1)
 		}
 		close(done)
 	}()
@@ -105,7 +106,7 @@ func (failingWriter) Close() error              { return nil }
 
 func TestMetricsWriteErrorsCounted(t *testing.T) {
 	m := newStatsdEmitter(failingWriter{}, "p", "", time.Hour)
-	m.Count(metricRetries, 1)
+	m.Count("upstream.retries", 1)
 	m.Close()
 	if m.Dropped() != 1 {
 		t.Errorf("Dropped = %d, want 1", m.Dropped())
@@ -114,23 +115,28 @@ func TestMetricsWriteErrorsCounted(t *testing.T) {
 
 func TestMetricsNilIsNoOp(t *testing.T) {
 	var e *statsdEmitter
-	e.Count(metricRetries, 1)
-	e.CountBy(metricRequests, "GET", "200", 1)
-	e.Timing(metricRequestDuration, time.Second)
-	e.Gauge(metricInFlight, 1)
-	e.GaugeFunc(metricInFlight, func() int64 { return 0 })
+	e.Count("upstream.retries", 1)
+	e.Count("requests.GET.200", 1)
+	e.Timing("request_ms", time.Second)
+	e.Gauge("in_flight", 1)
+	e.GaugeFunc("in_flight", func() int64 { return 0 })
 	if err := e.Close(); err != nil || e.Dropped() != 0 {
 		t.Errorf("nil statsdEmitter: Close = %v, Dropped = %d", err, e.Dropped())
 	}
 	var m *Metrics
 	m.Request("GET", 200, 1, time.Second)
-	m.UpstreamTTFB(time.Second)
-	m.Retry()
-	m.Resume()
+	for id := range metricTable {
+		switch metricTable[id].kind {
+		case counterKind:
+			m.Inc(metricID(id))
+		case durationKind:
+			m.Observe(metricID(id), time.Second)
+		default:
+			m.Gauge(metricID(id), func() int64 { return 0 })
+		}
+	}
 	m.UpstreamError("connect")
 	m.S3Error("NoSuchKey", 404)
-	m.CredentialRefresh()
-	m.Gauge(metricInFlight, "requests_in_flight", "h", func() int64 { return 0 })
 	if err := m.Close(); err != nil {
 		t.Errorf("nil Metrics: Close = %v", err)
 	}
@@ -139,15 +145,55 @@ func TestMetricsNilIsNoOp(t *testing.T) {
 	}
 }
 
-// TestMetricNames checks every name once: statsd breaks on ':', '|', '@',
-// '#', and spaces.
+// TestMetricNames checks every declared name and label value: statsd breaks
+// on ':', '|', '@', '#' and spaces; Prometheus names are [a-zA-Z_:][a-zA-Z0-9_:]*;
+// New Relic names stay under 255 characters; no name is declared twice.
 func TestMetricNames(t *testing.T) {
-	for _, name := range []string{metricRequests, metricBytesOut, metricRequestDuration, metricUpstreamTTFB,
-		metricRetries, metricResumes, metricUpstreamErrors, metricS3Errors, metricCredentialRefreshes,
-		metricCredentialFailures, metricCredentialExtensions, metricCredentialTTL, metricInFlight, metricClockOffset, metricDropped} {
-		if name == "" || strings.ContainsAny(name, ":|@# \n") {
-			t.Errorf("metric name %q is not statsd-safe", name)
+	promName := func(s string) bool {
+		for i, c := range s {
+			if !(c == '_' || c == ':' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || i > 0 && '0' <= c && c <= '9') {
+				return false
+			}
 		}
+		return s != ""
+	}
+	seen := map[string]bool{}
+	for id := range metricTable {
+		d := &metricTable[id]
+		if d.name == "" || d.prom == "" || d.help == "" || d.outputs == 0 {
+			t.Errorf("metric %d is declared incompletely: %+v", id, d)
+		}
+		if seen["s:"+d.name] || seen["p:"+d.prom] {
+			t.Errorf("metric %q / %q is declared twice", d.name, d.prom)
+		}
+		seen["s:"+d.name], seen["p:"+d.prom] = true, true
+		if !promName(promPrefix + d.prom) {
+			t.Errorf("Prometheus name %q is not valid", d.prom)
+		}
+		if (d.kind == counterKind || d.kind == totalKind) != strings.HasSuffix(d.prom, "_total") {
+			t.Errorf("Prometheus name %q: counters, and only counters, end in _total", d.prom)
+		}
+		if len(newRelicPrefix+d.name) >= 255 || len(d.labels) > 2 {
+			t.Errorf("metric %q: name too long or more than two labels", d.name)
+		}
+		for _, name := range statsdCellNames[id] {
+			if strings.ContainsAny(name, ":|@# \n") {
+				t.Errorf("statsd name %q is not statsd-safe", name)
+			}
+		}
+		for _, l := range d.labels {
+			if !promName(l.name) || len(l.values) == 0 {
+				t.Errorf("metric %q: label %q is not a valid bounded label", d.name, l.name)
+			}
+			for _, v := range l.values {
+				if strings.ContainsAny(v, "\"\\\n.:|@# ") {
+					t.Errorf("metric %q: label value %q would need escaping", d.name, v)
+				}
+			}
+		}
+	}
+	if len(statsdCellNames[mRequests]) != len(metricMethods)*len(statusLabels) || statsdCellNames[mRequests][1] != "requests.GET.206" {
+		t.Errorf("requests cells: %d, second %q", len(statsdCellNames[mRequests]), statsdCellNames[mRequests][1])
 	}
 }
 
@@ -156,7 +202,7 @@ func BenchmarkMetricsAppend(b *testing.B) {
 	defer m.Close()
 	b.ReportAllocs()
 	for b.Loop() {
-		m.CountBy(metricRequests, "GET", "206", 1)
+		m.Count("requests.GET.206", 1)
 	}
 }
 
@@ -183,7 +229,7 @@ func promSamples(t *testing.T, text string) map[string]string {
 func TestPrometheusCountsEqualTraffic(t *testing.T) {
 	tp := newTestProxy(t)
 	tp.metrics = newMetrics(nil, true)
-	tp.metrics.Gauge(metricInFlight, "requests_in_flight", "Requests being served.", tp.InFlight)
+	tp.metrics.Gauge(mInFlight, tp.InFlight)
 	tp.s3.put("k", []byte("12345"))
 	for range 7 {
 		get(t, "GET", tp.url+"/k", nil)
@@ -249,12 +295,12 @@ func TestProxyEmitsMetrics(t *testing.T) {
 
 func TestStatusLabels(t *testing.T) {
 	for _, status := range []int{200, 206, 304, 400, 403, 404, 405, 412, 416, 431, 499, 500, 502, 503, 504} {
-		if got := statusLabel(statusIndex(status)); got != fmt.Sprint(status) {
+		if got := statusLabels[statusIndex(status)]; got != fmt.Sprint(status) {
 			t.Errorf("statusLabel(%d) = %q", status, got)
 		}
 	}
 	for _, status := range []int{0, 201, 418, 1000} {
-		if got := statusLabel(statusIndex(status)); got != "other" {
+		if got := statusLabels[statusIndex(status)]; got != "other" {
 			t.Errorf("statusLabel(%d) = %q, want other", status, got)
 		}
 	}
@@ -309,15 +355,72 @@ func TestProxyMetricNamesAreBounded(t *testing.T) {
 }
 
 func TestMetricLabels(t *testing.T) {
+	method := func(m string) string { return methodDim.values[methodIndex(m)] }
+	s3Error := func(code string, status int) string { return s3ErrorDim.values[s3ErrorIndex(code, status)] }
 	tests := []struct{ got, want string }{
-		{methodLabel("GET"), "GET"}, {methodLabel("HEAD"), "HEAD"}, {methodLabel("get"), "other"},
-		{methodLabel("GET|ms|#evil"), "other"},
-		{s3ErrorLabel("NoSuchKey", 404), "NoSuchKey"}, {s3ErrorLabel("", 404), "404"},
-		{s3ErrorLabel("Whatever", 403), "other"}, {s3ErrorLabel("", 1000), "other"},
+		{method("GET"), "GET"}, {method("HEAD"), "HEAD"}, {method("get"), "other"},
+		{method("GET|ms|#evil"), "other"},
+		{s3Error("NoSuchKey", 404), "NoSuchKey"}, {s3Error("", 404), "404"},
+		{s3Error("Whatever", 403), "other"}, {s3Error("", 1000), "other"},
 	}
 	for _, tt := range tests {
 		if tt.got != tt.want {
 			t.Errorf("label = %q, want %q", tt.got, tt.want)
 		}
 	}
+}
+
+// TestREADMEMetricTable: the README's table of metrics is the one
+// metricTable renders, row for row.
+func TestREADMEMetricTable(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := renderMetricTable()
+	header, _, _ := strings.Cut(want, "\n")
+	_, rest, found := strings.Cut(string(readme), header+"\n")
+	if !found {
+		t.Fatalf("README.md has no metrics table starting %q; it should read:\n%s", header, want)
+	}
+	got, _, _ := strings.Cut(rest, "\n\n")
+	if header+"\n"+got+"\n" != want {
+		t.Errorf("README.md's metrics table differs from metricTable; it should read:\n%s", want)
+	}
+}
+
+// renderMetricTable is the README's table made from metricTable.
+func renderMetricTable() string {
+	var b strings.Builder
+	b.WriteString("| measurement | statsd (`s3helper.` prefix) | Prometheus (`s3helper_` prefix) | New Relic (`s3helper.` prefix) |\n")
+	b.WriteString("|---|---|---|---|\n")
+	statsdKind := map[metricKind]string{counterKind: "counter", durationKind: "timer", gaugeKind: "gauge", totalKind: "counter"}
+	promKind := map[metricKind]string{counterKind: "counter", durationKind: "histogram", gaugeKind: "gauge", totalKind: "counter"}
+	newRelicKind := map[metricKind]string{counterKind: "count", durationKind: "summary", gaugeKind: "gauge", totalKind: "gauge"}
+	for id := range metricTable {
+		d := &metricTable[id]
+		var names []string
+		segments := d.name
+		for _, l := range d.labels {
+			names = append(names, l.name)
+			segments += "." + strings.ToUpper(l.name)
+		}
+		cell := func(to outputSet, name, kind string) string {
+			if d.outputs&to == 0 {
+				return " "
+			}
+			return " `" + name + "` " + kind + " "
+		}
+		prom := d.prom
+		nrLabels := ""
+		if len(names) > 0 {
+			prom += "{" + strings.Join(names, ",") + "}"
+			nrLabels = " {" + strings.Join(names, ", ") + "}"
+		}
+		fmt.Fprintf(&b, "| %s |%s|%s|%s|\n", d.help,
+			cell(toStatsd, segments, statsdKind[d.kind]),
+			cell(toPrometheus, prom, promKind[d.kind]),
+			cell(toNewRelic, d.name, newRelicKind[d.kind]+nrLabels))
+	}
+	return b.String()
 }

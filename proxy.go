@@ -246,7 +246,7 @@ func (p *Proxy) fetch(ctx context.Context, up *upstreamRequest, x *exchange) (up
 			}
 			return upstreamAnswer{}, d.err
 		}
-		p.metrics.Retry()
+		p.metrics.Inc(mRetries)
 		p.log.Debug("retrying upstream", "key", x.key, "attempt", tried.retries, "err", d.err, "s3_code", f.s3.code)
 		if err := sleepCtx(ctx, p.policy.wait(tried.retries)); err != nil {
 			return upstreamAnswer{}, clientGone(err)
@@ -261,7 +261,7 @@ func (p *Proxy) record(x *exchange, up *upstreamRequest, f *attemptFacts) {
 	}
 	x.attempts++
 	if f.err == nil {
-		p.metrics.UpstreamTTFB(f.ttfb)
+		p.metrics.Observe(mUpstreamTTFB, f.ttfb)
 		if up.rest == nil { // a resume's 206 is not what the client was answered
 			x.upstreamStatus = f.status
 		}
@@ -497,7 +497,7 @@ func (p *Proxy) stream(ctx context.Context, w http.ResponseWriter, resp *http.Re
 			p.abort(x, fmt.Errorf("upstream body failed after %d bytes, aborting the client response: %w", x.bytes, err))
 		}
 		x.resumes++
-		p.metrics.Resume()
+		p.metrics.Inc(mResumes)
 		p.log.Info("resuming upstream body", "key", x.key, "after_bytes", x.bytes, "err", err)
 		answer, err := p.fetch(ctx, up.resumeOf(plan.rest()), x)
 		var next io.ReadCloser

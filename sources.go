@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -36,8 +37,6 @@ const (
 	// sourceAttempts is how many times a transient failure (5xx, network,
 	// throttling) is tried in one fetch; the cache's backoff covers the rest.
 	sourceAttempts = 3
-	// sourceRetryBase is the first pause between attempts; it doubles.
-	sourceRetryBase = 200 * time.Millisecond
 	// stsVersion is the STS API version every call names.
 	stsVersion = "2011-06-15"
 	// serviceSTS is the signing name of STS.
@@ -64,6 +63,10 @@ func sourceHTTPClient(dial func(ctx context.Context, network, addr string) (net.
 	}
 }
 
+// sourceBackoff paces the attempts of one fetch: full jitter over 200 ms
+// doubling, so a fleet restarted at once does not call STS in step.
+var sourceBackoff = backoff{base: 200 * time.Millisecond, ceiling: 2 * time.Second}
+
 // transientError marks a failure worth another attempt within one fetch.
 type transientError struct{ err error }
 
@@ -75,7 +78,7 @@ func (e transientError) Unwrap() error { return e.err }
 
 // withRetries runs attempt until it succeeds, fails for good, or has failed
 // sourceAttempts times with a transientError; pause(n) is the wait before
-// attempt n+1 (nil: 200 ms doubling).
+// attempt n+1 (nil: sourceBackoff with full jitter).
 func withRetries(ctx context.Context, pause func(n int) time.Duration, attempt func() (*Credentials, error)) (*Credentials, error) {
 	for n := 1; ; n++ {
 		creds, err := attempt()
@@ -83,7 +86,7 @@ func withRetries(ctx context.Context, pause func(n int) time.Duration, attempt f
 		if err == nil || !errors.As(err, &te) || n == sourceAttempts {
 			return creds, err
 		}
-		d := sourceRetryBase << (n - 1)
+		d := sourceBackoff.fullJitter(n, rand.Float64())
 		if pause != nil {
 			d = pause(n)
 		}

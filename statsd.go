@@ -23,25 +23,9 @@ const (
 	defaultFlushInterval = time.Second
 )
 
-// statsd metric names. Dimensions such as method and status are name
-// segments, so plain statsd, collectd and nri-statsd all keep them apart.
-const (
-	metricRequests             = "requests"              // .METHOD.STATUS counter
-	metricBytesOut             = "bytes_out"             // counter
-	metricRequestDuration      = "request_ms"            // timer
-	metricUpstreamTTFB         = "upstream_ttfb_ms"      // timer
-	metricRetries              = "upstream.retries"      // counter
-	metricResumes              = "upstream.resumes"      // counter
-	metricUpstreamErrors       = "upstream.errors"       // .KIND counter
-	metricS3Errors             = "upstream.s3_errors"    // .CODE counter
-	metricCredentialRefreshes  = "credentials.refreshes" // counter
-	metricCredentialFailures   = "credentials.failures"  // counter
-	metricCredentialExtensions = "credentials.extensions"
-	metricCredentialTTL        = "credentials.seconds_to_expiry" // gauge
-	metricInFlight             = "in_flight"                     // gauge
-	metricClockOffset          = "clock.offset_seconds"          // gauge
-	metricDropped              = "metrics.dropped"               // counter
-)
+// statsdDroppedName is the counter the emitter reports its own dropped
+// lines under (metricTable's mStatsdDropped).
+const statsdDroppedName = "metrics.dropped"
 
 // statsdEmitter emits statsd lines. A nil *statsdEmitter does nothing, so
 // call sites need no checks when statsd is off. Methods never block and
@@ -58,7 +42,8 @@ type statsdEmitter struct {
 	queue   chan []byte
 	free    chan []byte
 	dropped atomic.Int64
-	// reportedDrops is the part of dropped already emitted; only run uses it.
+	// reportedDrops is the part of dropped already emitted; only the
+	// sendLoop goroutine uses it.
 	reportedDrops int64
 
 	gaugesMu sync.Mutex // guards gauges
@@ -101,20 +86,18 @@ func newStatsdEmitter(w io.WriteCloser, prefix, tags string, flush time.Duration
 	return m
 }
 
-// Count adds v to a counter.
-func (m *statsdEmitter) Count(name string, v int64) { m.emit(name, "", "", v, "|c") }
-
-// CountBy adds v to the counter name.a.b: name counted by up to two
-// dimensions, e.g. requests.GET.200.
-func (m *statsdEmitter) CountBy(name, a, b string, v int64) { m.emit(name, a, b, v, "|c") }
+// Count adds v to a counter. Dimensions such as method and status are
+// name segments (requests.GET.200), so plain statsd, collectd and
+// nri-statsd all keep them apart.
+func (m *statsdEmitter) Count(name string, v int64) { m.emit(name, v, "|c") }
 
 // Timing records a duration in milliseconds.
 func (m *statsdEmitter) Timing(name string, d time.Duration) {
-	m.emit(name, "", "", d.Milliseconds(), "|ms")
+	m.emit(name, d.Milliseconds(), "|ms")
 }
 
 // Gauge sets a gauge.
-func (m *statsdEmitter) Gauge(name string, v int64) { m.emit(name, "", "", v, "|g") }
+func (m *statsdEmitter) Gauge(name string, v int64) { m.emit(name, v, "|g") }
 
 // GaugeFunc registers a gauge read at every flush.
 func (m *statsdEmitter) GaugeFunc(name string, read func() int64) {
@@ -126,15 +109,15 @@ func (m *statsdEmitter) GaugeFunc(name string, read func() int64) {
 	m.gaugesMu.Unlock()
 }
 
-// emit appends "prefix.name[.a[.b]]:v|type[|#tags]\n" to the packet, sending
-// the packet first when the line would not fit.
-func (m *statsdEmitter) emit(name, a, b string, v int64, kind string) {
+// emit appends "prefix.name:v|type[|#tags]\n" to the packet, sending the
+// packet first when the line would not fit.
+func (m *statsdEmitter) emit(name string, v int64, kind string) {
 	if m == nil {
 		return
 	}
 	m.mu.Lock()
 	start := len(m.buf)
-	m.buf = appendLine(m.buf, m.prefix, name, a, b, v, kind, m.tags)
+	m.buf = appendLine(m.buf, m.prefix, name, v, kind, m.tags)
 	if len(m.buf) > maxPacketBytes && start > 0 {
 		line := append([]byte(nil), m.buf[start:]...)
 		m.buf = m.buf[:start]
@@ -149,17 +132,9 @@ func (m *statsdEmitter) emit(name, a, b string, v int64, kind string) {
 }
 
 // appendLine formats one statsd line with strconv only.
-func appendLine(dst []byte, prefix, name, a, b string, v int64, kind, tags string) []byte {
+func appendLine(dst []byte, prefix, name string, v int64, kind, tags string) []byte {
 	dst = append(dst, prefix...)
 	dst = append(dst, name...)
-	if a != "" {
-		dst = append(dst, '.')
-		dst = append(dst, a...)
-	}
-	if b != "" {
-		dst = append(dst, '.')
-		dst = append(dst, b...)
-	}
 	dst = append(dst, ':')
 	dst = strconv.AppendInt(dst, v, 10)
 	dst = append(dst, kind...)
@@ -253,7 +228,7 @@ func (m *statsdEmitter) flush() {
 		m.Gauge(g.name, g.read())
 	}
 	if total := m.dropped.Load(); total > m.reportedDrops {
-		m.Count(metricDropped, total-m.reportedDrops)
+		m.Count(statsdDroppedName, total-m.reportedDrops)
 		m.reportedDrops = total
 	}
 	m.mu.Lock()
