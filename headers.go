@@ -61,6 +61,26 @@ var allowedQueryParams = [...]string{
 	"response-expires",
 }
 
+// maxRequestHeaderBytes bounds a request's header block (request line and
+// header fields as sent); larger ones get 431. nginx's default
+// large_client_header_buffers (4 × 8 KiB) stays well inside it.
+const maxRequestHeaderBytes = 32 << 10
+
+// errHeaderTooLarge is the cause of a 431.
+var errHeaderTooLarge = errors.New("request header block too large")
+
+// requestHeaderBytes is the size of r's request line and header fields as
+// they were sent, near enough: each field is "Name: value\r\n".
+func requestHeaderBytes(r *http.Request) int {
+	n := len(r.Method) + len(r.RequestURI) + len(r.Proto) + 4
+	for name, values := range r.Header {
+		for _, v := range values {
+			n += len(name) + len(v) + 4
+		}
+	}
+	return n
+}
+
 // errBadRequestHeader is wrapped when a client header cannot be forwarded.
 var errBadRequestHeader = errors.New("invalid request header")
 
@@ -120,6 +140,9 @@ func listedInConnection(conn []string, name string) bool {
 	return false
 }
 
+// maxLoggedQueryBytes bounds a query parameter's name in an error.
+const maxLoggedQueryBytes = 64
+
 // filterQuery parses a raw query string ('+' is a space, as browsers and
 // nginx encode it) and keeps the GetObject parameters. dropped counts the
 // rest.
@@ -134,7 +157,7 @@ func filterQuery(raw string) (kept url.Values, dropped int, err error) {
 		rawName, rawValue, _ := strings.Cut(part, "=")
 		name, err := url.QueryUnescape(rawName)
 		if err != nil {
-			return nil, 0, fmt.Errorf("%w: parameter %q: %w", errBadQuery, rawName, err)
+			return nil, 0, fmt.Errorf("%w: parameter %q: %w", errBadQuery, clip(rawName, maxLoggedQueryBytes), err)
 		}
 		if !isAllowedQueryParam(name) {
 			dropped++

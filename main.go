@@ -28,8 +28,12 @@ const releaseVersion = "0.1.0"
 
 const (
 	// Server limits. No WriteTimeout: long range responses are normal.
-	idleTimeout    = 2 * time.Minute
-	maxHeaderBytes = 32 << 10
+	idleTimeout = 2 * time.Minute
+	// serverHeaderCap is net/http's own limit on a request's header block;
+	// it adds 4096 bytes of slack, so only blocks over 68 KiB are refused
+	// by Go itself, unlogged. Below it the proxy applies
+	// maxRequestHeaderBytes and answers 431 itself, logged and counted.
+	serverHeaderCap = 64 << 10
 )
 
 // main runs the daemon until SIGINT or SIGTERM; exit status 2 means bad configuration.
@@ -188,8 +192,11 @@ func listenAndServe(ctx context.Context, cfg config, proxy *Proxy, cache *creden
 		Handler:           proxy,
 		ReadHeaderTimeout: cfg.readHeaderWait,
 		IdleTimeout:       idleTimeout,
-		MaxHeaderBytes:    maxHeaderBytes,
+		MaxHeaderBytes:    serverHeaderCap,
 		ErrorLog:          errorLog,
+		// OPTIONS * would be answered 200 by net/http itself; the proxy
+		// answers every method but GET and HEAD with 405.
+		DisableGeneralOptionsHandler: true,
 	}
 	servers := []serving{{"proxy", srv, ln}}
 	if cfg.admin != "" {

@@ -4,6 +4,7 @@ package main
 // server stopping the other, client abuse, and the demo script's port check.
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -420,5 +421,78 @@ func TestDemoChecksEveryPortFirst(t *testing.T) {
 				t.Errorf("demo output lacks %q, or started installing:\n%s", want, out)
 			}
 		})
+	}
+}
+
+// TestRejectionsAreLoggedAndCounted: what net/http would answer by itself
+// reaches the handler, so it is logged and counted: a header block over
+// 32 KiB gets our 431, OPTIONS * our 405, and a request with both
+// Transfer-Encoding and Content-Length is answered and its connection
+// closed (RFC 9112 §6.1). Only a block beyond net/http's own cap is
+// refused before the handler.
+func TestRejectionsAreLoggedAndCounted(t *testing.T) {
+	f, srv := newFakeS3(t)
+	f.put("k", []byte("ok"))
+	d := startDaemon(t, []string{"-bucket", testBucket, "-region", "us-east-1", "-endpoint", srv.URL, "-admin", "127.0.0.1:0", "-access-log"}, staticEnv())
+
+	resp, _ := get(t, "GET", "http://"+d.addr+"/k", http.Header{"X-Big": {strings.Repeat("b", 40<<10)}})
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("40 KiB header = %d, want 431", resp.StatusCode)
+	}
+	if !d.logs.waitFor(`"status":431`) || !d.logs.waitFor("request header block too large") {
+		t.Errorf("the 431 is not logged with its cause:\n%s", d.logs)
+	}
+
+	// raw sends requests on one connection and returns the statuses of
+	// the answers read, and whether the server closed the connection
+	// after the last one it answered.
+	raw := func(requests ...string) (statuses []string, closed bool) {
+		c, err := net.Dial("tcp", d.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		br := bufio.NewReader(c)
+		for _, request := range requests {
+			if _, err := io.WriteString(c, request); err != nil {
+				return statuses, true
+			}
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				return statuses, errors.Is(err, io.EOF)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			statuses = append(statuses, resp.Status[:3])
+			if resp.Close {
+				_, err := br.ReadByte()
+				return statuses, errors.Is(err, io.EOF)
+			}
+		}
+		return statuses, false
+	}
+	if statuses, _ := raw("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n"); fmt.Sprint(statuses) != "[405]" {
+		t.Errorf("OPTIONS * = %v, want 405", statuses)
+	}
+	smuggle := "GET /k HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n"
+	plain := "GET /k HTTP/1.1\r\nHost: x\r\n\r\n"
+	if statuses, closed := raw(smuggle, plain); fmt.Sprint(statuses) != "[200]" || !closed {
+		t.Errorf("Transfer-Encoding with Content-Length, then a GET = %v, closed %v; want [200] and the connection closed", statuses, closed)
+	}
+	if statuses, closed := raw(plain, plain); fmt.Sprint(statuses) != "[200 200]" || closed {
+		t.Errorf("two plain GETs = %v, closed %v; want both answered on one connection", statuses, closed)
+	}
+
+	_, metrics := get(t, "GET", "http://"+d.admin+"/metrics", nil)
+	for _, want := range []string{`s3helper_requests_total{method="GET",status="431"} 1`, `s3helper_requests_total{method="other",status="405"} 1`} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics lacks %s:\n%s", want, metrics)
+		}
+	}
+
+	resp, _ = get(t, "GET", "http://"+d.addr+"/k", http.Header{"X-Huge": {strings.Repeat("h", serverHeaderCap+8<<10)}})
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("a header block beyond net/http's cap = %d, want its 431", resp.StatusCode)
 	}
 }

@@ -124,6 +124,13 @@ func (p *Proxy) InFlight() int64 { return p.inFlight.Load() }
 // ServeHTTP serves one GET or HEAD.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x := exchange{start: p.now.read(), method: r.Method, remote: r.RemoteAddr}
+	if len(r.TransferEncoding) > 0 {
+		// A GET or HEAD with a chunked body: net/http drops a
+		// Content-Length beside it, and RFC 9112 §6.1 says the
+		// connection must close after such a request (the
+		// precondition for request smuggling).
+		w.Header().Set("Connection", "close")
+	}
 	p.inFlight.Add(1)
 	defer p.inFlight.Add(-1)
 	defer p.finish(r.Context(), &x)
@@ -145,6 +152,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (p *Proxy) upstreamFor(r *http.Request, x *exchange) (upstreamRequest, error) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return upstreamRequest{}, badRequest(http.StatusMethodNotAllowed, fmt.Errorf("method %q not allowed: read-only", clip(r.Method, maxLoggedMethodBytes)))
+	}
+	if n := requestHeaderBytes(r); n > maxRequestHeaderBytes {
+		return upstreamRequest{}, badRequest(http.StatusRequestHeaderFieldsTooLarge, fmt.Errorf("%w: %d bytes, limit %d", errHeaderTooLarge, n, maxRequestHeaderBytes))
 	}
 	if vs := r.Header["Range"]; len(vs) == 1 {
 		x.rangeHeader = vs[0]
@@ -410,6 +420,8 @@ func clientReason(err error) string {
 		return "invalid query string"
 	case errors.Is(err, errBadRequestHeader):
 		return "invalid request header"
+	case errors.Is(err, errHeaderTooLarge):
+		return "request header too large"
 	}
 	return "request not allowed"
 }

@@ -778,3 +778,21 @@ func TestProxyRejectedCredentialsDoNotHammerIMDS(t *testing.T) {
 		t.Errorf("log lacks the S3 code:\n%s", tp.logs)
 	}
 }
+
+// TestProxyClientTextInErrorsIsBounded: a 30,000-byte query parameter name
+// with a bad escape gets its 400, and the log line stays short.
+func TestProxyClientTextInErrorsIsBounded(t *testing.T) {
+	tp := newTestProxy(t)
+	resp, _ := get(t, "GET", tp.url+"/hello.txt?"+strings.Repeat("A", 30000)+"%zz=1", nil)
+	if resp.StatusCode != 400 {
+		t.Fatalf("GET with a bad query = %d, want 400", resp.StatusCode)
+	}
+	if !tp.logs.waitFor("invalid query string") {
+		t.Fatalf("no log line for the bad query:\n%.2000s", tp.logs)
+	}
+	for line := range strings.SplitSeq(tp.logs.String(), "\n") {
+		if len(line) > 1024 {
+			t.Errorf("log line of %d bytes: %.300s…", len(line), line)
+		}
+	}
+}

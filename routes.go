@@ -61,7 +61,7 @@ func mapPath(routes []route, path string) (route, string, error) {
 		}
 	}
 	if !found {
-		return route{}, "", fmt.Errorf("%w: path %q outside every route", errNoKey, path)
+		return route{}, "", fmt.Errorf("%w: path %q outside every route", errNoKey, clip(path, maxKeyBytes))
 	}
 	key := path[len(rt.pathPrefix):]
 	if key == "" {
