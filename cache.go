@@ -69,6 +69,8 @@ type credentialCache struct {
 	metrics *Metrics
 
 	current atomic.Pointer[cachedCredentials]
+	// wg tracks the refresher and fetch goroutines so Close can wait.
+	wg sync.WaitGroup
 
 	mu sync.Mutex // guards every field below
 	// inflight is closed when the running fetch ends; nil when none runs.
@@ -84,8 +86,6 @@ type credentialCache struct {
 	// wake tells the refresher that nextRefresh moved.
 	wake chan struct{}
 	stop chan struct{}
-	// wg tracks the refresher and fetch goroutines so Close can wait.
-	wg sync.WaitGroup
 }
 
 // jitter returns a uniform number in [0, 1) from the injected source.

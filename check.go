@@ -38,10 +38,11 @@ type checker struct {
 	failed int
 }
 
-// pass, warn and fail print one step's result; fix, when not empty, is
-// the concrete remedy.
+// pass prints a step that works. pass, warn and fail print one step's
+// result each; fix, when not empty, is the concrete remedy.
 func (c *checker) pass(step, result string) { fmt.Fprintf(c.out, "PASS  %s: %s\n", step, result) }
 
+// warn prints a step that works but needs attention, with its fix.
 func (c *checker) warn(step, result, fix string) {
 	fmt.Fprintf(c.out, "WARN  %s: %s\n", step, result)
 	if fix != "" {
@@ -49,6 +50,8 @@ func (c *checker) warn(step, result, fix string) {
 	}
 }
 
+// fail prints a step that does not work, with its fix, and marks the
+// check as failed.
 func (c *checker) fail(step, result, fix string) {
 	c.failed++
 	fmt.Fprintf(c.out, "FAIL  %s: %s\n", step, result)

@@ -100,7 +100,8 @@ type Credentials struct {
 	SessionToken    string
 	// Expires is when S3 stops accepting the set; zero means never.
 	Expires time.Time
-	// Source is sourceEnvironment or sourceIMDS.
+	// Source names where the set came from: sourceEnvironment,
+	// sourceWebIdentity, sourceContainer, sourceIMDS or sourceAssumeRole.
 	Source string
 
 	// tokenValues is the X-Amz-Security-Token header value, built once.

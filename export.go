@@ -166,7 +166,7 @@ type newRelicPusher struct {
 	// now is the clock; nil means time.Now.
 	now clock
 
-	// Only the run goroutine uses the fields below.
+	// Only the pushLoop goroutine uses the fields below.
 	last           map[lastKey]int64
 	lastPush       time.Time
 	pending        [][]byte

@@ -89,7 +89,7 @@ func TestIMDS401FetchesNewTokenAndRetriesOnce(t *testing.T) {
 	f.mu.Unlock()
 	_, err := c.Retrieve(t.Context())
 	var se *imdsStatusError
-	if !errors.As(err, &se) || se.HTTPStatusCode() != 401 {
+	if !errors.As(err, &se) || se.status != 401 {
 		t.Errorf("Retrieve in a 401 storm = %v, want an IMDS 401 error", err)
 	}
 }

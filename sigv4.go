@@ -84,7 +84,8 @@ type signingRequest struct {
 	// payloadHash is the hex SHA-256 of the body; empty means emptyPayloadHash.
 	payloadHash string
 	// omitContentSHA256 leaves x-amz-content-sha256 out of the signed
-	// headers. S3 requires the header; only non-S3 vectors omit it.
+	// headers. S3 requires the header; other services (STS) do not take
+	// it, and the AWS SDKs do not send it to them.
 	omitContentSHA256 bool
 }
 
@@ -104,8 +105,8 @@ type signingStages struct {
 type Signer struct {
 	// Region is the signing region, e.g. "us-east-1".
 	Region string
-	// Service is the signing name; empty means "s3". Only the AWS test
-	// vectors use another.
+	// Service is the signing name; empty means "s3". STS's signer (for
+	// AssumeRole) and the AWS test vectors use another.
 	Service string
 
 	// keyCache holds the most recent derived signing key. Keys change once
@@ -381,7 +382,7 @@ func (f *signedFields) list() []signedField {
 	return f.inline[:f.n]
 }
 
-// fields collects the headers to sign, lower-cases their names and sorts
+// collectFields collects the headers to sign, lower-cases their names and sorts
 // them once; both the canonical headers and the signed-header list derive
 // from the result.
 func (s *Signer) collectFields(f *signedFields, in *signingRequest, creds *Credentials, amzDate string, headerAuth bool) {
@@ -512,8 +513,8 @@ type presignature struct {
 	query  string
 }
 
-// explainPresign signs in with its own query parameters own plus the
-// X-Amz-* ones and returns every stage; in.query is replaced.
+// explainPresign signs in with the query parameters own plus the X-Amz-*
+// ones and returns every stage; in.query is replaced.
 func (s *Signer) explainPresign(in *signingRequest, own url.Values, creds *Credentials, t time.Time, expires time.Duration) presignature {
 	t = t.UTC()
 	date := t.Format(shortDateFormat)

@@ -4,7 +4,7 @@ package main
 // container endpoint (ECS task roles, EKS Pod Identity) and STS
 // (AssumeRoleWithWebIdentity for IRSA and other OIDC federation, AssumeRole
 // for a role in another account). Each only produces a validated credential
-// set; the cache in credentials.go decides when to ask.
+// set; the cache in cache.go decides when to ask.
 
 import (
 	"bytes"
@@ -350,7 +350,7 @@ func (e *stsError) Error() string {
 	return fmt.Sprintf("STS answered %d %s: %s", e.status, printable(e.code), printable(e.message))
 }
 
-// transientSTSCodes are worth another attempt: the identity provider or STS
+// transientSTSCode reports the STS error codes worth another attempt: the identity provider or STS
 // was briefly unavailable.
 func transientSTSCode(code string) bool {
 	switch code {
@@ -479,7 +479,8 @@ func (p *assumeRoleProvider) Retrieve(ctx context.Context) (*Credentials, error)
 	sign := func(h http.Header, host string, body []byte) {
 		sum := sha256.Sum256(body)
 		in := &signingRequest{method: http.MethodPost, host: host, uri: "/",
-			headers: []headerField{{"content-type", stsContentType}}, payloadHash: hex.EncodeToString(sum[:])}
+			headers: []headerField{{"content-type", stsContentType}}, payloadHash: hex.EncodeToString(sum[:]),
+			omitContentSHA256: true} // S3's header; STS does not take it
 		p.signer.Sign(h, in, base, now)
 	}
 	creds, err := p.sts.call(ctx, form, sourceAssumeRole, sign)
