@@ -227,11 +227,12 @@ func (p *newRelicPusher) close() {
 }
 
 // pushLoop collects every interval and sends, retrying a failed send with
-// backoff until it succeeds or the next interval adds another payload.
+// backoff until it succeeds or the next interval's push takes over.
 func (p *newRelicPusher) pushLoop() {
 	defer close(p.done)
-	ticker := time.NewTicker(p.interval)
-	defer ticker.Stop()
+	next := time.Now().Add(p.interval)
+	tick := time.NewTimer(p.interval)
+	defer tick.Stop()
 	var retry *time.Timer
 	for {
 		var retryC <-chan time.Time
@@ -243,23 +244,27 @@ func (p *newRelicPusher) pushLoop() {
 			p.enqueue(p.collect())
 			p.flush(context.Background())
 			return
-		case <-ticker.C:
+		case <-tick.C:
 			p.enqueue(p.collect())
+			next = next.Add(p.interval)
+			tick.Reset(time.Until(next))
 		case <-retryC:
 		}
 		if retry != nil {
 			retry.Stop()
 			retry = nil
 		}
-		if !p.flush(p.stopping) {
-			p.failures++
-			// Doubling from 1 s, capped at the interval, without jitter:
-			// one pusher per host, whose pushes are already spread by
-			// each host's start time; the Metric API gives no
-			// Retry-After to follow.
-			retry = time.NewTimer(backoff{base: time.Second, ceiling: p.interval}.limit(p.failures))
-		} else {
+		if p.flush(p.stopping) {
 			p.failures = 0
+			continue
+		}
+		p.failures++
+		// Doubling from 1 s, without jitter: one pusher per host, whose
+		// pushes are already spread by each host's start time, and the
+		// Metric API gives no Retry-After to follow. A retry that would
+		// land on or after the next push leaves the sending to it.
+		if d := (backoff{base: time.Second, ceiling: p.interval}).limit(p.failures); time.Now().Add(d).Before(next) {
+			retry = time.NewTimer(d)
 		}
 	}
 }

@@ -246,8 +246,8 @@ func TestNewRelicPushesDeltas(t *testing.T) {
 		p.close()
 		nr.mu.Lock()
 		defer nr.mu.Unlock()
-		if nr.accepted < 2 {
-			t.Fatalf("payloads accepted = %d, want 2 or more", nr.accepted)
+		if nr.accepted != 3 { // two intervals, then the final push of close
+			t.Fatalf("payloads accepted = %d, want 3", nr.accepted)
 		}
 		for key, want := range map[string]int64{
 			"s3helper.requests" + attrKey(map[string]any{"method": "GET", "status": "200"}):   8,
@@ -295,8 +295,11 @@ func TestNewRelicOutage(t *testing.T) {
 		nr.mu.Lock()
 		tries := nr.requests
 		nr.mu.Unlock()
-		if tries <= intervals || tries > 8*intervals {
-			t.Errorf("attempts during the outage = %d over %d intervals: want retries with backoff, bounded", tries, intervals)
+		// The first interval's push is retried after 1, 2, 4 and 8 s (the
+		// 16 s one would land past the next push); from then on each
+		// interval's push is one try, its retry past the next push.
+		if want := intervals + 4; tries != want {
+			t.Errorf("attempts during the outage = %d over %d intervals, want %d", tries, intervals, want)
 		}
 		if n := p.waiting.Load(); n != maxPendingPayloads {
 			t.Errorf("pending payloads = %d, want the bound %d", n, maxPendingPayloads)
@@ -313,10 +316,10 @@ func TestNewRelicOutage(t *testing.T) {
 		key := "s3helper.requests" + attrKey(map[string]any{"method": "GET", "status": "200"})
 		nr.mu.Lock()
 		defer nr.mu.Unlock()
-		if got := nr.counts[key]; got != maxPendingPayloads-1 && got != maxPendingPayloads {
-			// The payloads kept are the newest; each carries one request
-			// (the last interval's payload carries none).
-			t.Errorf("requests delivered after recovery = %d, want the %d kept payloads' worth", got, maxPendingPayloads)
+		// The payloads kept are the newest; each carries one request but
+		// the one after recovery, which carries none.
+		if got, want := nr.counts[key], int64(maxPendingPayloads-1); got != want {
+			t.Errorf("requests delivered after recovery = %d, want %d", got, want)
 		}
 	})
 }
@@ -379,14 +382,18 @@ func TestNewRelicHangingEndpoint(t *testing.T) {
 			time.Sleep(defaultNewRelicInterval)
 			synctest.Wait()
 		}
-		if n := p.waiting.Load(); n > maxPendingPayloads {
-			t.Errorf("pending payloads = %d, above the bound %d", n, maxPendingPayloads)
+		if n := p.waiting.Load(); n != maxPendingPayloads {
+			t.Errorf("pending payloads = %d, want the bound %d", n, maxPendingPayloads)
 		}
-		if p.dropped.Load() == 0 {
-			t.Error("no payload dropped although New Relic never answered")
+		if d := p.dropped.Load(); d != intervals-maxPendingPayloads {
+			t.Errorf("dropped = %d, want %d", d, intervals-maxPendingPayloads)
 		}
-		if n := attempts.Load(); n == 0 || n > 2*intervals {
-			t.Errorf("push attempts = %d over %d intervals of a hanging endpoint", n, intervals)
+		// Each try hangs for newRelicTimeout. The first interval's push
+		// is tried at +0, +11 s and +23 s (retries after 1 s and 2 s);
+		// the second's at +0 and +18 s; the rest once each, since every
+		// later retry would land past the next push.
+		if n, want := attempts.Load(), int64(intervals+3); n != want {
+			t.Errorf("push attempts = %d over %d intervals of a hanging endpoint, want %d", n, intervals, want)
 		}
 		closed := make(chan struct{})
 		go func() { p.close(); close(closed) }()

@@ -4,114 +4,14 @@ package main
 // labels, and Prometheus counts equal to the traffic.
 
 import (
-	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
-
-func TestMetricsLineFormat(t *testing.T) {
-	ln, conn := udpListener(t)
-	m := newStatsdEmitter(conn, "s3helper", "env:test,host:a", time.Hour)
-	m.Count("requests.GET.206", 1)
-	m.Timing("request_ms", 1500*time.Millisecond)
-	m.Gauge("in_flight", 7)
-	m.Count("bytes_out", 4096)
-	if err := m.Close(); err != nil {
-		t.Fatal(err)
-	}
-	got := strings.Join(readPackets(t, ln, 4), "")
-	want := "s3helper.requests.GET.206:1|c|#env:test,host:a\n" +
-		"s3helper.request_ms:1500|ms|#env:test,host:a\n" +
-		"s3helper.in_flight:7|g|#env:test,host:a\n" +
-		"s3helper.bytes_out:4096|c|#env:test,host:a\n"
-	if got != want {
-		t.Errorf("packet:\n%s\nwant:\n%s", got, want)
-	}
-}
-
-func TestMetricsFlushOnSize(t *testing.T) {
-	ln, conn := udpListener(t)
-	m := newStatsdEmitter(conn, "p", "", time.Hour)
-	defer m.Close()
-	const lines = 200 // ~20 bytes each: more than one packet
-	for range lines {
-		m.Count("upstream.retries", 1)
-	}
-	packets := readPackets(t, ln, 1) // the first full packet, sent without waiting for a tick
-	for _, p := range packets {
-		if len(p) > maxPacketBytes {
-			t.Errorf("packet of %d bytes exceeds %d", len(p), maxPacketBytes)
-		}
-		if !strings.HasSuffix(p, "\n") || strings.Contains(p, "\n\n") {
-			t.Errorf("packet splits a line: %q", p)
-		}
-	}
-}
-
-func TestMetricsFlushOnTicker(t *testing.T) {
-	ln, conn := udpListener(t)
-	m := newStatsdEmitter(conn, "p", "", 20*time.Millisecond)
-	defer m.Close()
-	var inFlight int64 = 3
-	m.GaugeFunc("in_flight", func() int64 { return inFlight })
-	m.Count("upstream.retries", 2)
-	got := strings.Join(readPackets(t, ln, 2), "")
-	if !strings.Contains(got, "p.upstream.retries:2|c\n") || !strings.Contains(got, "p.in_flight:3|g\n") {
-		t.Errorf("ticker flush sent %q", got)
-	}
-}
-
-// blockedWriter never returns from Write until released, like a stalled
-// socket.
-type blockedWriter struct {
-	release chan struct{}
-	once    sync.Once
-}
-
-func (w *blockedWriter) Write(p []byte) (int, error) { <-w.release; return len(p), nil }
-func (w *blockedWriter) Close() error                { w.once.Do(func() { close(w.release) }); return nil }
-
-func TestMetricsNeverBlockAndCountDrops(t *testing.T) {
-	w := &blockedWriter{release: make(chan struct{})}
-	m := newStatsdEmitter(w, "p", "", time.Hour)
-	done := make(chan struct{})
-	go func() {
-		for range 100_000 { // far more than the queue holds
-			m.Count("requests.GET.200", 1)
-		}
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("emitting blocked on a stalled socket")
-	}
-	if m.Dropped() == 0 {
-		t.Error("no drops counted although the socket was stalled")
-	}
-	w.Close()
-	m.Close()
-}
-
-type failingWriter struct{}
-
-func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("connection refused") }
-func (failingWriter) Close() error              { return nil }
-
-func TestMetricsWriteErrorsCounted(t *testing.T) {
-	m := newStatsdEmitter(failingWriter{}, "p", "", time.Hour)
-	m.Count("upstream.retries", 1)
-	m.Close()
-	if m.Dropped() != 1 {
-		t.Errorf("Dropped = %d, want 1", m.Dropped())
-	}
-}
 
 func TestMetricsNilIsNoOp(t *testing.T) {
 	var e *statsdEmitter
@@ -194,15 +94,6 @@ func TestMetricNames(t *testing.T) {
 	}
 	if len(statsdCellNames[mRequests]) != len(metricMethods)*len(statusLabels) || statsdCellNames[mRequests][1] != "requests.GET.206" {
 		t.Errorf("requests cells: %d, second %q", len(statsdCellNames[mRequests]), statsdCellNames[mRequests][1])
-	}
-}
-
-func BenchmarkMetricsAppend(b *testing.B) {
-	m := newStatsdEmitter(failingWriter{}, "s3helper", "", time.Hour)
-	defer m.Close()
-	b.ReportAllocs()
-	for b.Loop() {
-		m.Count("requests.GET.206", 1)
 	}
 }
 

@@ -19,61 +19,6 @@ import (
 	"time"
 )
 
-func TestChooseSourcePrecedence(t *testing.T) {
-	keys := map[string]string{"AWS_ACCESS_KEY_ID": "AKIAVALUE", "AWS_SECRET_ACCESS_KEY": "secret-value"}
-	web := map[string]string{"AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/token", "AWS_ROLE_ARN": "arn:aws:iam::1:role/r"}
-	rel := map[string]string{"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/credentials/x"}
-	full := map[string]string{"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://169.254.170.23/v1/credentials"}
-	merge := func(ms ...map[string]string) map[string]string {
-		out := map[string]string{}
-		for _, m := range ms {
-			for k, v := range m {
-				out[k] = v
-			}
-		}
-		return out
-	}
-	tests := []struct {
-		name    string
-		env     map[string]string
-		pin     string
-		want    string
-		wantErr string
-	}{
-		{"nothing set", nil, "", sourceIMDS, ""},
-		{"keys win over everything", merge(keys, web, rel), "", sourceEnvironment, ""},
-		{"half a key pair is not a source", map[string]string{"AWS_ACCESS_KEY_ID": "AKIAVALUE"}, "", sourceIMDS, ""},
-		{"web identity before container", merge(web, rel), "", sourceWebIdentity, ""},
-		{"web identity needs both variables", merge(map[string]string{"AWS_ROLE_ARN": "arn"}, rel), "", sourceContainer, ""},
-		{"relative URI", rel, "", sourceContainer, ""},
-		{"full URI", full, "", sourceContainer, ""},
-		{"pin skips the earlier sources", merge(keys, rel), sourceContainer, sourceContainer, ""},
-		{"pin imds", merge(keys, web), sourceIMDS, sourceIMDS, ""},
-		{"auto is the default", merge(web), sourceAuto, sourceWebIdentity, ""},
-		{"pinned source not configured", keys, sourceWebIdentity, "", "needs AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN"},
-		{"unknown pin", nil, "sso", "", "must be auto, environment"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := chooseSource(tt.pin, envFrom(tt.env))
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("chooseSource = %v, %v; want error %q", got, err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil || got.name != tt.want {
-				t.Fatalf("chooseSource = %+v, %v; want %s", got, err, tt.want)
-			}
-			for _, v := range tt.env {
-				if v != "" && strings.Contains(got.reason, v) {
-					t.Errorf("reason %q quotes a value", got.reason)
-				}
-			}
-		})
-	}
-}
-
 func TestContainerURLRules(t *testing.T) {
 	tests := []struct {
 		url string
@@ -402,22 +347,6 @@ func TestCredentialCachesFromEnvironment(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-func TestCredentialFlagValidation(t *testing.T) {
-	err := run(t.Context(), []string{"-bucket", "media", "-region", "eu-west-1", "-credentials", "container",
-		"-assume-role", "role/x", "-role-session-name", "a b", "-sts-endpoint", "ftp://sts"},
-		envFrom(map[string]string{"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://10.0.0.9/creds"}), io.Discard, io.Discard)
-	for _, want := range []string{
-		`$AWS_CONTAINER_CREDENTIALS_FULL_URI "http://10.0.0.9/creds": container endpoint host "10.0.0.9" resolves to 10.0.0.9`,
-		`-assume-role "role/x": must be a role ARN`,
-		`-role-session-name "a b": must be 2 to 64`,
-		`-sts-endpoint "ftp://sts"`,
-	} {
-		if err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("run = %v, want %q", err, want)
-		}
 	}
 }
 

@@ -1,0 +1,110 @@
+package main
+
+// The command line: every problem at once with its form, -help, the
+// S3_HELPER_* variables.
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestCommandLineReportsEveryProblem: unparsable values and unknown flags
+// are configuration errors (exit 2) reported together with the validation
+// problems, in a few lines that give the expected form and point to -help.
+func TestCommandLineReportsEveryProblem(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want []string
+	}{
+		{"bad duration and remote listen", []string{"-timeout", "banana", "-listen", "0.0.0.0:80", "-bucket", "media"}, nil,
+			[]string{`-timeout "banana": must be a duration such as 5s`, `-listen "0.0.0.0:80": not a loopback address`}},
+		{"unknown flag and bad number", []string{"-bukket", "media", "-retries=many", "--log-level", "debug"}, nil,
+			[]string{"unknown flag -bukket", `-retries "many": must be a whole number`, `-bucket "": required`}},
+		{"missing value and stray argument", []string{"-bucket", "media", "extra", "-timeout"}, nil,
+			[]string{`unexpected argument "extra"`, "-timeout needs a value: a duration"}},
+		{"bad bool", []string{"-bucket", "media", "-access-log=maybe"}, nil,
+			[]string{`-access-log "maybe": must be true or false`}},
+		{"environment", []string{"-bucket", "media"}, map[string]string{"S3_HELPER_TIMEOUT": "banana", "S3_HELPER_RETRIES": "x"},
+			[]string{`$S3_HELPER_TIMEOUT "banana": must be a duration such as 5s`, `$S3_HELPER_RETRIES "x": must be a whole number`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			err := run(t.Context(), tt.args, envFrom(tt.env), &stdout, &stderr)
+			var ce configError
+			if !errors.As(err, &ce) {
+				t.Fatalf("run = %v, want a configError (exit 2)", err)
+			}
+			for _, want := range append(tt.want, "s3-helper -help") {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error lacks %q:\n%v", want, err)
+				}
+			}
+			if lines := strings.Count(err.Error(), "\n") + 1; lines > len(tt.want)+3 {
+				t.Errorf("error has %d lines for %d problems:\n%v", lines, len(tt.want), err)
+			}
+			if stdout.Len()+stderr.Len() > 0 {
+				t.Errorf("printed a usage dump besides the error:\n%s%s", stdout.String(), stderr.String())
+			}
+		})
+	}
+}
+
+func TestHelp(t *testing.T) {
+	var stdout bytes.Buffer
+	err := run(t.Context(), []string{"-help"}, envFrom(nil), &stdout, io.Discard)
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("run -help = %v, want flag.ErrHelp (exit 0)", err)
+	}
+	first, _, _ := strings.Cut(stdout.String(), "\n")
+	if !strings.HasPrefix(first, "s3-helper serves a private S3 bucket") {
+		t.Errorf("help starts with %q, want what s3-helper is", first)
+	}
+	for _, want := range []string{"S3_HELPER_", "-refresh-before", "two thirds of it before"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("help lacks %q", want)
+		}
+	}
+}
+
+func TestEnvironmentFillsFlagsAndFlagsWin(t *testing.T) {
+	cfg, err := parseConfig([]string{"-bucket", "from-flag"}, envFrom(map[string]string{
+		"S3_HELPER_BUCKET":         "from-env",
+		"S3_HELPER_REFRESH_BEFORE": "7m",
+		"S3_HELPER_ROUTE":          "/a/=bucket-a,/b/=bucket-b/prefix",
+		"S3_HELPER_ACCESS_LOG":     "true",
+	}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.bucket != "from-flag" || cfg.refreshBefore != 7*time.Minute || len(cfg.routes) != 2 || !cfg.accessLog {
+		t.Errorf("config = bucket %q, refresh %v, routes %v, access log %v", cfg.bucket, cfg.refreshBefore, cfg.routes, cfg.accessLog)
+	}
+	_, err = parseConfig(nil, envFrom(map[string]string{"S3_HELPER_TIMEOUT": "soon"}), io.Discard)
+	if err == nil || !strings.Contains(err.Error(), `$S3_HELPER_TIMEOUT "soon"`) {
+		t.Errorf("bad env value: %v, want an error naming the variable", err)
+	}
+}
+
+func TestCredentialFlagValidation(t *testing.T) {
+	err := run(t.Context(), []string{"-bucket", "media", "-region", "eu-west-1", "-credentials", "container",
+		"-assume-role", "role/x", "-role-session-name", "a b", "-sts-endpoint", "ftp://sts"},
+		envFrom(map[string]string{"AWS_CONTAINER_CREDENTIALS_FULL_URI": "http://10.0.0.9/creds"}), io.Discard, io.Discard)
+	for _, want := range []string{
+		`$AWS_CONTAINER_CREDENTIALS_FULL_URI "http://10.0.0.9/creds": container endpoint host "10.0.0.9" resolves to 10.0.0.9`,
+		`-assume-role "role/x": must be a role ARN`,
+		`-role-session-name "a b": must be 2 to 64`,
+		`-sts-endpoint "ftp://sts"`,
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("run = %v, want %q", err, want)
+		}
+	}
+}

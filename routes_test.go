@@ -1,0 +1,102 @@
+package main
+
+// How a path becomes a bucket, key and host: addressing styles, the key
+// rules, the request target.
+
+import (
+	"errors"
+	"net/url"
+	"strings"
+	"testing"
+)
+
+func TestBuildRoutesAddressing(t *testing.T) {
+	aws := &url.URL{Scheme: "https", Host: "s3.eu-west-1.amazonaws.com"}
+	tests := []struct {
+		name, bucket string
+		endpoint     *url.URL
+		force        bool
+		host, prefix string
+	}{
+		{"virtual-hosted", "media", aws, false, "media.s3.eu-west-1.amazonaws.com", ""},
+		{"dots use path style", "my.media", aws, false, "s3.eu-west-1.amazonaws.com", "/my.media"},
+		{"forced path style", "media", aws, true, "s3.eu-west-1.amazonaws.com", "/media"},
+		{"IP endpoint", "media", &url.URL{Scheme: "http", Host: "127.0.0.1:7070"}, false, "127.0.0.1:7070", "/media"},
+		{"legacy name", "Legacy_Bucket", aws, false, "s3.eu-west-1.amazonaws.com", "/Legacy_Bucket"},
+	}
+	for _, tt := range tests {
+		r := buildRoutes([]routeSpec{{"/", tt.bucket, ""}}, tt.endpoint, tt.force)[0]
+		if r.host != tt.host || r.uriPrefix != tt.prefix {
+			t.Errorf("%s: host %q prefix %q, want %q %q", tt.name, r.host, r.uriPrefix, tt.host, tt.prefix)
+		}
+	}
+	u, err := parseEndpoint("https://s3.example.com:443/")
+	if err != nil || u.Host != "s3.example.com" {
+		t.Errorf("parseEndpoint dropped nothing: %v, %v", u, err)
+	}
+}
+
+func TestValidateKey(t *testing.T) {
+	tests := []struct {
+		name, key string
+		ok        bool
+	}{
+		{"plain", "videos/a.mp4", true},
+		{"unicode", "é中😀", true},
+		{"max length", strings.Repeat("a", 1024), true},
+		{"too long", strings.Repeat("a", 1025), false},
+		{"empty", "", false},
+		{"NUL", "a\x00b", false},
+		{"invalid UTF-8", "a\xffb", false},
+		{"overlong UTF-8", "\xc0\xaf", false},
+	}
+	for _, tt := range tests {
+		err := validateKey(tt.key)
+		if (err == nil) != tt.ok || err != nil && !errors.Is(err, errInvalidKey) {
+			t.Errorf("%s: validateKey = %v, want ok=%v", tt.name, err, tt.ok)
+		}
+	}
+}
+
+func TestRouteURIAndURL(t *testing.T) {
+	endpoint, _ := url.Parse("https://s3.eu-west-1.amazonaws.com")
+	routes := buildRoutes([]routeSpec{{"/", "media", ""}, {"/ads/", "my.dotted.bucket", "pre roll/"}}, endpoint, false)
+	virtual, path := routes[1], routes[0] // longest prefix first
+	if got := virtual.uri("a b/c+d.mp4"); got != "/a%20b/c%2Bd.mp4" {
+		t.Errorf("virtual-hosted uri = %q", got)
+	}
+	if got := path.uri("x.mp4"); got != "/my.dotted.bucket/pre%20roll/x.mp4" {
+		t.Errorf("path-style uri with key prefix = %q", got)
+	}
+	u := upstreamURL("https", virtual.host, virtual.uri("k"), "versionId=a%2Fb")
+	if got := u.RequestURI(); u.Host != virtual.host || got != "/k?versionId=a%2Fb" {
+		t.Errorf("upstreamURL: host %q, request target %q", u.Host, got)
+	}
+	if got := upstreamURL("https", virtual.host, virtual.uri("/lead"), "").RequestURI(); got != "https://media.s3.eu-west-1.amazonaws.com//lead" {
+		t.Errorf("a key starting with '/': request target %q, want the absolute form", got)
+	}
+}
+
+func TestMapPath(t *testing.T) {
+	endpoint, _ := url.Parse("http://127.0.0.1:9000")
+	routes := buildRoutes([]routeSpec{{"/", "media", ""}, {"/avod/", "media", "ads/"}}, endpoint, false)
+	tests := []struct {
+		path, bucketPrefix, key string
+		err                     error
+	}{
+		{"/v/1.mp4", "", "v/1.mp4", nil},
+		{"/avod/x.mp4", "ads/", "x.mp4", nil},
+		{"/", "", "", errNoKey},
+		{"/avod/", "ads/", "", errNoKey},
+		{"/v/../etc", "", "", errInvalidKey},
+		{"/v/./x", "", "", errInvalidKey},
+		{"/v/a\x01b", "", "", errInvalidKey},
+		{"/" + strings.Repeat("k", maxKeyBytes+1), "", "", errInvalidKey},
+	}
+	for _, tt := range tests {
+		rt, key, err := mapPath(routes, tt.path)
+		if !errors.Is(err, tt.err) || err == nil && (rt.keyPrefix != tt.bucketPrefix || key != tt.key) {
+			t.Errorf("mapPath(%.40q) = %q %q %v, want %q %q %v", tt.path, rt.keyPrefix, key, err, tt.bucketPrefix, tt.key, tt.err)
+		}
+	}
+}
