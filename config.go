@@ -58,6 +58,10 @@ type config struct {
 	refreshBefore    time.Duration
 	timeout          time.Duration
 	retries          int
+	hedge            string
+	retryBudget      int
+	// hedgePolicy is -hedge, parsed by resolveUpstream.
+	hedgePolicy hedgePolicy
 	newRelicKeyFile  string
 	newRelicEndpoint string
 	newRelicInterval time.Duration
@@ -216,6 +220,30 @@ func (c *config) resolveUpstream(p *problems) {
 	if c.retries < 0 || c.retries > 10 {
 		p.bad("retries", strconv.Itoa(c.retries), "must be between 0 and 10")
 	}
+	if c.retryBudget < 0 || c.retryBudget > 1_000_000 {
+		p.bad("retry-budget", strconv.Itoa(c.retryBudget), "must be between 0 (no budget) and 1000000 tokens")
+	}
+	hp, err := parseHedge(c.hedge, c.timeout)
+	if err != nil {
+		p.bad("hedge", c.hedge, err.Error())
+	}
+	c.hedgePolicy = hp
+}
+
+// parseHedge reads -hedge: auto, off, or a fixed delay shorter than the
+// attempt timeout (a hedge after the timeout would never be sent).
+func parseHedge(v string, timeout time.Duration) (hedgePolicy, error) {
+	switch v {
+	case "auto":
+		return hedgePolicy{mode: hedgeAuto}, nil
+	case "off":
+		return hedgePolicy{mode: hedgeOff}, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < time.Millisecond || d >= timeout {
+		return hedgePolicy{}, fmt.Errorf("must be auto, off, or a delay from 1ms to below -timeout (%v), such as 150ms", timeout)
+	}
+	return hedgePolicy{mode: hedgeFixed, fixed: d}, nil
 }
 
 // resolveOutputs checks logging and the metrics outputs, and reads the New
@@ -502,7 +530,8 @@ func newProxy(cfg config, creds credentialGetter, metrics *Metrics, log *slog.Lo
 	return &Proxy{
 		routes: buildRoutes(cfg.routeSpecs, cfg.endpointURL, cfg.pathStyle), scheme: cfg.endpointURL.Scheme,
 		signer: &Signer{Region: cfg.region}, creds: creds, transport: newUpstreamTransport(cfg.timeout),
-		metrics: metrics, log: log, accessLog: cfg.accessLog, policy: retryPolicy{limit: cfg.retries}, bodyTimeout: cfg.timeout,
+		metrics: metrics, log: log, accessLog: cfg.accessLog, bodyTimeout: cfg.timeout,
+		policy: retryPolicy{limit: cfg.retries, budget: newRetryBudget(int64(cfg.retryBudget), log), hedge: cfg.hedgePolicy, hedges: newHedgeAllowance()},
 	}
 }
 

@@ -158,6 +158,9 @@ func newNewRelicPusher(cfg config, metrics *Metrics, log *slog.Logger) *newRelic
 // registerGauges adds the values read when an output reports.
 func registerGauges(metrics *Metrics, proxy *Proxy, cache *credentialCache, statsd *statsdEmitter) {
 	metrics.Gauge(mInFlight, proxy.InFlight)
+	if budget := proxy.policy.budget; budget != nil {
+		metrics.Gauge(mRetryBudgetTokens, budget.Tokens)
+	}
 	metrics.Gauge(mCredentialTTL, func() int64 {
 		return int64(cache.Status(time.Now()).ExpiresIn / time.Second)
 	})

@@ -28,6 +28,11 @@ const (
 	mResumes
 	mUpstreamErrors
 	mS3Errors
+	mHedges
+	mHedgesWon
+	mHedgeCancels
+	mBudgetRefused
+	mRetryBudgetTokens
 	mCredentialRefreshes
 	mCredentialFailures
 	mCredentialExtensions
@@ -95,6 +100,15 @@ var (
 	statusDim        = labelDim{"status", statusLabels[:]}
 	upstreamErrorDim = labelDim{"kind", upstreamErrorKinds[:]}
 	s3ErrorDim       = labelDim{"code", append(append([]string(nil), knownS3ErrorCodes[:]...), statusLabels[:]...)}
+	refusedDim       = labelDim{"what", []string{"retry", "resume", "hedge", "hedge_rate"}}
+)
+
+// The cells of mBudgetRefused, in refusedDim's order.
+const (
+	refusedRetry = iota
+	refusedResume
+	refusedHedge
+	refusedHedgeRate
 )
 
 // metricTable declares every measurement once; the outputs, the metric
@@ -116,6 +130,16 @@ var metricTable = [metricCount]metricDef{
 		help: "Failed upstream attempts by kind."},
 	mS3Errors: {name: "upstream.s3_errors", prom: "s3_errors_total", kind: counterKind, outputs: allOutputs, labels: []labelDim{s3ErrorDim},
 		help: "Error answers from S3 by code (a fixed list, else other), or by status when S3 sent no code."},
+	mHedges: {name: "upstream.hedges", prom: "upstream_hedges_total", kind: counterKind, outputs: allOutputs,
+		help: "Hedges sent: a second attempt beside one that had no response headers within the hedge delay."},
+	mHedgesWon: {name: "upstream.hedges_won", prom: "upstream_hedges_won_total", kind: counterKind, outputs: allOutputs,
+		help: "Hedges whose response headers came first."},
+	mHedgeCancels: {name: "upstream.hedge_cancels", prom: "upstream_hedge_cancels_total", kind: counterKind, outputs: allOutputs,
+		help: "Attempts cancelled in flight because the other of a hedged pair answered first; each closes a connection that must be dialled (with TLS, handshaken) again."},
+	mBudgetRefused: {name: "upstream.budget_refused", prom: "upstream_budget_refused_total", kind: counterKind, outputs: allOutputs, labels: []labelDim{refusedDim},
+		help: "Retries, resumes and hedges not sent: the retry budget was empty (retry, resume, hedge) or hedges reached their share of requests (hedge_rate)."},
+	mRetryBudgetTokens: {name: "upstream.retry_budget_tokens", prom: "retry_budget_tokens", kind: gaugeKind, outputs: allOutputs,
+		help: "Tokens left in the retry budget (500 when full; a retry costs 5, a timeout retry 10)."},
 	mCredentialRefreshes: {name: "credentials.refreshes", prom: "credential_refreshes_total", kind: counterKind, outputs: allOutputs,
 		help: "New credential sets fetched."},
 	mCredentialFailures: {name: "credentials.failures", prom: "credential_failures_total", kind: counterKind, outputs: allOutputs,

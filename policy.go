@@ -2,23 +2,34 @@ package main
 
 // What an upstream attempt's facts call for, and what an exchange may still
 // spend: the decision table (pass the answer on, sign again, retry later),
-// the retry and resume limits, and the pause between attempts. Nothing here
-// sends a request or changes shared state; proxy.go's loop applies what a
-// decision names.
+// the retry and resume limits, the pause between attempts, the hedge delay
+// and the process's retry budget that retries, resumes and hedges share.
+// Nothing here sends a request; proxy.go's loop applies what a decision
+// names.
 
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 )
 
-// retryBackoff paces transient retries: full jitter over 50 ms doubling,
-// capped at 1 s, so a retry usually lands within the player's patience.
-var retryBackoff = backoff{base: 50 * time.Millisecond, ceiling: time.Second}
+// retryBackoff paces transient retries (connect errors, timeouts, 500,
+// 502, 504): full jitter over 50 ms doubling, capped at 1 s, so a retry
+// usually lands within the player's patience. throttleBackoff paces
+// SlowDown (a 503 with that code or none): S3 asked for less, so the base
+// is four times longer. The AWS SDKs use a 1 s base for throttling; a
+// packager's player waits seconds at most, and the retry budget, not the
+// pause, is what keeps a fleet from multiplying a brownout.
+var (
+	retryBackoff    = backoff{base: 50 * time.Millisecond, ceiling: time.Second}
+	throttleBackoff = backoff{base: 200 * time.Millisecond, ceiling: time.Second}
+)
 
 // attemptFacts is what one round trip to S3 produced. An attempt writes
 // nothing else, so two attempts of one exchange may be in flight at once;
@@ -39,6 +50,9 @@ type attemptFacts struct {
 	err *proxyError
 	// creds signed the attempt; nil when none could be had.
 	creds *Credentials
+	// hedgeWon marks the facts of a hedge that answered before the
+	// attempt it was sent beside.
+	hedgeWon bool
 }
 
 // answer is what the facts give the client when they are passed on.
@@ -85,6 +99,8 @@ const (
 type decision struct {
 	verdict verdict
 	fix     fix
+	// throttled marks a retryLater for SlowDown: paced by throttleBackoff.
+	throttled bool
 	// err is the failure a retryLater names (its kind is counted), or the
 	// one a passOn gives the client; nil when S3's answer passes on.
 	err *proxyError
@@ -95,6 +111,9 @@ type retryState struct {
 	retries   int  // transient failures retried
 	refreshed bool // credentials were replaced after S3 rejected them
 	reclocked bool // the signing time was corrected from S3's clock
+	// spent is what the budget gave for the attempt in flight: 0 for a
+	// first attempt, a retry's or a resume's cost; refunded if it succeeds.
+	spent int64
 }
 
 // decide is the decision table: a pure function of one attempt's facts and
@@ -116,22 +135,35 @@ func decide(f *attemptFacts, tried retryState) decision {
 		// retry, instead of failing until the next refresh.
 		return decision{verdict: signAgain, fix: refreshCredentials}
 	case retryableStatus(f.status):
-		return decision{verdict: retryLater, err: &proxyError{status: f.status, kind: "status_" + strconv.Itoa(f.status),
-			err: fmt.Errorf("S3 answered %d %s", f.status, f.s3.code)}}
+		return decision{verdict: retryLater, throttled: throttling(f.status, f.s3.code),
+			err: &proxyError{status: f.status, kind: "status_" + strconv.Itoa(f.status), err: fmt.Errorf("S3 answered %d %s", f.status, f.s3.code)}}
 	}
 	return decision{verdict: passOn}
 }
 
-// retryPolicy is how much an exchange may spend on S3's failures and how it
-// waits between attempts. It is read only once the proxy serves.
+// throttling reports S3 asking for fewer requests: 503 SlowDown, or a 503
+// without a code (a HEAD has no error body).
+func throttling(status int, code string) bool {
+	return status == http.StatusServiceUnavailable && (code == "SlowDown" || code == "")
+}
+
+// retryPolicy is how much an exchange may spend on S3's failures and slow
+// answers, and how it waits between attempts. Its fields are set before
+// the proxy serves; budget and hedges are shared by every exchange.
 type retryPolicy struct {
 	// limit is how many times a failed attempt is repeated in one fetch,
 	// and how many times one response is resumed mid-body; zero means
-	// neither.
+	// neither, and no hedges either.
 	limit int
-	// pause returns the wait before retry n (1-based); nil means
-	// retryBackoff with full jitter.
+	// pause returns the wait before retry n (1-based) of either kind; nil
+	// means retryBackoff or throttleBackoff with full jitter.
 	pause func(n int) time.Duration
+	// budget is the process's retry budget; nil means unlimited.
+	budget *retryBudget
+	// hedge says when a second attempt is sent beside a slow one.
+	hedge hedgePolicy
+	// hedges caps hedges at a fraction of requests; nil means no cap.
+	hedges *hedgeAllowance
 }
 
 // retry reports whether the fetch may try again, and counts the retry.
@@ -148,11 +180,226 @@ func (rp retryPolicy) retry(tried *retryState) bool {
 func (rp retryPolicy) resume(resumes int) bool { return resumes < rp.limit }
 
 // wait is the pause before retry n.
-func (rp retryPolicy) wait(n int) time.Duration {
+func (rp retryPolicy) wait(n int, throttled bool) time.Duration {
 	if rp.pause != nil {
 		return rp.pause(n)
 	}
+	if throttled {
+		return throttleBackoff.fullJitter(n, rand.Float64())
+	}
 	return retryBackoff.fullJitter(n, rand.Float64())
+}
+
+// retryCostOf is what a retry after err costs the budget: a timeout costs
+// twice a retry, as in the SDKs (it held a connection for the whole
+// timeout).
+func retryCostOf(err *proxyError) int64 {
+	if err != nil && err.kind == "timeout" {
+		return timeoutRetryCost
+	}
+	return retryCost
+}
+
+// The retry budget, in the AWS SDKs' standard-mode shape (aws-sdk-go-v2
+// aws/retry: 500 tokens; a retry costs 5, a timeout retry 10; a retry that
+// succeeds refunds its cost; a first try that succeeds adds 1; when it
+// cannot pay, nothing is retried). Where s3-helper differs: mid-body
+// resumes and hedges pay a retry's cost from the same budget (a winning
+// hedge and a resume that succeeds are refunded like a successful retry),
+// and there is one budget for the process, not one per client: the SDKs
+// have one client per process too, and S3's throttling of one bucket then
+// costs the other buckets their retries only while it lasts, never their
+// first tries.
+const (
+	defaultRetryBudget = 500
+	retryCost          = 5
+	timeoutRetryCost   = 10
+	firstTrySuccess    = 1
+	// budgetRefilled is where an emptied budget counts as refilled again,
+	// so a budget hovering at empty logs its transitions rarely.
+	budgetRefilled = 100
+)
+
+// retryBudget is the process's token bucket for retries, resumes and
+// hedges. A nil *retryBudget never refuses.
+type retryBudget struct {
+	capacity int64
+	tokens   atomic.Int64
+	// empty is set when a spend was refused and cleared once the tokens
+	// are back at budgetRefilled: each transition is logged once.
+	empty atomic.Bool
+	log   *slog.Logger
+}
+
+// newRetryBudget returns a full budget of capacity tokens; nil when
+// capacity is zero (no budget).
+func newRetryBudget(capacity int64, log *slog.Logger) *retryBudget {
+	if capacity <= 0 {
+		return nil
+	}
+	b := &retryBudget{capacity: capacity, log: log}
+	b.tokens.Store(capacity)
+	return b
+}
+
+// spend takes cost tokens, or reports that the budget cannot pay.
+func (b *retryBudget) spend(cost int64) bool {
+	if b == nil {
+		return true
+	}
+	for {
+		t := b.tokens.Load()
+		if t < cost {
+			if b.empty.CompareAndSwap(false, true) {
+				b.log.Warn("retry budget empty: S3 keeps failing, so nothing is retried, resumed or hedged until requests succeed again",
+					"tokens", t)
+			}
+			return false
+		}
+		if b.tokens.CompareAndSwap(t, t-cost) {
+			return true
+		}
+	}
+}
+
+// give returns n tokens (a refund or a reward), up to the capacity.
+func (b *retryBudget) give(n int64) {
+	if b == nil {
+		return
+	}
+	for {
+		t := b.tokens.Load()
+		next := min(t+n, b.capacity)
+		if b.tokens.CompareAndSwap(t, next) {
+			if next >= budgetRefilled && b.empty.Load() && b.empty.CompareAndSwap(true, false) {
+				b.log.Info("retry budget refilled: retries, resumes and hedges are back", "tokens", next)
+			}
+			return
+		}
+	}
+}
+
+// Tokens returns the tokens left; the capacity stands for no budget.
+func (b *retryBudget) Tokens() int64 {
+	if b == nil {
+		return 0
+	}
+	return b.tokens.Load()
+}
+
+// succeeded settles the budget for an attempt whose answer passes on as a
+// success: a retry's (or resume's or hedge's) cost comes back, a first try
+// adds firstTrySuccess.
+func (b *retryBudget) succeeded(spent int64) {
+	if spent > 0 {
+		b.give(spent)
+		return
+	}
+	b.give(firstTrySuccess)
+}
+
+// hedgeMode is how the hedge delay is chosen.
+type hedgeMode int
+
+const (
+	// hedgeAuto follows the p95 of recent times to first byte, clamped.
+	hedgeAuto hedgeMode = iota
+	hedgeOff
+	// hedgeFixed always waits hedgePolicy.fixed.
+	hedgeFixed
+)
+
+// The adaptive hedge delay's bounds. The floor keeps a fast, steady S3
+// (a p95 of a few milliseconds from a nearby gateway or cache) from being
+// hedged on every wobble; the ceiling keeps a slow S3 from pushing the
+// hedge past what a player waits for a segment. Until the window holds
+// enough samples the delay is the ceiling.
+const (
+	hedgeFloor   = 20 * time.Millisecond
+	hedgeCeiling = time.Second
+)
+
+// hedgePolicy is the -hedge setting.
+type hedgePolicy struct {
+	mode  hedgeMode
+	fixed time.Duration
+}
+
+// delay is how long an attempt may wait for response headers before a
+// hedge is sent, given the route's latency window; false means never.
+func (hp hedgePolicy) delay(w *latencyWindow) (time.Duration, bool) {
+	switch hp.mode {
+	case hedgeOff:
+		return 0, false
+	case hedgeFixed:
+		return hp.fixed, true
+	}
+	p95 := w.percentile95()
+	if p95 == 0 {
+		return hedgeCeiling, true
+	}
+	return min(max(p95, hedgeFloor), hedgeCeiling), true
+}
+
+// mayHedge is the hedge decision for one exchange: only for the answer
+// itself (never a resume: bytes have reached the client), once per
+// exchange, and never when retries are off.
+func (rp retryPolicy) mayHedge(up *upstreamRequest, hedged bool) bool {
+	return rp.limit > 0 && rp.hedge.mode != hedgeOff && up.rest == nil && !hedged
+}
+
+// Hedges are capped at hedgeFraction of recent requests: each request
+// earns a tenth of a hedge, at most maxHedgeBurst are saved up. A slowdown
+// of every request then costs S3 at most 10% more requests, never double
+// (the failure of hedging everything that is slow).
+const (
+	hedgeFraction = 0.1
+	maxHedgeBurst = 10
+	// hedgeUnit is one hedge in the allowance's fixed-point units.
+	hedgeUnit = 1000
+)
+
+// hedgeAllowance is the hedge cap's account. The zero value holds nothing;
+// newHedgeAllowance starts it full.
+type hedgeAllowance struct {
+	units atomic.Int64
+}
+
+// newHedgeAllowance returns a full allowance.
+func newHedgeAllowance() *hedgeAllowance {
+	a := &hedgeAllowance{}
+	a.units.Store(maxHedgeBurst * hedgeUnit)
+	return a
+}
+
+// earn credits one request.
+func (a *hedgeAllowance) earn() {
+	if a == nil {
+		return
+	}
+	for {
+		u := a.units.Load()
+		next := min(u+int64(hedgeFraction*hedgeUnit), maxHedgeBurst*hedgeUnit)
+		if next == u || a.units.CompareAndSwap(u, next) {
+			return
+		}
+	}
+}
+
+// take spends one hedge, or reports that the cap is reached.
+func (a *hedgeAllowance) take() bool {
+	if a == nil {
+		return true
+	}
+	for {
+		u := a.units.Load()
+		if u < hedgeUnit {
+			return false
+		}
+		if a.units.CompareAndSwap(u, u-hedgeUnit) {
+			return true
+		}
+	}
 }
 
 // Failure kinds named by proxyError.kind that decide treats specially.

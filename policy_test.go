@@ -83,8 +83,11 @@ func TestRetryPolicyCounts(t *testing.T) {
 		t.Error("limit 0 allowed a retry or a resume")
 	}
 	for n := 1; n <= 12; n++ {
-		if d := rp.wait(n); d < 0 || d > retryBackoff.limit(n) {
+		if d := rp.wait(n, false); d < 0 || d > retryBackoff.limit(n) {
 			t.Errorf("wait(%d) = %v, outside [0, %v]", n, d, retryBackoff.limit(n))
+		}
+		if d := rp.wait(n, true); d < 0 || d > throttleBackoff.limit(n) {
+			t.Errorf("throttled wait(%d) = %v, outside [0, %v]", n, d, throttleBackoff.limit(n))
 		}
 	}
 }

@@ -59,6 +59,7 @@ type Proxy struct {
 	clockFix clockCorrection
 
 	bufs     sync.Pool
+	races    sync.Pool
 	inFlight atomic.Int64
 }
 
@@ -115,7 +116,9 @@ type exchange struct {
 	bytes          int64
 	attempts       int
 	resumes        int
-	err            error
+	// hedged is set once a hedge was sent: at most one per exchange.
+	hedged bool
+	err    error
 }
 
 // InFlight returns how many requests are being served.
@@ -139,7 +142,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.fail(w, r, &x, err)
 		return
 	}
-	answer, err := p.fetch(r.Context(), &up, &x)
+	answer, err := p.fetch(r.Context(), &up, &x, 0)
 	if err != nil {
 		p.fail(w, r, &x, err)
 		return
@@ -227,20 +230,28 @@ func (p *Proxy) newRequest(ctx context.Context, up *upstreamRequest, creds *Cred
 	return req
 }
 
-// fetch sends up until S3 answers for good: each attempt returns its facts,
-// decide says what they call for, and fetch applies it (a correction, a
-// paced retry within the policy) and records the exchange. The error is set
-// only when no answer can be passed on.
-func (p *Proxy) fetch(ctx context.Context, up *upstreamRequest, x *exchange) (upstreamAnswer, error) {
-	var tried retryState
+// fetch sends up until S3 answers for good: each attempt (hedged when S3
+// is slow to answer) returns its facts, decide says what they call for, and
+// fetch applies it (a correction, or a paced retry the policy and the
+// budget allow) and records the exchange. spent is what the budget already
+// paid for the first attempt (a resume's cost, or 0). The error is set only
+// when no answer can be passed on.
+func (p *Proxy) fetch(ctx context.Context, up *upstreamRequest, x *exchange, spent int64) (upstreamAnswer, error) {
+	tried := retryState{spent: spent}
+	if spent == 0 {
+		p.policy.hedges.earn()
+	}
 	for {
-		f := p.attempt(ctx, up)
+		f := p.race(ctx, up, x)
 		p.record(x, up, &f)
 		d := decide(&f, tried)
 		switch d.verdict {
 		case passOn:
 			if d.err != nil {
 				return upstreamAnswer{}, d.err
+			}
+			if f.resp != nil {
+				p.policy.budget.succeeded(tried.spent)
 			}
 			return f.answer(), nil
 		case signAgain:
@@ -251,17 +262,162 @@ func (p *Proxy) fetch(ctx context.Context, up *upstreamRequest, x *exchange) (up
 		}
 		p.metrics.UpstreamError(d.err.kind)
 		if !p.policy.retry(&tried) {
-			if f.status != 0 {
-				return f.answer(), nil // S3's own last answer passes through
-			}
-			return upstreamAnswer{}, d.err
+			return giveUp(&f, d)
 		}
+		cost := retryCostOf(d.err)
+		if !p.policy.budget.spend(cost) {
+			p.metrics.Count(mBudgetRefused, refusedRetry, 1)
+			return giveUp(&f, d)
+		}
+		tried.spent = cost
 		p.metrics.Inc(mRetries)
 		p.log.Debug("retrying upstream", "key", x.key, "attempt", tried.retries, "err", d.err, "s3_code", f.s3.code)
-		if err := sleepCtx(ctx, p.policy.wait(tried.retries)); err != nil {
+		if err := sleepCtx(ctx, p.policy.wait(tried.retries, d.throttled)); err != nil {
 			return upstreamAnswer{}, clientGone(err)
 		}
 	}
+}
+
+// giveUp is what a failed fetch passes on when it may not retry: S3's own
+// last answer, or the transport failure.
+func giveUp(f *attemptFacts, d decision) (upstreamAnswer, error) {
+	if f.status != 0 {
+		return f.answer(), nil
+	}
+	return upstreamAnswer{}, d.err
+}
+
+// race runs one attempt and, when the policy allows and S3 sends no
+// response headers within the hedge delay, a second, freshly signed one on
+// another connection: the first to get response headers wins and the other
+// is cancelled (its connection closed). Both have ended when race returns.
+func (p *Proxy) race(ctx context.Context, up *upstreamRequest, x *exchange) attemptFacts {
+	if !p.policy.mayHedge(up, x.hedged) {
+		return p.attempt(ctx, up)
+	}
+	delay, ok := p.policy.hedge.delay(up.route.latency)
+	if !ok {
+		return p.attempt(ctx, up)
+	}
+	r := p.getRace(ctx, up)
+	defer p.races.Put(r)
+	// The first attempt's context ends with the request's unless the
+	// hedge wins or there is no body to read: a winner's body is read
+	// after race returns.
+	actx, cancel := context.WithCancel(ctx)
+	r.cancel[0] = cancel
+	start := p.now.read()
+	r.timer.Reset(delay)
+	f := p.attemptWithin(ctx, actx, cancel, up)
+	if !r.timer.Stop() {
+		<-r.fired // fire ran: a hedge was started, or refused
+	}
+	won := r.settle(1)
+	if !r.started {
+		return f
+	}
+	x.hedged = true
+	x.attempts++ // S3 saw both
+	hedge := <-r.hedgeDone
+	if won {
+		return f
+	}
+	// The hedge answered first: the first attempt was cancelled after
+	// waiting at least this long, which the latency window learns.
+	if f.resp != nil {
+		f.resp.Body.Close()
+	}
+	up.route.latency.observe(p.now.read().Sub(start))
+	p.metrics.Inc(mHedgesWon)
+	hedge.hedgeWon = true
+	return hedge
+}
+
+// hedgeRace is the state one hedged attempt shares with its hedge. It is
+// pooled with its timer and channels, so a race whose hedge never fires
+// allocates nothing of its own.
+type hedgeRace struct {
+	p     *Proxy
+	timer *time.Timer // runs fire
+	// fired receives once each time fire has run.
+	fired chan struct{}
+	// hedgeDone receives the hedge's facts once it ended.
+	hedgeDone chan attemptFacts
+	ctx       context.Context
+	// up is a copy of the exchange's upstream request, for the hedge.
+	up upstreamRequest
+
+	mu sync.Mutex // guards winner, started and cancel
+	// winner is 1 (the first attempt) or 2 (the hedge) once one got
+	// response headers; 0 before.
+	winner  int
+	started bool
+	cancel  [2]context.CancelFunc
+}
+
+// getRace takes a reset race from the pool.
+func (p *Proxy) getRace(ctx context.Context, up *upstreamRequest) *hedgeRace {
+	r, ok := p.races.Get().(*hedgeRace)
+	if !ok {
+		r = &hedgeRace{p: p, fired: make(chan struct{}, 1), hedgeDone: make(chan attemptFacts, 1)}
+		r.timer = time.AfterFunc(time.Hour, r.fire)
+		r.timer.Stop()
+	}
+	r.ctx, r.up = ctx, *up
+	r.winner, r.started, r.cancel = 0, false, [2]context.CancelFunc{}
+	return r
+}
+
+// fire sends the hedge, unless the first attempt already answered or the
+// budget or the hedge cap refuse it.
+func (r *hedgeRace) fire() {
+	defer func() { r.fired <- struct{}{} }()
+	r.mu.Lock()
+	if r.winner != 0 {
+		r.mu.Unlock()
+		return
+	}
+	if !r.p.policy.hedges.take() {
+		r.mu.Unlock()
+		r.p.metrics.Count(mBudgetRefused, refusedHedgeRate, 1)
+		return
+	}
+	if !r.p.policy.budget.spend(retryCost) {
+		r.mu.Unlock()
+		r.p.metrics.Count(mBudgetRefused, refusedHedge, 1)
+		return
+	}
+	hctx, cancel := context.WithCancel(r.ctx)
+	r.cancel[1] = cancel
+	r.started = true
+	r.mu.Unlock()
+	r.p.metrics.Inc(mHedges)
+	ctx, up := r.ctx, &r.up
+	go func() {
+		f := r.p.attemptWithin(ctx, hctx, cancel, up)
+		if !r.settle(2) && f.resp != nil {
+			f.resp.Body.Close()
+		}
+		r.hedgeDone <- f
+	}()
+}
+
+// settle claims the race for attempt n (1 or 2) when it is still open and
+// cancels the other, reporting whether n won. A loser's connection is
+// closed, and that is counted: the next request must dial (and with TLS,
+// handshake) again.
+func (r *hedgeRace) settle(n int) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.winner != 0 {
+		return r.winner == n
+	}
+	r.winner = n
+	if r.started {
+		r.cancel[2-n]()
+		r.p.metrics.Inc(mHedgeCancels)
+	}
+	return true
 }
 
 // record is the one writer of the exchange's record of its attempts.
@@ -272,6 +428,7 @@ func (p *Proxy) record(x *exchange, up *upstreamRequest, f *attemptFacts) {
 	x.attempts++
 	if f.err == nil {
 		p.metrics.Observe(mUpstreamTTFB, f.ttfb)
+		up.route.latency.observe(f.ttfb)
 		if up.rest == nil { // a resume's 206 is not what the client was answered
 			x.upstreamStatus = f.status
 		}
@@ -308,16 +465,24 @@ func (p *Proxy) correct(ctx context.Context, fx fix, f *attemptFacts, x *exchang
 // nothing but the clock's and credentials' caches it reads through. The
 // body of a passed-on response is watched for stalls.
 func (p *Proxy) attempt(ctx context.Context, up *upstreamRequest) attemptFacts {
+	actx, cancel := context.WithCancel(ctx)
+	return p.attemptWithin(ctx, actx, cancel, up)
+}
+
+// attemptWithin is attempt sent on actx, a context of its own that cancel
+// ends (the body's close, a stall, or a hedge race); ctx is the request's,
+// which tells a client gone from an attempt cancelled.
+func (p *Proxy) attemptWithin(ctx, actx context.Context, cancel context.CancelFunc, up *upstreamRequest) attemptFacts {
 	now := p.now.read()
 	creds, err := p.creds.Get(ctx, now)
 	if err != nil {
+		cancel()
 		if ctx.Err() != nil {
 			return attemptFacts{err: clientGone(ctx.Err())}
 		}
 		return attemptFacts{err: &proxyError{status: http.StatusServiceUnavailable, kind: kindCredentials, err: err}}
 	}
 	f := attemptFacts{creds: creds}
-	actx, cancel := context.WithCancel(ctx)
 	req := p.newRequest(actx, up, creds, now)
 	sent := p.now.read()
 	resp, err := p.transport.RoundTrip(req)
@@ -459,6 +624,7 @@ func (p *Proxy) finish(ctx context.Context, x *exchange) {
 		slog.Duration("dur", dur),
 		slog.Int("attempts", x.attempts),
 		slog.Int("resumes", x.resumes),
+		slog.Bool("hedged", x.hedged),
 		slog.String("remote", x.remote),
 	}
 	if x.rangeHeader != "" {
@@ -507,11 +673,15 @@ func (p *Proxy) stream(ctx context.Context, w http.ResponseWriter, resp *http.Re
 		case !resumable || !p.policy.resume(x.resumes) || plan.complete():
 			p.metrics.UpstreamError("body")
 			p.abort(x, fmt.Errorf("upstream body failed after %d bytes, aborting the client response: %w", x.bytes, err))
+		case !p.policy.budget.spend(retryCost):
+			p.metrics.UpstreamError("body")
+			p.metrics.Count(mBudgetRefused, refusedResume, 1)
+			p.abort(x, fmt.Errorf("upstream body failed after %d bytes and the retry budget is empty, aborting the client response: %w", x.bytes, err))
 		}
 		x.resumes++
 		p.metrics.Inc(mResumes)
 		p.log.Info("resuming upstream body", "key", x.key, "after_bytes", x.bytes, "err", err)
-		answer, err := p.fetch(ctx, up.resumeOf(plan.rest()), x)
+		answer, err := p.fetch(ctx, up.resumeOf(plan.rest()), x, retryCost)
 		var next io.ReadCloser
 		if err == nil {
 			next, err = plan.acceptRest(answer.resp, answer.status)

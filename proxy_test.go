@@ -501,8 +501,9 @@ func benchProxy(body []byte) *Proxy {
 		creds:     &credentialCache{provider: staticProvider{creds}, log: slog.New(slog.DiscardHandler)},
 		transport: staticUpstream(body),
 		log:       slog.New(slog.DiscardHandler),
-		policy:    retryPolicy{limit: 3},
-		// As in production: each upstream body is watched for stalls.
+		// As in production: a retry budget, hedges after the adaptive
+		// delay, and each upstream body watched for stalls.
+		policy:      retryPolicy{limit: 3, budget: newRetryBudget(defaultRetryBudget, slog.New(slog.DiscardHandler)), hedges: newHedgeAllowance()},
 		bodyTimeout: 5 * time.Second,
 	}
 }

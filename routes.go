@@ -25,6 +25,9 @@ type route struct {
 	// uriPrefix is "/BUCKET" (encoded) for path-style addressing, "" for
 	// virtual-hosted style.
 	uriPrefix string
+	// latency is S3's recent times to first byte for this route, for the
+	// hedge delay; shared by every copy of the route.
+	latency *latencyWindow
 }
 
 // uri is the request target of key (relative to the route) at S3, encoded
@@ -197,7 +200,7 @@ func buildRoutes(specs []routeSpec, endpoint *url.URL, forcePath bool) []route {
 	literalHost := endpointHost == "localhost" || net.ParseIP(endpointHost) != nil
 	routes := make([]route, 0, len(specs))
 	for _, sp := range specs {
-		r := route{pathPrefix: sp.pathPrefix, bucket: sp.bucket, keyPrefix: sp.keyPrefix}
+		r := route{pathPrefix: sp.pathPrefix, bucket: sp.bucket, keyPrefix: sp.keyPrefix, latency: &latencyWindow{}}
 		// Dots break the TLS wildcard *.s3.REGION.amazonaws.com; an IP or
 		// localhost endpoint cannot carry a bucket label.
 		if forcePath || literalHost || strings.Contains(sp.bucket, ".") || !dnsCompatibleBucket(sp.bucket) {
