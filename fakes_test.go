@@ -25,6 +25,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -526,4 +527,109 @@ func newTestSTS(t *testing.T) (*fakeSTS, *stsClient) {
 	srv := httptest.NewServer(f)
 	t.Cleanup(srv.Close)
 	return f, &stsClient{endpoint: srv.URL, pause: func(int) time.Duration { return 0 }}
+}
+
+// scriptedS3 is an in-memory S3 for tests under testing/synctest: answer
+// gives attempt n (1-based, in arrival order) its response, and may pause
+// or wait on the request's context, which fake time makes exact. It records
+// when each request arrived and the headers that steer an answer.
+type scriptedS3 struct {
+	answer func(n int, r *http.Request) (*http.Response, error)
+
+	mu       sync.Mutex // guards requests
+	requests []scriptedRequest
+}
+
+type scriptedRequest struct {
+	at                   time.Time
+	host, rng, ifMatch   string
+	cancelled, completed bool
+}
+
+func (s *scriptedS3) RoundTrip(r *http.Request) (*http.Response, error) {
+	s.mu.Lock()
+	s.requests = append(s.requests, scriptedRequest{at: time.Now(), host: r.Host, rng: r.Header.Get("Range"), ifMatch: r.Header.Get("If-Match")})
+	n := len(s.requests)
+	s.mu.Unlock()
+	resp, err := s.answer(n, r)
+	s.mu.Lock()
+	s.requests[n-1].cancelled = r.Context().Err() != nil
+	s.requests[n-1].completed = err == nil
+	s.mu.Unlock()
+	return resp, err
+}
+
+// seen returns the requests so far.
+func (s *scriptedS3) seen() []scriptedRequest {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]scriptedRequest(nil), s.requests...)
+}
+
+// hold waits d, or until the request is cancelled: false then.
+func hold(r *http.Request, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-r.Context().Done():
+		return false
+	}
+}
+
+// objectAnswer is S3's answer for body under etag: ranges and conditions
+// as http.ServeContent applies them; the body ends with the request.
+func objectAnswer(r *http.Request, body []byte, etag string) *http.Response {
+	rec := httptest.NewRecorder()
+	rec.Header().Set("Etag", etag)
+	http.ServeContent(rec, r, "", time.Time{}, bytes.NewReader(body))
+	resp := rec.Result()
+	resp.Body = &ctxBody{ctx: r.Context(), r: resp.Body}
+	return resp
+}
+
+// errorAnswer is an S3 error answer, with S3's Date (date, if not zero).
+func errorAnswer(status int, code string, date time.Time) *http.Response {
+	rec := httptest.NewRecorder()
+	if !date.IsZero() {
+		rec.Header().Set("Date", date.UTC().Format(http.TimeFormat))
+	}
+	s3Error(rec, status, code, "scripted")
+	return rec.Result()
+}
+
+// scriptedProxy is a production-shaped Proxy (budget, hedge cap, stall
+// watch) over s, with aggregated metrics and its log in logs.
+func scriptedProxy(s *scriptedS3, hedge hedgePolicy, logs *syncBuffer) *Proxy {
+	p := benchProxy(nil)
+	p.transport = s
+	p.metrics = newMetrics(nil, true)
+	p.log = slog.New(slog.NewTextHandler(logs, nil))
+	p.policy.budget = newRetryBudget(defaultRetryBudget, p.log)
+	p.policy.hedge = hedge
+	p.accessLog = true
+	return p
+}
+
+// serveOne runs one request through p's handler.
+func serveOne(p *Proxy, r *http.Request) *httptest.ResponseRecorder {
+	w := httptest.NewRecorder()
+	func() {
+		defer func() {
+			if v := recover(); v != nil && v != http.ErrAbortHandler {
+				panic(v)
+			}
+		}()
+		p.ServeHTTP(w, r)
+	}()
+	return w
+}
+
+// rotatingProvider hands out a new set on every fetch, as IMDS does after
+// a role session was revoked.
+type rotatingProvider struct{ n atomic.Int64 }
+
+func (p *rotatingProvider) Retrieve(context.Context) (*Credentials, error) {
+	return newCredentials(fmt.Sprintf("ASIAROTATE%010d", p.n.Add(1)), testSecret, testToken, time.Time{}, sourceIMDS), nil
 }

@@ -7,10 +7,15 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -136,4 +141,190 @@ func TestTwoAttemptsInFlight(t *testing.T) {
 	if n := len(tp.s3.received()); n != 2 {
 		t.Errorf("S3 saw %d requests, want 2", n)
 	}
+}
+
+// TestRetryBudgetArithmetic is the SDKs' standard-mode quota row by row.
+func TestRetryBudgetArithmetic(t *testing.T) {
+	logs := &syncBuffer{}
+	b := newRetryBudget(20, slog.New(slog.NewTextHandler(logs, nil)))
+	steps := []struct {
+		name   string
+		do     func() bool
+		ok     bool
+		tokens int64
+	}{
+		{"a retry costs 5", func() bool { return b.spend(retryCostOf(&proxyError{kind: "status_503"})) }, true, 15},
+		{"a timeout retry costs 10", func() bool { return b.spend(retryCostOf(&proxyError{kind: "timeout"})) }, true, 5},
+		{"a retry that succeeds refunds its cost", func() bool { b.succeeded(retryCost); return true }, true, 10},
+		{"a first try that succeeds adds 1", func() bool { b.succeeded(0); return true }, true, 11},
+		{"a timeout retry", func() bool { return b.spend(timeoutRetryCost) }, true, 1},
+		{"an empty budget refuses", func() bool { return b.spend(retryCost) }, false, 1},
+		{"and again", func() bool { return b.spend(retryCost) }, false, 1},
+		{"never above the capacity", func() bool { b.give(1000); return true }, true, 20},
+	}
+	for _, s := range steps {
+		if ok := s.do(); ok != s.ok || b.Tokens() != s.tokens {
+			t.Errorf("%s: ok %v, tokens %d; want %v, %d", s.name, ok, b.Tokens(), s.ok, s.tokens)
+		}
+	}
+	// The capacity 20 never reaches budgetRefilled (100): refilled is logged
+	// only in TestBrownoutIsNotMultiplied. Empty is logged once.
+	if n := strings.Count(logs.String(), "retry budget empty"); n != 1 {
+		t.Errorf("empty logged %d times, want once:\n%s", n, logs)
+	}
+	var none *retryBudget
+	if !none.spend(1000) || none.Tokens() != 0 {
+		t.Error("no budget must never refuse")
+	}
+	if newRetryBudget(0, nil) != nil {
+		t.Error("-retry-budget 0 must mean no budget")
+	}
+}
+
+func TestHedgeAllowance(t *testing.T) {
+	a := newHedgeAllowance()
+	for i := range maxHedgeBurst {
+		if !a.take() {
+			t.Fatalf("hedge %d of the burst refused", i+1)
+		}
+	}
+	if a.take() {
+		t.Fatal("a hedge beyond the burst was allowed")
+	}
+	for range 9 {
+		a.earn()
+	}
+	if a.take() {
+		t.Error("9 requests earned a hedge; it takes 10 (a tenth each)")
+	}
+	a.earn()
+	if !a.take() {
+		t.Error("10 requests did not earn a hedge")
+	}
+	for range 1000 {
+		a.earn()
+	}
+	n := 0
+	for a.take() {
+		n++
+	}
+	if n != maxHedgeBurst {
+		t.Errorf("after 1000 requests %d hedges are saved up, want the burst %d", n, maxHedgeBurst)
+	}
+}
+
+func TestThrottling(t *testing.T) {
+	for _, tt := range []struct {
+		status int
+		code   string
+		want   bool
+	}{{503, "SlowDown", true}, {503, "", true}, {503, "ServiceUnavailable", false}, {500, "InternalError", false}, {502, "", false}} {
+		if got := decide(&attemptFacts{status: tt.status, s3: s3ErrorDetails{code: tt.code}}, retryState{}).throttled; got != tt.want {
+			t.Errorf("%d %q: throttled %v, want %v", tt.status, tt.code, got, tt.want)
+		}
+	}
+}
+
+// TestBrownoutIsNotMultiplied: S3 answers every request SlowDown for 1600
+// requests (8 s at 200/s), then recovers. The budget pays for 100 retries
+// (500 tokens at 5), then every client gets S3's own 503 after one request;
+// each gets it within 2 s; once S3 recovers nothing fails, and the budget
+// logs its emptying and its refilling once each.
+func TestBrownoutIsNotMultiplied(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var healthy atomic.Bool
+		s := &scriptedS3{answer: func(n int, r *http.Request) (*http.Response, error) {
+			if !healthy.Load() {
+				return errorAnswer(503, "SlowDown", time.Time{}), nil
+			}
+			return objectAnswer(r, []byte("ok"), `"v1"`), nil
+		}}
+		logs := &syncBuffer{}
+		p := scriptedProxy(s, hedgePolicy{mode: hedgeAuto}, logs)
+		const storm, after = 1600, 200
+		var slowest time.Duration
+		for range storm {
+			start := time.Now()
+			if w := serveOne(p, httptest.NewRequest("GET", "/k", nil)); w.Code != 503 {
+				t.Fatalf("during the storm a client got %d, want S3's 503", w.Code)
+			}
+			slowest = max(slowest, time.Since(start))
+		}
+		if n, limit := len(s.seen()), storm+defaultRetryBudget/retryCost; n != limit {
+			t.Errorf("S3 saw %d requests for %d client requests, want %d (%.3f per client request)", n, storm, limit, float64(n)/storm)
+		}
+		if slowest > 2*time.Second {
+			t.Errorf("the slowest 503 took %v, want under 2 s", slowest)
+		}
+		// Requests 1 to 33 retry 3 times (495 tokens), request 34 once
+		// (the last 5) and is refused its second; every later one is
+		// refused its first.
+		if got, want := count(p, mBudgetRefused, refusedRetry), int64(1+storm-34); got != want {
+			t.Errorf("retries refused = %d, want %d", got, want)
+		}
+		healthy.Store(true)
+		for range after {
+			if w := serveOne(p, httptest.NewRequest("GET", "/k", nil)); w.Code != 200 {
+				t.Fatalf("after the storm a client got %d", w.Code)
+			}
+		}
+		if p.policy.budget.Tokens() != after {
+			t.Errorf("tokens after %d successes = %d, want %d", after, p.policy.budget.Tokens(), after)
+		}
+		for _, msg := range []string{"retry budget empty", "retry budget refilled"} {
+			if n := strings.Count(logs.String(), msg); n != 1 {
+				t.Errorf("%q logged %d times, want once", msg, n)
+			}
+		}
+	})
+}
+
+// TestBudgetEmptiedByOneBucket: one budget serves the process. A bucket in
+// a SlowDown storm spends it; another bucket's requests still succeed on
+// their first try (they never needed a retry) and their successes refill
+// the budget, which the sick bucket may then spend again, 1 retry per 5
+// successes at most.
+func TestBudgetEmptiedByOneBucket(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := &scriptedS3{answer: func(n int, r *http.Request) (*http.Response, error) {
+			if strings.HasPrefix(r.Host, "sick-bucket.") {
+				return errorAnswer(503, "SlowDown", time.Time{}), nil
+			}
+			return objectAnswer(r, []byte("ok"), `"v1"`), nil
+		}}
+		p := scriptedProxy(s, hedgePolicy{mode: hedgeOff}, &syncBuffer{})
+		p.routes = buildRoutes([]routeSpec{{"/", "media-bucket", ""}, {"/sick/", "sick-bucket", ""}},
+			&url.URL{Scheme: "https", Host: "s3.eu-west-1.amazonaws.com"}, false)
+		requestsTo := func(host string) (n int) {
+			for _, r := range s.seen() {
+				if strings.HasPrefix(r.host, host) {
+					n++
+				}
+			}
+			return n
+		}
+		for range 100 {
+			serveOne(p, httptest.NewRequest("GET", "/sick/k", nil))
+		}
+		if n := requestsTo("sick-bucket."); n != 100+defaultRetryBudget/retryCost {
+			t.Errorf("the sick bucket got %d requests for 100, want %d", n, 100+defaultRetryBudget/retryCost)
+		}
+		for range 50 {
+			if w := serveOne(p, httptest.NewRequest("GET", "/k", nil)); w.Code != 200 {
+				t.Fatalf("the healthy bucket answered %d", w.Code)
+			}
+		}
+		if n := requestsTo("media-bucket."); n != 50 {
+			t.Errorf("the healthy bucket got %d requests for 50", n)
+		}
+		if tokens := p.policy.budget.Tokens(); tokens != 50 {
+			t.Errorf("tokens after 50 successes = %d, want 50", tokens)
+		}
+		for range 10 {
+			serveOne(p, httptest.NewRequest("GET", "/sick/k", nil))
+		}
+		if n := requestsTo("sick-bucket."); n != 100+defaultRetryBudget/retryCost+10+50/retryCost {
+			t.Errorf("the sick bucket got %d requests in all, want %d", n, 100+defaultRetryBudget/retryCost+10+50/retryCost)
+		}
+	})
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -20,6 +21,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -796,4 +798,314 @@ func TestProxyClientTextInErrorsIsBounded(t *testing.T) {
 			t.Errorf("log line of %d bytes: %.300s…", len(line), line)
 		}
 	}
+}
+
+// count reads one cell of an aggregated counter.
+func count(p *Proxy, id metricID, cell int) int64 { return p.metrics.agg.counts[id][cell].Load() }
+
+// TestHedgeFiresAtTheDelay: S3 holds the first answer back; the hedge is
+// sent at exactly the delay, its answer is the client's, and the first
+// attempt is cancelled. An answer one millisecond inside the delay sends
+// no hedge.
+func TestHedgeFiresAtTheDelay(t *testing.T) {
+	body := []byte("a video segment")
+	for _, tt := range []struct {
+		name       string
+		firstAfter time.Duration
+		requests   int
+		took       time.Duration
+	}{
+		{"held back", 2 * time.Second, 2, 100 * time.Millisecond},
+		{"inside the delay", 99 * time.Millisecond, 1, 99 * time.Millisecond},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				s := &scriptedS3{answer: func(n int, r *http.Request) (*http.Response, error) {
+					if n == 1 && !hold(r, tt.firstAfter) {
+						return nil, r.Context().Err()
+					}
+					return objectAnswer(r, body, `"v1"`), nil
+				}}
+				p := scriptedProxy(s, hedgePolicy{mode: hedgeFixed, fixed: 100 * time.Millisecond}, &syncBuffer{})
+				start := time.Now()
+				w := serveOne(p, httptest.NewRequest("GET", "/k", nil))
+				if w.Code != 200 || w.Body.String() != string(body) || time.Since(start) != tt.took {
+					t.Errorf("client got %d %q after %v, want 200 after %v", w.Code, w.Body, time.Since(start), tt.took)
+				}
+				seen := s.seen()
+				if len(seen) != tt.requests {
+					t.Fatalf("S3 saw %d requests, want %d", len(seen), tt.requests)
+				}
+				if tt.requests == 2 {
+					if at := seen[1].at.Sub(start); at != 100*time.Millisecond {
+						t.Errorf("hedge sent at %v, want exactly the delay", at)
+					}
+					if !seen[0].cancelled {
+						t.Error("the held-back first attempt was not cancelled")
+					}
+				}
+				hedges := int64(tt.requests - 1)
+				if count(p, mHedges, 0) != hedges || count(p, mHedgesWon, 0) != hedges || count(p, mHedgeCancels, 0) != hedges {
+					t.Errorf("hedges %d, won %d, cancels %d; want %d each", count(p, mHedges, 0), count(p, mHedgesWon, 0), count(p, mHedgeCancels, 0), hedges)
+				}
+			})
+		})
+	}
+}
+
+// TestHedgeDelayAdapts: the automatic delay follows S3's time to first
+// byte: the floor while S3 answers in 10 ms, the p95's bucket once it
+// answers in 80 ms, and a request slower than that is hedged at it.
+func TestHedgeDelayAdapts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ttfb := 10 * time.Millisecond
+		var slowFirst atomic.Bool
+		s := &scriptedS3{answer: func(n int, r *http.Request) (*http.Response, error) {
+			d := ttfb
+			if slowFirst.Swap(false) {
+				d = time.Second
+			}
+			if !hold(r, d) {
+				return nil, r.Context().Err()
+			}
+			return objectAnswer(r, []byte("x"), `"v1"`), nil
+		}}
+		p := scriptedProxy(s, hedgePolicy{mode: hedgeAuto}, &syncBuffer{})
+		window := p.routes[0].latency
+		if d, _ := p.policy.hedge.delay(window); d != hedgeCeiling {
+			t.Errorf("delay before any sample = %v, want the ceiling %v", d, hedgeCeiling)
+		}
+		for range 200 {
+			serveOne(p, httptest.NewRequest("GET", "/k", nil))
+		}
+		if d, _ := p.policy.hedge.delay(window); d != hedgeFloor {
+			t.Errorf("delay while S3 answers in 10 ms = %v, want the floor %v", d, hedgeFloor)
+		}
+		ttfb = 80 * time.Millisecond
+		for range 2 * ttfbGeneration {
+			serveOne(p, httptest.NewRequest("GET", "/k", nil))
+		}
+		want := ttfbBucketTop(ttfbBucket(80 * time.Millisecond))
+		if d, _ := p.policy.hedge.delay(window); d != want {
+			t.Fatalf("delay once S3 answers in 80 ms = %v, want %v", d, want)
+		}
+		before := len(s.seen())
+		slowFirst.Store(true)
+		start := time.Now()
+		serveOne(p, httptest.NewRequest("GET", "/k", nil))
+		seen := s.seen()[before:]
+		if len(seen) != 2 || seen[1].at.Sub(start) != want || time.Since(start) != want+ttfb {
+			t.Errorf("a slow request: %d S3 requests, hedge at %v, answered after %v; want the hedge at %v", len(seen), seen[len(seen)-1].at.Sub(start), time.Since(start), want)
+		}
+	})
+}
+
+// TestHedgeClientCancels: the client goes away while both attempts wait
+// on S3; both are cancelled at that instant and nothing is left running
+// (synctest fails a test whose goroutines outlive it).
+func TestHedgeClientCancels(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := &scriptedS3{answer: func(n int, r *http.Request) (*http.Response, error) {
+			<-r.Context().Done()
+			return nil, r.Context().Err()
+		}}
+		logs := &syncBuffer{}
+		p := scriptedProxy(s, hedgePolicy{mode: hedgeFixed, fixed: 50 * time.Millisecond}, logs)
+		ctx, cancel := context.WithCancel(t.Context())
+		time.AfterFunc(200*time.Millisecond, cancel)
+		start := time.Now()
+		serveOne(p, httptest.NewRequest("GET", "/k", nil).WithContext(ctx))
+		if took := time.Since(start); took != 200*time.Millisecond {
+			t.Errorf("the handler returned after %v, want the client's 200 ms", took)
+		}
+		seen := s.seen()
+		if len(seen) != 2 || !seen[0].cancelled || !seen[1].cancelled {
+			t.Errorf("S3 requests %+v: want two, both cancelled", seen)
+		}
+		if !strings.Contains(logs.String(), "status=499") || !strings.Contains(logs.String(), "hedged=true") {
+			t.Errorf("want a 499 with a hedge in the access log:\n%s", logs)
+		}
+	})
+}
+
+// TestHedgeOneAttemptRejected: one attempt of a hedged pair meets
+// ExpiredToken or RequestTimeTooSkewed while the other succeeds; whichever
+// answers first, the client gets the object.
+func TestHedgeOneAttemptRejected(t *testing.T) {
+	body := []byte("the object")
+	for _, code := range []string{"ExpiredToken", "RequestTimeTooSkewed"} {
+		for _, rejectedFirst := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s first %v", code, rejectedFirst), func(t *testing.T) {
+				synctest.Test(t, func(t *testing.T) {
+					rejected := func() *http.Response {
+						status := http.StatusBadRequest
+						if code == "RequestTimeTooSkewed" {
+							status = http.StatusForbidden
+						}
+						return errorAnswer(status, code, time.Now().Add(2*time.Hour))
+					}
+					s := &scriptedS3{answer: func(n int, r *http.Request) (*http.Response, error) {
+						switch {
+						case n == 1 && rejectedFirst: // the hedge's rejection comes first
+							if !hold(r, 2*time.Second) {
+								return nil, r.Context().Err()
+							}
+						case n == 1:
+							if !hold(r, 150*time.Millisecond) {
+								return nil, r.Context().Err()
+							}
+							return rejected(), nil
+						case n == 2 && rejectedFirst:
+							return rejected(), nil
+						}
+						return objectAnswer(r, body, `"v1"`), nil
+					}}
+					p := scriptedProxy(s, hedgePolicy{mode: hedgeFixed, fixed: 50 * time.Millisecond}, &syncBuffer{})
+					p.creds = &credentialCache{provider: &rotatingProvider{}, log: slog.New(slog.DiscardHandler)}
+					w := serveOne(p, httptest.NewRequest("GET", "/k", nil))
+					if w.Code != 200 || w.Body.String() != string(body) {
+						t.Errorf("client got %d %q, want the object", w.Code, w.Body)
+					}
+					want := 2 // the hedge's success wins
+					if rejectedFirst {
+						want = 3 // the rejection wins, is corrected and signed again
+					}
+					if n := len(s.seen()); n != want {
+						t.Errorf("S3 saw %d requests, want %d", n, want)
+					}
+				})
+			})
+		}
+	}
+}
+
+// TestHedgeRacingAnAnswerThatIsNotTheObject: 304, 412 and 416 are the
+// answer whichever attempt of a hedged pair gets them first.
+func TestHedgeRacingAnAnswerThatIsNotTheObject(t *testing.T) {
+	body := bytes.Repeat([]byte("v"), 1000)
+	for _, tt := range []struct {
+		name   string
+		header http.Header
+		status int
+	}{
+		{"304", http.Header{"If-None-Match": {`"v1"`}}, 304},
+		{"412", http.Header{"If-Match": {`"v0"`}}, 412},
+		{"416", http.Header{"Range": {"bytes=5000-6000"}}, 416},
+	} {
+		var answers []string
+		for _, firstWins := range []bool{true, false} {
+			synctest.Test(t, func(t *testing.T) {
+				s := &scriptedS3{answer: func(n int, r *http.Request) (*http.Response, error) {
+					wait := 2 * time.Second // the loser's
+					if n == 1 && firstWins {
+						wait = 60 * time.Millisecond
+					} else if n == 2 && !firstWins {
+						wait = 0
+					}
+					if !hold(r, wait) {
+						return nil, r.Context().Err()
+					}
+					return objectAnswer(r, body, `"v1"`), nil
+				}}
+				p := scriptedProxy(s, hedgePolicy{mode: hedgeFixed, fixed: 50 * time.Millisecond}, &syncBuffer{})
+				r := httptest.NewRequest("GET", "/k", nil)
+				maps.Copy(r.Header, tt.header)
+				w := serveOne(p, r)
+				if w.Code != tt.status {
+					t.Errorf("%s, first wins %v: client got %d", tt.name, firstWins, w.Code)
+				}
+				if n := len(s.seen()); n != 2 {
+					t.Errorf("%s: S3 saw %d requests, want a hedged pair", tt.name, n)
+				}
+				answers = append(answers, fmt.Sprint(w.Code, w.Header(), w.Body.String()))
+			})
+		}
+		if answers[0] != answers[1] {
+			t.Errorf("%s: the answer depends on which attempt won:\n%s\n%s", tt.name, answers[0], answers[1])
+		}
+	}
+}
+
+// TestHedgeWinnerResumed: the hedge wins, its body fails mid-way, and the
+// rest comes from a resume pinned to the hedge's ETag; a resume is never
+// hedged, however slow.
+func TestHedgeWinnerResumed(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		body := bytes.Repeat([]byte("0123456789"), 10_000)
+		s := &scriptedS3{answer: func(n int, r *http.Request) (*http.Response, error) {
+			switch n {
+			case 1:
+				if !hold(r, 2*time.Second) {
+					return nil, r.Context().Err()
+				}
+			case 2: // the hedge: cut after 30,000 bytes
+				resp := objectAnswer(r, body, `"v1"`)
+				resp.Body = &cutReader{r: resp.Body, left: 30_000}
+				return resp, nil
+			case 3: // the resume, slower than the hedge delay
+				if !hold(r, 200*time.Millisecond) {
+					return nil, r.Context().Err()
+				}
+			}
+			return objectAnswer(r, body, `"v1"`), nil
+		}}
+		p := scriptedProxy(s, hedgePolicy{mode: hedgeFixed, fixed: 50 * time.Millisecond}, &syncBuffer{})
+		w := serveOne(p, httptest.NewRequest("GET", "/k", nil))
+		if w.Code != 200 || !bytes.Equal(w.Body.Bytes(), body) {
+			t.Fatalf("client got %d and %d bytes, want 200 and all %d", w.Code, w.Body.Len(), len(body))
+		}
+		seen := s.seen()
+		if len(seen) != 3 || seen[2].rng != "bytes=30000-99999" || seen[2].ifMatch != `"v1"` {
+			t.Errorf("S3 requests %+v: want the pair, then one resume of bytes 30000- pinned to \"v1\"", seen)
+		}
+	})
+}
+
+// cutReader fails after left bytes, as a reset connection does.
+type cutReader struct {
+	r    io.ReadCloser
+	left int
+}
+
+func (c *cutReader) Read(p []byte) (int, error) {
+	if c.left <= 0 {
+		return 0, io.ErrUnexpectedEOF
+	}
+	n, err := c.r.Read(p[:min(len(p), c.left)])
+	c.left -= n
+	return n, err
+}
+
+func (c *cutReader) Close() error { return c.r.Close() }
+
+// TestRetriesZeroMeansNoneAtAll: -retries 0 sends one request per client
+// request: no retry of a 503, no hedge of a slow answer, no resume.
+func TestRetriesZeroMeansNoneAtAll(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		body := bytes.Repeat([]byte("x"), 50_000)
+		s := &scriptedS3{answer: func(n int, r *http.Request) (*http.Response, error) {
+			switch n {
+			case 1:
+				if !hold(r, 300*time.Millisecond) {
+					return nil, r.Context().Err()
+				}
+				return errorAnswer(503, "SlowDown", time.Time{}), nil
+			default:
+				resp := objectAnswer(r, body, `"v1"`)
+				resp.Body = &cutReader{r: resp.Body, left: 1000}
+				return resp, nil
+			}
+		}}
+		p := scriptedProxy(s, hedgePolicy{mode: hedgeFixed, fixed: 50 * time.Millisecond}, &syncBuffer{})
+		p.policy.limit = 0
+		if w := serveOne(p, httptest.NewRequest("GET", "/k", nil)); w.Code != 503 {
+			t.Errorf("a slow 503 = %d, want S3's 503 passed on", w.Code)
+		}
+		if w := serveOne(p, httptest.NewRequest("GET", "/k", nil)); w.Body.Len() != 1000 {
+			t.Errorf("a body cut at 1000 bytes: the client got %d bytes, want 1000 and an aborted response", w.Body.Len())
+		}
+		if n := len(s.seen()); n != 2 {
+			t.Errorf("S3 saw %d requests for 2 client requests, want 2", n)
+		}
+	})
 }
