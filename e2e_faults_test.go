@@ -1,0 +1,236 @@
+package main
+
+// S3's bad days end to end: the real binary in front of versitygw behind a
+// fault proxy written here, which forwards each request exactly as signed
+// (Host included) and can hold answers back or answer SlowDown itself, and
+// counts what S3 saw. A steady 200 Range GETs of 64 KiB per second measure
+// what clients get: the latency tail with and without hedging, and the S3
+// requests per client request in a brownout with and without the budget.
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// faultProxy sits between s3-helper and versitygw.
+type faultProxy struct {
+	url  string
+	seen atomic.Int64 // requests that reached "S3"
+	// holdEvery holds every n-th request back for hold before it is
+	// forwarded (0: none); slowDownEvery answers every n-th SlowDown.
+	holdEvery, slowDownEvery atomic.Int64
+	hold                     time.Duration
+	// slowDownAll answers every request SlowDown while set.
+	slowDownAll atomic.Bool
+}
+
+func newFaultProxy(t *testing.T, s3 string) *faultProxy {
+	t.Helper()
+	target, err := url.Parse(s3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &faultProxy{hold: 2 * time.Second}
+	rp := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) {
+		pr.Out.URL.Scheme, pr.Out.URL.Host = target.Scheme, target.Host
+		pr.Out.Host = pr.In.Host // as signed
+	}}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := f.seen.Add(1)
+		if e := f.slowDownAll.Load() || f.slowDownEvery.Load() > 0 && n%f.slowDownEvery.Load() == 0; e {
+			s3Error(w, http.StatusServiceUnavailable, "SlowDown", "Please reduce your request rate.")
+			return
+		}
+		if e := f.holdEvery.Load(); e > 0 && n%e == 0 {
+			select {
+			case <-time.After(f.hold):
+			case <-r.Context().Done():
+				return // the client gave up on this attempt
+			}
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	f.url = srv.URL
+	return f
+}
+
+// loadResult is what the clients of one load run got.
+type loadResult struct {
+	requests, failed, s3Requests int
+	latencies                    []time.Duration // sorted
+	statuses                     map[int]int
+}
+
+func (l loadResult) quantile(q float64) time.Duration {
+	if len(l.latencies) == 0 {
+		return 0
+	}
+	return l.latencies[min(len(l.latencies)-1, int(q*float64(len(l.latencies))))]
+}
+
+func (l loadResult) perClient() float64 { return float64(l.s3Requests) / float64(l.requests) }
+
+func (l loadResult) String() string {
+	return fmt.Sprintf("%d requests, %d failed, p50 %v, p99 %v, max %v, %.3f S3 requests per client request, statuses %v",
+		l.requests, l.failed, l.quantile(0.5).Round(100*time.Microsecond), l.quantile(0.99).Round(100*time.Microsecond),
+		l.quantile(1).Round(time.Millisecond), l.perClient(), l.statuses)
+}
+
+// rangeLoad sends 64 KiB Range GETs of big.bin at rate per second for d
+// (open loop: a slow answer never delays the next request) and checks
+// every 206 byte for byte. ok names the statuses that are not failures.
+func rangeLoad(t *testing.T, h *helperProcess, f *faultProxy, object []byte, rate int, d time.Duration, ok ...int) loadResult {
+	t.Helper()
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 512}, Timeout: 30 * time.Second}
+	defer client.CloseIdleConnections()
+	before := f.seen.Load()
+	var (
+		mu  sync.Mutex
+		res = loadResult{statuses: map[int]int{}}
+		wg  sync.WaitGroup
+	)
+	rng := rand.New(rand.NewPCG(uint64(rate), uint64(d)))
+	tick := time.NewTicker(time.Second / time.Duration(rate))
+	defer tick.Stop()
+	for end := time.Now().Add(d); time.Now().Before(end); <-tick.C {
+		first := rng.IntN(len(object) - 64<<10)
+		wg.Go(func() {
+			req, _ := http.NewRequest("GET", h.url("/big.bin"), nil)
+			req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", first, first+64<<10-1))
+			start := time.Now()
+			resp, err := client.Do(req)
+			status, good := 0, false
+			if err == nil {
+				var body bytes.Buffer
+				_, err = body.ReadFrom(resp.Body)
+				resp.Body.Close()
+				status = resp.StatusCode
+				good = err == nil && (status == 206 && bytes.Equal(body.Bytes(), object[first:first+64<<10]) || slices.Contains(ok, status))
+			}
+			took := time.Since(start)
+			mu.Lock()
+			defer mu.Unlock()
+			res.requests++
+			res.statuses[status]++
+			res.latencies = append(res.latencies, took)
+			if !good {
+				res.failed++
+			}
+		})
+	}
+	wg.Wait()
+	res.s3Requests = int(f.seen.Load() - before)
+	slices.Sort(res.latencies)
+	return res
+}
+
+// TestE2EHedgingCutsTheTail: one S3 answer in 50 held back 2 s. Without
+// hedging p99 is the 2 s; with the default flags nothing fails, p99 is at
+// most 300 ms and S3 sees at most 1.15 requests per client request.
+func TestE2EHedgingCutsTheTail(t *testing.T) {
+	env := needE2E(t)
+	object := readSeed(t, env, "big.bin")
+	for _, tt := range []struct {
+		name  string
+		flags []string
+	}{
+		{"hedging off", []string{"-hedge", "off"}},
+		{"default flags", nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFaultProxy(t, env.s3)
+			h := startHelper(t, env, "127.0.0.1:0", append([]string{"-endpoint", f.url, "-access-log=false"}, tt.flags...)...)
+			rangeLoad(t, h, f, object, 200, time.Second) // the latency window learns S3
+			f.holdEvery.Store(50)
+			res := rangeLoad(t, h, f, object, 200, 10*time.Second)
+			_, metrics := get(t, "GET", "http://"+h.admin+"/metrics", nil)
+			samples := promSamples(t, string(metrics))
+			t.Logf("%s, one answer in 50 held back 2 s: %s; hedges %s, won %s, connections cancelled %s", tt.name, res,
+				samples["s3helper_upstream_hedges_total"], samples["s3helper_upstream_hedges_won_total"], samples["s3helper_upstream_hedge_cancels_total"])
+			if res.failed > 0 {
+				t.Errorf("%d requests failed", res.failed)
+			}
+			if tt.flags != nil {
+				if res.quantile(0.99) < time.Second {
+					t.Errorf("without hedging p99 = %v: the fault proxy did not hold answers back", res.quantile(0.99))
+				}
+				return
+			}
+			if p99 := res.quantile(0.99); p99 > 300*time.Millisecond {
+				t.Errorf("p99 = %v, want at most 300 ms", p99)
+			}
+			if r := res.perClient(); r > 1.15 {
+				t.Errorf("%.3f S3 requests per client request, want at most 1.15", r)
+			}
+		})
+	}
+}
+
+// TestE2EBrownout: every S3 answer SlowDown for 8 s. With the retry budget
+// S3 sees at most 1.25 requests per client request and clients get their
+// 503 within 2 s (p99); once S3 recovers nothing fails and p99 is under
+// 100 ms within a second. Without the budget (-retry-budget 0) the storm
+// is multiplied by the retries. One answer in 50 SlowDown at all times
+// fails nothing: the budget still pays for sporadic errors.
+func TestE2EBrownout(t *testing.T) {
+	env := needE2E(t)
+	object := readSeed(t, env, "big.bin")
+	for _, tt := range []struct {
+		name  string
+		flags []string
+	}{
+		{"no budget", []string{"-retry-budget", "0"}},
+		{"default flags", nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFaultProxy(t, env.s3)
+			h := startHelper(t, env, "127.0.0.1:0", append([]string{"-endpoint", f.url, "-access-log=false"}, tt.flags...)...)
+			rangeLoad(t, h, f, object, 200, time.Second)
+			f.slowDownAll.Store(true)
+			storm := rangeLoad(t, h, f, object, 200, 8*time.Second, 503)
+			f.slowDownAll.Store(false)
+			t.Logf("%s, every answer SlowDown for 8 s: %s", tt.name, storm)
+			if tt.flags != nil {
+				if storm.perClient() < 2 {
+					t.Errorf("without a budget: %.3f S3 requests per client request; the retries should multiply the storm", storm.perClient())
+				}
+				return
+			}
+			if r := storm.perClient(); r > 1.25 {
+				t.Errorf("%.3f S3 requests per client request during the storm, want at most 1.25", r)
+			}
+			if p99 := storm.quantile(0.99); p99 > 2*time.Second {
+				t.Errorf("p99 during the storm = %v, want the 503 within 2 s", p99)
+			}
+			rangeLoad(t, h, f, object, 200, time.Second) // the first second after
+			after := rangeLoad(t, h, f, object, 200, 3*time.Second)
+			t.Logf("from one second after the storm: %s", after)
+			if after.failed > 0 || after.quantile(0.99) > 100*time.Millisecond {
+				t.Errorf("after the storm: %d failed, p99 %v; want none and under 100 ms", after.failed, after.quantile(0.99))
+			}
+			if !h.logs.waitFor("retry budget empty") || !h.logs.waitFor("retry budget refilled") {
+				t.Errorf("the budget's emptying and refilling are not logged:\n%.3000s", h.logs)
+			}
+			if resp, body := get(t, "GET", "http://"+h.admin+"/healthz", nil); resp.StatusCode != 200 {
+				t.Errorf("/healthz after the storm = %d %s: S3 had a bad day, not s3-helper", resp.StatusCode, body)
+			}
+			f.slowDownEvery.Store(50)
+			sporadic := rangeLoad(t, h, f, object, 200, 5*time.Second)
+			t.Logf("one answer in 50 SlowDown: %s", sporadic)
+			if sporadic.failed > 0 {
+				t.Errorf("%d requests failed with one answer in 50 SlowDown", sporadic.failed)
+			}
+		})
+	}
+}
