@@ -8,10 +8,14 @@
 // with a TLS origin (as S3 is reached in production; the certificate is
 // made here with crypto/x509, and s3-helper trusts it through
 // SSL_CERT_FILE). It prints medians, ratios, latency percentiles and
-// s3-helper's peak RSS, then runs 1000 slow clients each reading 1 MiB. It
-// exits non-zero if any request failed.
+// s3-helper's peak RSS, then runs 1000 slow clients each reading 1 MiB.
+// Last come S3's bad days: a TLS origin with an S3-like latency tail (a
+// log-normal time to first byte, and a small fraction of answers held back)
+// and a brownout switch (every answer SlowDown), measured at a steady rate
+// with hedging off and on, and with and without the retry budget. It exits
+// non-zero if any request failed.
 //
-//	go run ./tools/loadtest [-round 2s] [-rounds 3]
+//	go run ./tools/loadtest [-round 2s] [-rounds 3] [-bad-days=false]
 package main
 
 import (
@@ -58,14 +62,17 @@ func main() {
 	round := flag.Duration("round", 2*time.Second, "length of one measurement")
 	rounds := flag.Int("rounds", 3, "interleaved rounds per configuration (the median is reported)")
 	slowClients := flag.Int("slow-clients", 1000, "concurrent slow clients reading 1 MiB each; 0 skips")
+	badDays := flag.Bool("bad-days", true, "measure the latency tail and a brownout with hedging and the retry budget off and on")
 	flag.Parse()
 	switch *mode {
 	case "origin":
 		serveOrigin(*addr, *certFile, *keyFile)
+	case "tail-origin":
+		serveTailOrigin(*addr, *certFile, *keyFile)
 	case "baseline":
 		serveBaseline(*addr, *target, *certFile)
 	case "":
-		if err := measure(*round, *rounds, *slowClients); err != nil {
+		if err := measure(*round, *rounds, *slowClients, *badDays); err != nil {
 			log.Fatal(err)
 		}
 	default:
@@ -259,14 +266,15 @@ func peakRSSMiB(pid int) float64 {
 	return -1
 }
 
-func start(name string, args []string, env []string) (*exec.Cmd, error) {
+// start runs a process of the harness; its log goes to stderr.
+func start(name string, args []string, env []string, stderr io.Writer) (*exec.Cmd, error) {
 	cmd := exec.Command(name, args...)
 	cmd.Env = append(os.Environ(), env...)
-	cmd.Stderr = os.Stderr
+	cmd.Stderr = stderr
 	return cmd, cmd.Start()
 }
 
-func measure(round time.Duration, rounds, slowClients int) error {
+func measure(round time.Duration, rounds, slowClients int, badDays bool) error {
 	dir, err := os.MkdirTemp("", "s3-helper-load")
 	if err != nil {
 		return err
@@ -294,8 +302,8 @@ func measure(round time.Duration, rounds, slowClients int) error {
 			p.Process.Kill()
 		}
 	}()
-	launch := func(name string, args, env []string) (*exec.Cmd, error) {
-		cmd, err := start(name, args, env)
+	launch := func(name string, args, env []string, stderr io.Writer) (*exec.Cmd, error) {
+		cmd, err := start(name, args, env, stderr)
 		if err == nil {
 			procs = append(procs, cmd)
 		}
@@ -316,10 +324,10 @@ func measure(round time.Duration, rounds, slowClients int) error {
 			baselineArgs = []string{"-mode", "baseline", "-addr", strings.TrimPrefix(st.baseline, "http://"), "-target", st.direct, "-cert", certFile}
 			helperEnv = append(slices.Clone(credentialsEnv), "SSL_CERT_FILE="+certFile)
 		}
-		if _, err := launch(self, originArgs, nil); err != nil {
+		if _, err := launch(self, originArgs, nil, os.Stderr); err != nil {
 			return err
 		}
-		if _, err := launch(self, baselineArgs, nil); err != nil {
+		if _, err := launch(self, baselineArgs, nil, os.Stderr); err != nil {
 			return err
 		}
 		if err := waitUp(st.direct+"/", roots); err != nil {
@@ -328,7 +336,7 @@ func measure(round time.Duration, rounds, slowClients int) error {
 		startAt := time.Now()
 		helperArgs := []string{"-listen", strings.TrimPrefix(st.helper, "http://"), "-bucket", "media", "-region", "us-east-1",
 			"-endpoint", st.direct, "-log-level", "warn"}
-		helper, err := launch(helperBin, helperArgs, helperEnv)
+		helper, err := launch(helperBin, helperArgs, helperEnv, os.Stderr)
 		if err != nil {
 			return err
 		}
@@ -376,6 +384,13 @@ func measure(round time.Duration, rounds, slowClients int) error {
 			slowClients, n, sf, dur.Round(time.Millisecond), peakRSSMiB(plain.helperPID))
 	}
 	fmt.Printf("start to first served request: %v; static binary: %.1f MB\n", firstServed.Round(time.Millisecond), float64(fi.Size())/1e6)
+	if badDays {
+		n, err := measureBadDays(launch, self, helperBin, certFile, keyFile, roots, credentialsEnv)
+		if err != nil {
+			return err
+		}
+		failed += n
+	}
 	if failed > 0 {
 		return fmt.Errorf("%d requests failed", failed)
 	}
