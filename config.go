@@ -39,29 +39,29 @@ const (
 // config is the whole configuration: the flags as given (parseConfig sets
 // them) and what resolve derives from them and the environment.
 type config struct {
-	listen           string
-	socketMode       string
-	allowRemote      bool
-	bucket           string
-	prefix           string
-	region           string
-	routes           []string // every -route, unparsed
-	endpoint         string
-	pathStyle        bool
-	credentials      string
-	stsEndpoint      string
-	assumeRole       string
-	externalID       string
-	roleSessionName  string
-	imdsEndpoint     string
-	imdsRole         string
-	refreshBefore    time.Duration
-	timeout          time.Duration
-	retries          int
-	hedge            string
-	retryBudget      int
+	listen          string
+	socketMode      string
+	allowRemote     bool
+	bucket          string
+	prefix          string
+	region          string
+	routes          []string // every -route, unparsed
+	endpoint        string
+	pathStyle       bool
+	credentials     string
+	stsEndpoint     string
+	assumeRole      string
+	externalID      string
+	roleSessionName string
+	imdsEndpoint    string
+	imdsRole        string
+	refreshBefore   time.Duration
+	timeout         time.Duration
+	retries         int
+	hedge           string
+	retryBudget     int
 	// hedgePolicy is -hedge, parsed by resolveUpstream.
-	hedgePolicy hedgePolicy
+	hedgePolicy      hedgePolicy
 	newRelicKeyFile  string
 	newRelicEndpoint string
 	newRelicInterval time.Duration

@@ -86,7 +86,6 @@ const imdsForbiddenHint = ": IMDS refused the request; either something between 
 	"(an HTTP proxy or sidecar) added X-Forwarded-For, which IMDSv2 rejects, or the instance's metadata " +
 	"endpoint is turned off: 'aws ec2 modify-instance-metadata-options --instance-id ID --http-endpoint enabled'"
 
-
 // errHopLimit is wrapped when the token PUT gets no answer in time.
 var errHopLimit = errors.New("no answer to the IMDSv2 token PUT: inside a container the instance's " +
 	"IMDSv2 hop limit is probably too low; raise it with " +
