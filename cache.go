@@ -85,7 +85,9 @@ type credentialCache struct {
 	started     bool
 	// wake tells the refresher that nextRefresh moved.
 	wake chan struct{}
-	stop chan struct{}
+	// ready is closed once the first set is in; made by Ready.
+	ready chan struct{}
+	stop  chan struct{}
 }
 
 // jitter returns a uniform number in [0, 1) from the injected source.
@@ -223,6 +225,9 @@ func (c *credentialCache) finishFetch(creds *Credentials, err error) {
 		return
 	}
 	c.current.Store(&cachedCredentials{creds: creds, fetched: now, usableUntil: creds.Expires})
+	if prev == nil && c.ready != nil {
+		close(c.ready)
+	}
 	c.nextRefresh = c.refreshMoment(creds.Expires, now)
 	c.metrics.Inc(mCredentialRefreshes)
 	c.logger().Info("credentials refreshed", "source", creds.Source, "access_key_id", creds.AccessKeyID,
@@ -292,6 +297,20 @@ func (c *credentialCache) keepExpiredLocked(now time.Time) *cachedCredentials {
 
 // errSameCredentials is returned by Refresh when no other set is available.
 var errSameCredentials = errors.New("no other credentials available yet")
+
+// Ready is closed once the first credential set is in: from then on a
+// request never waits for credentials.
+func (c *credentialCache) Ready() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ready == nil {
+		c.ready = make(chan struct{})
+		if c.current.Load() != nil {
+			close(c.ready)
+		}
+	}
+	return c.ready
+}
 
 // Refresh is called when S3 rejected dead (revoked, or expired before its
 // Expiration). It joins or starts a fetch, at most one forced fetch per

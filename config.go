@@ -83,6 +83,10 @@ type config struct {
 	// presignRequested is set when -presign or its variable was given, even
 	// empty: an empty -presign is an error, never a silent start.
 	presignRequested bool
+	// listenGiven and adminGiven are set when -listen or -admin (or its
+	// variable) was given, not defaulted: a socket passed by systemd for
+	// the same role is then a conflict.
+	listenGiven, adminGiven bool
 
 	// The fields below are derived by resolve from the flags and the
 	// environment.
@@ -530,7 +534,7 @@ func newProxy(cfg config, creds credentialGetter, metrics *Metrics, log *slog.Lo
 	return &Proxy{
 		routes: buildRoutes(cfg.routeSpecs, cfg.endpointURL, cfg.pathStyle), scheme: cfg.endpointURL.Scheme,
 		signer: &Signer{Region: cfg.region}, creds: creds, transport: newUpstreamTransport(cfg.timeout),
-		metrics: metrics, log: log, accessLog: cfg.accessLog, bodyTimeout: cfg.timeout,
+		metrics: metrics, log: log, accessLog: cfg.accessLog, bodyTimeout: cfg.timeout, idle: make(chan struct{}, 1),
 		policy: retryPolicy{limit: cfg.retries, budget: newRetryBudget(int64(cfg.retryBudget), log), hedge: cfg.hedgePolicy, hedges: newHedgeAllowance()},
 	}
 }

@@ -120,6 +120,8 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 		}
 	})
 	cfg.presignRequested = given["presign"] || getenv(envPrefix+"PRESIGN") != ""
+	cfg.listenGiven = given["listen"] || getenv(envPrefix+"LISTEN") != ""
+	cfg.adminGiven = given["admin"] || getenv(envPrefix+"ADMIN") != ""
 	if len(problems) > 0 {
 		return cfg, configError{problems}
 	}

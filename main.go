@@ -78,7 +78,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case err != nil:
 		return err
 	}
+	passed, err := passedListeners(cfg, getenv)
+	if err != nil {
+		return err
+	}
+	defer passed.close()
 	log := newLogger(stderr, cfg.logFormat, cfg.level)
+	notify, err := newNotifier(getenv)
+	if err != nil {
+		log.Warn("cannot report to the service manager; serving without readiness reports", "err", err)
+	}
+	defer notify.close()
 	if err := cfg.discoverRegion(ctx); err != nil {
 		return err
 	}
@@ -105,7 +115,80 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return printPresignedURL(ctx, stdout, proxy, cfg)
 	}
 	registerGauges(metrics, proxy, cache, statsd)
-	return listenAndServe(ctx, cfg, proxy, cache, metrics, log)
+	go reportReady(ctx, notify, cache, log)
+	go notify.keepWatchdog(ctx, watchdogInterval(getenv, os.Getpid()))
+	return listenAndServe(ctx, cfg, passed, proxy, cache, metrics, log, notify)
+}
+
+// reportReady tells the service manager s3-helper can serve once the first
+// credential set is in: the moment /healthz turns healthy, and what
+// systemctl start (Type=notify) waits for.
+func reportReady(ctx context.Context, notify *notifier, cache *credentialCache, log *slog.Logger) {
+	select {
+	case <-ctx.Done():
+	case <-cache.Ready():
+		if err := notify.send("READY=1\nSTATUS=serving"); err != nil {
+			log.Warn("cannot report readiness to the service manager", "err", err)
+		}
+	}
+}
+
+// inherited are the listeners systemd passed; either may be nil.
+type inherited struct {
+	proxy, admin net.Listener
+}
+
+// close closes what was not handed to a server.
+func (in *inherited) close() {
+	for _, ln := range []net.Listener{in.proxy, in.admin} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+}
+
+// passedListeners takes the sockets systemd passed (see systemd.go). A
+// socket for a role whose flag was given as well is a configuration error:
+// the two would disagree on where s3-helper listens. So is a non-loopback
+// socket without -allow-remote, as it is for -listen.
+func passedListeners(cfg config, getenv func(string) string) (inherited, error) {
+	sockets, err := listenEnv(getenv, os.Getpid())
+	if err != nil || sockets == nil {
+		return inherited{}, configErrorOf(err)
+	}
+	clearListenEnv()
+	var in inherited
+	for _, s := range sockets {
+		if s.role == roleProxy && cfg.listenGiven || s.role == roleAdmin && cfg.adminGiven {
+			flagName := map[string]string{roleProxy: "-listen", roleAdmin: "-admin"}[s.role]
+			in.close()
+			return inherited{}, configErrorOf(fmt.Errorf("%w: systemd passed the %s socket (fd %d) and %s is set too: use one (remove %s and its S3_HELPER_ variable)",
+				errSocketActivation, s.role, s.fd, flagName, flagName))
+		}
+		ln, err := listenerFor(s)
+		if err == nil && !cfg.allowRemote && !isLoopbackListener(ln.Addr()) {
+			ln.Close()
+			err = fmt.Errorf("%w: the %s socket %s is not a loopback address; add -allow-remote to serve other hosts", errSocketActivation, s.role, ln.Addr())
+		}
+		if err != nil {
+			in.close()
+			return inherited{}, configErrorOf(err)
+		}
+		if s.role == roleProxy {
+			in.proxy = ln
+		} else {
+			in.admin = ln
+		}
+	}
+	return in, nil
+}
+
+// configErrorOf makes err a configuration error (exit status 2); nil stays nil.
+func configErrorOf(err error) error {
+	if err == nil {
+		return nil
+	}
+	return configError{[]error{err}}
 }
 
 // loadConfig parses args and the environment and resolves the result; the
@@ -174,20 +257,12 @@ func registerGauges(metrics *Metrics, proxy *Proxy, cache *credentialCache, stat
 
 // listenAndServe listens (failing fast on bind errors), serves until ctx ends, then
 // drains in-flight requests for up to -shutdown-timeout.
-func listenAndServe(ctx context.Context, cfg config, proxy *Proxy, cache *credentialCache, metrics *Metrics, log *slog.Logger) error {
-	if cfg.listenNetwork == "unix" {
-		removeStaleSocket(cfg.listenAddress)
-	}
-	ln, err := net.Listen(cfg.listenNetwork, cfg.listenAddress)
-	if err != nil {
-		return fmt.Errorf("-listen %q: %w", cfg.listen, err)
-	}
-	if cfg.listenNetwork == "unix" {
-		// The umask would leave the socket writable by its owner only, and
-		// nginx (www-data) could not connect.
-		if err := os.Chmod(cfg.listenAddress, cfg.socketPerm); err != nil {
-			ln.Close()
-			return fmt.Errorf("-socket-mode %s: %w", cfg.socketMode, err)
+func listenAndServe(ctx context.Context, cfg config, passed inherited, proxy *Proxy, cache *credentialCache, metrics *Metrics, log *slog.Logger, notify *notifier) error {
+	ln, aln := passed.proxy, passed.admin
+	if ln == nil {
+		var err error
+		if ln, err = listenProxy(cfg); err != nil {
+			return err
 		}
 	}
 	errorLog := slog.NewLogLogger(log.Handler(), slog.LevelWarn)
@@ -202,13 +277,15 @@ func listenAndServe(ctx context.Context, cfg config, proxy *Proxy, cache *creden
 		DisableGeneralOptionsHandler: true,
 	}
 	servers := []serving{{"proxy", srv, ln}}
-	if cfg.admin != "" {
-		aln, err := net.Listen("tcp", cfg.admin)
-		if err != nil {
+	if aln == nil && cfg.admin != "" {
+		var err error
+		if aln, err = net.Listen("tcp", cfg.admin); err != nil {
 			ln.Close()
 			return fmt.Errorf("-admin %q: %w", cfg.admin, err)
 		}
-		admin := &http.Server{Handler: adminHandler(cache, metrics, credentialSourceName(cfg), cfg.pprof), ReadHeaderTimeout: readHeaderTimeout, ErrorLog: errorLog}
+	}
+	if aln != nil {
+		admin := &http.Server{Handler: adminHandler(cache, metrics, credentialSourceName(cfg), cfg.pprof, proxy.Draining), ReadHeaderTimeout: readHeaderTimeout, ErrorLog: errorLog}
 		servers = append(servers, serving{"admin", admin, aln})
 		log.Info("admin listening", "addr", aln.Addr().String(), "pprof", cfg.pprof)
 	}
@@ -218,7 +295,27 @@ func listenAndServe(ctx context.Context, cfg config, proxy *Proxy, cache *creden
 	log.Info("listening", "addr", ln.Addr().String(), "version", releaseVersion, "region", cfg.region,
 		"endpoint", cfg.endpointURL.String(), "bucket", cfg.bucket, "routes", len(proxy.routes),
 		"credentials", credentialSourceName(cfg), "statsd", cfg.statsd != "", "newrelic", cfg.newRelicKey != "")
-	return runServers(ctx, servers, cfg.shutdownTimeout, log, proxy.InFlight)
+	return runServers(ctx, servers, cfg.shutdownTimeout, log, proxy, notify)
+}
+
+// listenProxy binds -listen: TCP, or a Unix socket with -socket-mode.
+func listenProxy(cfg config) (net.Listener, error) {
+	if cfg.listenNetwork == "unix" {
+		removeStaleSocket(cfg.listenAddress)
+	}
+	ln, err := net.Listen(cfg.listenNetwork, cfg.listenAddress)
+	if err != nil {
+		return nil, fmt.Errorf("-listen %q: %w", cfg.listen, err)
+	}
+	if cfg.listenNetwork == "unix" {
+		// The umask would leave the socket writable by its owner only, and
+		// nginx (www-data) could not connect.
+		if err := os.Chmod(cfg.listenAddress, cfg.socketPerm); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("-socket-mode %s: %w", cfg.socketMode, err)
+		}
+	}
+	return ln, nil
 }
 
 // serving is one server and the listener it serves.
@@ -228,11 +325,16 @@ type serving struct {
 	ln   net.Listener
 }
 
-// runServers serves every listener until ctx ends or one server fails,
-// then shuts them all down, draining in-flight requests for up to
-// shutdownTimeout. A failed server is an error, so the process exits
-// non-zero instead of running on half its listeners.
-func runServers(ctx context.Context, servers []serving, shutdownTimeout time.Duration, log *slog.Logger, inFlight func() int64) error {
+// runServers serves every listener until ctx ends or one server fails.
+// Then it drains: the service manager hears STOPPING=1, /healthz says
+// draining, the proxy stops accepting and closes idle keep-alive
+// connections (nginx opens new ones, to the next process), and requests in
+// flight may finish within shutdownTimeout; those still running then are
+// cut, logged and counted as cut at shutdown. The admin listener stops
+// last, so it reports the drain while it lasts. A cut is how a drain ends,
+// not an error; a failed server is, so the process exits non-zero instead
+// of running on half its listeners.
+func runServers(ctx context.Context, servers []serving, shutdownTimeout time.Duration, log *slog.Logger, proxy *Proxy, notify *notifier) error {
 	errc := make(chan error, len(servers))
 	var serveLoops sync.WaitGroup
 	for _, s := range servers {
@@ -251,19 +353,26 @@ func runServers(ctx context.Context, servers []serving, shutdownTimeout time.Dur
 	case serveErr = <-errc:
 		log.Error("a server failed; stopping the others", "err", serveErr)
 	}
-	log.Info("shutting down", "in_flight", inFlight(), "timeout", shutdownTimeout)
+	proxy.draining.Store(true)
+	notify.send("STOPPING=1\nSTATUS=draining")
+	log.Info("shutting down", "in_flight", proxy.InFlight(), "timeout", shutdownTimeout)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 	defer cancel()
-	var shutdownErr error
-	for _, s := range servers {
-		if err := s.srv.Shutdown(sctx); err != nil {
-			shutdownErr = fmt.Errorf("shutdown: %w (requests still in flight were cut off)", err)
-			s.srv.Close()
+	for _, s := range servers { // the proxy first: admin reports the drain
+		if err := s.srv.Shutdown(sctx); err == nil {
+			continue
+		}
+		cut := proxy.InFlight()
+		proxy.cutting.Store(true)
+		s.srv.Close()
+		if s.name == "proxy" {
+			proxy.awaitIdle(time.Second) // so each cut request is logged
+			log.Warn("shutdown: -shutdown-timeout expired; cut the requests still in flight", "cut", cut, "timeout", shutdownTimeout)
 		}
 	}
 	serveLoops.Wait() // every listener is closed once its Serve returns
 	log.Info("stopped")
-	return errors.Join(serveErr, shutdownErr)
+	return serveErr
 }
 
 // credentialSourceName names the credential source and why it was chosen,
@@ -297,7 +406,7 @@ func removeStaleSocket(path string) {
 
 // adminHandler serves /healthz, /metrics (Prometheus) and, with withPprof,
 // /debug/pprof/.
-func adminHandler(cache *credentialCache, metrics *Metrics, source string, withPprof bool) http.Handler {
+func adminHandler(cache *credentialCache, metrics *Metrics, source string, withPprof bool, draining func() bool) http.Handler {
 	mux := http.NewServeMux()
 	if metrics != nil && metrics.agg != nil {
 		mux.Handle("GET /metrics", metrics)
@@ -305,6 +414,11 @@ func adminHandler(cache *credentialCache, metrics *Metrics, source string, withP
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		status := cache.Status(time.Now())
 		ok, reason := status.Healthy()
+		if draining() {
+			// From SIGTERM on: readiness probes and load balancers stop
+			// sending while requests in flight finish.
+			ok, reason = false, "draining: shutting down, requests in flight are finishing"
+		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
 		if !ok {

@@ -306,7 +306,7 @@ func TestOneServerFailingStopsTheOther(t *testing.T) {
 	logs := &syncBuffer{}
 	done := make(chan error, 1)
 	go func() {
-		done <- runServers(t.Context(), servers, time.Second, slog.New(slog.NewTextHandler(logs, nil)), func() int64 { return 0 })
+		done <- runServers(t.Context(), servers, time.Second, slog.New(slog.NewTextHandler(logs, nil)), &Proxy{}, nil)
 	}()
 	select {
 	case err := <-done:

@@ -61,6 +61,11 @@ type Proxy struct {
 	bufs     sync.Pool
 	races    sync.Pool
 	inFlight atomic.Int64
+	// draining is set when shutdown begins; cutting once its time is up
+	// and the requests still in flight are being cut.
+	draining, cutting atomic.Bool
+	// idle is signalled when the last request in flight ends while cutting.
+	idle chan struct{}
 }
 
 // statusClientGone is nginx's 499: the client closed the connection before
@@ -124,6 +129,34 @@ type exchange struct {
 // InFlight returns how many requests are being served.
 func (p *Proxy) InFlight() int64 { return p.inFlight.Load() }
 
+// Draining reports whether shutdown has begun.
+func (p *Proxy) Draining() bool { return p.draining.Load() }
+
+// endRequest counts a request out, and tells awaitIdle when the last one
+// cut at shutdown has ended.
+func (p *Proxy) endRequest() {
+	if p.inFlight.Add(-1) == 0 && p.cutting.Load() && p.idle != nil {
+		select {
+		case p.idle <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// awaitIdle waits, at most d, until no request is in flight; p.cutting
+// must be set.
+func (p *Proxy) awaitIdle(d time.Duration) {
+	if p.InFlight() == 0 || p.idle == nil {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-p.idle:
+	case <-t.C:
+	}
+}
+
 // ServeHTTP serves one GET or HEAD.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x := exchange{start: p.now.read(), method: r.Method, remote: r.RemoteAddr}
@@ -135,7 +168,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "close")
 	}
 	p.inFlight.Add(1)
-	defer p.inFlight.Add(-1)
+	defer p.endRequest()
 	defer p.finish(r.Context(), &x)
 	up, err := p.upstreamFor(r, &x)
 	if err != nil {
@@ -594,6 +627,11 @@ func clientReason(err error) string {
 // finish logs the exchange once and records its metrics.
 func (p *Proxy) finish(ctx context.Context, x *exchange) {
 	dur := p.now.read().Sub(x.start)
+	if x.status == statusClientGone && p.cutting.Load() {
+		// s3-helper closed the connection, not the client.
+		x.status = http.StatusServiceUnavailable
+		x.err = fmt.Errorf("cut at shutdown after %d bytes: -shutdown-timeout expired while the request was in flight", x.bytes)
+	}
 	status := x.status
 	if status == 0 {
 		status = http.StatusOK

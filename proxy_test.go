@@ -1109,3 +1109,47 @@ func TestRetriesZeroMeansNoneAtAll(t *testing.T) {
 		}
 	})
 }
+
+// TestHedgeClientCancelsClosesBothConnections: over real connections, a
+// client that goes away while both attempts of a hedged pair wait on S3
+// leaves no connection open: S3 sees both closed.
+func TestHedgeClientCancelsClosesBothConnections(t *testing.T) {
+	tp := newTestProxy(t)
+	arrived, closed := make(chan struct{}, 2), make(chan struct{}, 4)
+	tp.s3.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
+		arrived <- struct{}{}
+		<-r.Context().Done()
+		return true
+	}
+	srv := httptest.NewUnstartedServer(tp.s3)
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateClosed {
+			closed <- struct{}{}
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	endpoint, _ := url.Parse(srv.URL)
+	tp.routes = buildRoutes([]routeSpec{{"/", testBucket, ""}}, endpoint, false)
+	tp.policy.hedge = hedgePolicy{mode: hedgeFixed, fixed: 20 * time.Millisecond}
+	ctx, cancel := context.WithCancel(t.Context())
+	go func() {
+		<-arrived
+		<-arrived // both attempts wait on S3
+		cancel()
+	}()
+	req, _ := http.NewRequestWithContext(ctx, "GET", tp.url+"/k", nil)
+	if _, err := http.DefaultClient.Do(req); err == nil {
+		t.Fatal("the request succeeded although the client went away")
+	}
+	for i := range 2 {
+		select {
+		case <-closed:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%d of the 2 upstream connections closed after the client went away", i)
+		}
+	}
+	if !tp.logs.waitFor("status=499") || !strings.Contains(tp.logs.String(), "hedged=true") {
+		t.Errorf("want a 499 with a hedge logged:\n%s", tp.logs)
+	}
+}
