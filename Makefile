@@ -3,7 +3,7 @@
 GO ?= go
 BINARY ?= s3-helper
 
-.PHONY: build test unit e2e demo bench bench-load fuzz vet clean
+.PHONY: build test unit e2e demo bench bench-load fuzz vet deb clean
 
 # A static binary to copy onto the instance.
 build:
@@ -21,6 +21,10 @@ unit:
 # s3-helper in front of a local S3-compatible server, until Ctrl-C.
 demo:
 	scripts/testenv.sh demo
+
+# The Debian package (dpkg-deb, help2man): s3-helper_VERSION_ARCH.deb here.
+deb:
+	GO=$(GO) packaging/build-deb.sh .
 
 vet:
 	gofmt -l . | (! grep .) && $(GO) vet ./...

@@ -81,6 +81,17 @@ func (l loadResult) quantile(q float64) time.Duration {
 
 func (l loadResult) perClient() float64 { return float64(l.s3Requests) / float64(l.requests) }
 
+// failures lists what failed: each status but the expected ones.
+func (l loadResult) failures(ok ...int) map[int]int {
+	out := map[int]int{}
+	for status, n := range l.statuses {
+		if status != 206 && !slices.Contains(ok, status) {
+			out[status] = n
+		}
+	}
+	return out
+}
+
 func (l loadResult) String() string {
 	return fmt.Sprintf("%d requests, %d failed, p50 %v, p99 %v, max %v, %.3f S3 requests per client request, statuses %v",
 		l.requests, l.failed, l.quantile(0.5).Round(100*time.Microsecond), l.quantile(0.99).Round(100*time.Microsecond),
@@ -88,13 +99,22 @@ func (l loadResult) String() string {
 }
 
 // rangeLoad sends 64 KiB Range GETs of big.bin at rate per second for d
-// (open loop: a slow answer never delays the next request) and checks
-// every 206 byte for byte. ok names the statuses that are not failures.
+// through s3-helper (open loop: a slow answer never delays the next
+// request) and checks every 206 byte for byte; f counts what S3 saw. ok
+// names the statuses that are not failures.
 func rangeLoad(t *testing.T, h *helperProcess, f *faultProxy, object []byte, rate int, d time.Duration, ok ...int) loadResult {
+	t.Helper()
+	before := f.seen.Load()
+	res := rangeLoadAt(t, h.url("/big.bin"), object, rate, d, ok...)
+	res.s3Requests = int(f.seen.Load() - before)
+	return res
+}
+
+// rangeLoadAt is rangeLoad against any URL of big.bin.
+func rangeLoadAt(t *testing.T, target string, object []byte, rate int, d time.Duration, ok ...int) loadResult {
 	t.Helper()
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 512}, Timeout: 30 * time.Second}
 	defer client.CloseIdleConnections()
-	before := f.seen.Load()
 	var (
 		mu  sync.Mutex
 		res = loadResult{statuses: map[int]int{}}
@@ -106,7 +126,7 @@ func rangeLoad(t *testing.T, h *helperProcess, f *faultProxy, object []byte, rat
 	for end := time.Now().Add(d); time.Now().Before(end); <-tick.C {
 		first := rng.IntN(len(object) - 64<<10)
 		wg.Go(func() {
-			req, _ := http.NewRequest("GET", h.url("/big.bin"), nil)
+			req, _ := http.NewRequest("GET", target, nil)
 			req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", first, first+64<<10-1))
 			start := time.Now()
 			resp, err := client.Do(req)
@@ -130,7 +150,6 @@ func rangeLoad(t *testing.T, h *helperProcess, f *faultProxy, object []byte, rat
 		})
 	}
 	wg.Wait()
-	res.s3Requests = int(f.seen.Load() - before)
 	slices.Sort(res.latencies)
 	return res
 }

@@ -93,7 +93,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 
-	metrics, statsd, err := newOutputs(cfg)
+	metrics, statsd, err := newOutputs(cfg, passed.admin != nil)
 	if err != nil {
 		return err
 	}
@@ -215,8 +215,9 @@ func configProblems(err error) []error {
 }
 
 // newOutputs returns the measurements and, with -statsd, the emitter they
-// feed. Prometheus is served with -admin; New Relic is pushed.
-func newOutputs(cfg config) (*Metrics, *statsdEmitter, error) {
+// feed; with an admin listener (-admin, or passed by systemd) they are
+// aggregated for /metrics and the New Relic push.
+func newOutputs(cfg config, passedAdmin bool) (*Metrics, *statsdEmitter, error) {
 	var statsd *statsdEmitter
 	if cfg.statsd != "" {
 		conn, err := net.Dial("udp", cfg.statsd) // resolves the name; UDP has no handshake
@@ -225,7 +226,7 @@ func newOutputs(cfg config) (*Metrics, *statsdEmitter, error) {
 		}
 		statsd = newStatsdEmitter(conn, cfg.statsdPrefix, cfg.statsdTags, 0)
 	}
-	return newMetrics(statsd, cfg.admin != "" || cfg.newRelicKey != ""), statsd, nil
+	return newMetrics(statsd, cfg.admin != "" || passedAdmin || cfg.newRelicKey != ""), statsd, nil
 }
 
 // newNewRelicPusher sends the measurements to New Relic with the key read

@@ -1,0 +1,86 @@
+package main
+
+// The Debian package as Debian's tools see it: make deb's package passes
+// lintian with no error or warning, carries the release version, the
+// conffile and the man page, and its units pass systemd-analyze verify;
+// systemd-analyze security rates the service.
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func TestPackage(t *testing.T) {
+	needE2E(t) // the suite's machine has Debian's dpkg-dev, lintian, help2man and systemd
+	out := t.TempDir()
+	build := exec.Command("packaging/build-deb.sh", out)
+	var stderr bytes.Buffer
+	build.Stderr = &stderr
+	built, err := build.Output()
+	if err != nil {
+		t.Fatalf("packaging/build-deb.sh: %v\n%s", err, stderr.String())
+	}
+	deb := strings.TrimSpace(string(built))
+	if want := filepath.Join(out, "s3-helper_"+releaseVersion+"_amd64.deb"); deb != want && !strings.HasSuffix(deb, "_"+releaseVersion+"_arm64.deb") {
+		t.Errorf("package %s, want %s", deb, want)
+	}
+
+	lint := exec.Command("lintian", "--fail-on", "error,warning", deb)
+	report, err := lint.CombinedOutput()
+	if err != nil || regexp.MustCompile(`(?m)^[EW]: `).Match(report) {
+		t.Errorf("lintian: %v\n%s", err, report)
+	}
+	t.Logf("lintian:\n%s", report)
+
+	info, err := exec.Command("dpkg-deb", "--info", deb).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Package: s3-helper", "Version: " + releaseVersion, "conffiles", "Depends: systemd"} {
+		if !strings.Contains(string(info), want) {
+			t.Errorf("dpkg-deb --info lacks %q:\n%s", want, info)
+		}
+	}
+	conffiles, _ := exec.Command("dpkg-deb", "--ctrl-tarfile", deb).Output()
+	if !bytes.Contains(conffiles, []byte("/etc/default/s3-helper")) {
+		t.Error("/etc/default/s3-helper is not a conffile")
+	}
+
+	root := t.TempDir()
+	if out, err := exec.Command("dpkg-deb", "-x", deb, root).CombinedOutput(); err != nil {
+		t.Fatalf("dpkg-deb -x: %v\n%s", err, out)
+	}
+	for _, f := range []string{"usr/bin/s3-helper", "lib/systemd/system/s3-helper.service", "lib/systemd/system/s3-helper.socket",
+		"lib/systemd/system/s3-helper-admin.socket", "etc/default/s3-helper", "usr/share/man/man1/s3-helper.1.gz",
+		"usr/share/doc/s3-helper/copyright", "usr/share/doc/s3-helper/changelog.gz"} {
+		if _, err := os.Stat(filepath.Join(root, f)); err != nil {
+			t.Errorf("the package lacks %s", f)
+		}
+	}
+	// verify checks the units against a root holding the package and
+	// systemd's own units (the targets they name).
+	if out, err := exec.Command("cp", "-an", "/lib/systemd/system", filepath.Join(root, "lib/systemd/")).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v\n%s", err, out)
+	}
+	verify := exec.Command("systemd-analyze", "verify", "--root="+root,
+		"/lib/systemd/system/s3-helper.socket", "/lib/systemd/system/s3-helper.service", "/lib/systemd/system/s3-helper-admin.socket")
+	verify.Env = append(os.Environ(), "MANPATH="+filepath.Join(root, "usr/share/man"))
+	if out, err := verify.CombinedOutput(); err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+	security, err := exec.Command("systemd-analyze", "security", "--offline=yes", "--root="+root, "/lib/systemd/system/s3-helper.service").CombinedOutput()
+	level := regexp.MustCompile(`Overall exposure level for s3-helper.service: ([0-9.]+)`).FindSubmatch(security)
+	if err != nil || level == nil {
+		t.Fatalf("systemd-analyze security: %v\n%s", err, security)
+	}
+	t.Logf("systemd-analyze security: exposure %s", level[1])
+	if exposure, _ := strconv.ParseFloat(string(level[1]), 64); exposure > 2.0 {
+		t.Errorf("exposure level %s, want at most 2.0 (OK):\n%s", level[1], security)
+	}
+}
