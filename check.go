@@ -125,6 +125,12 @@ func (c *checker) checkListeners(cfg config) {
 			continue
 		}
 		ln, err := net.Listen("tcp", addr)
+		if err != nil && i == 0 && !cfg.listenGiven {
+			// The default address: under socket activation systemd holds it.
+			c.warn("configuration", fmt.Sprintf("%s is in use: %v", addr, err),
+				"with s3-helper.socket enabled that is systemd holding it for s3-helper, as it should; otherwise stop what listens there")
+			return
+		}
 		if err != nil {
 			c.fail("configuration", fmt.Sprintf("%s is not free: %v", addr, err), "stop what listens there, or choose another -listen/-admin address")
 			return

@@ -6,6 +6,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -99,5 +100,28 @@ func TestCheck(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestCheckListenersUnderSocketActivation: a busy default -listen is what
+// systemd holding s3-helper.socket looks like, so it is a warning; a busy
+// -listen that was given fails.
+func TestCheckListenersUnderSocketActivation(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	for _, given := range []bool{false, true} {
+		var out bytes.Buffer
+		c := &checker{out: &out}
+		c.checkListeners(config{listenNetwork: "tcp", listenAddress: ln.Addr().String(), listenGiven: given})
+		want := "WARN  configuration: " + ln.Addr().String() + " is in use"
+		if given {
+			want = "FAIL  configuration: " + ln.Addr().String() + " is not free"
+		}
+		if !strings.HasPrefix(out.String(), want) || (c.failed > 0) != given {
+			t.Errorf("-listen given %v: %q (failed %d), want %q", given, out.String(), c.failed, want)
+		}
 	}
 }
