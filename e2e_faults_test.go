@@ -81,17 +81,6 @@ func (l loadResult) quantile(q float64) time.Duration {
 
 func (l loadResult) perClient() float64 { return float64(l.s3Requests) / float64(l.requests) }
 
-// failures lists what failed: each status but the expected ones.
-func (l loadResult) failures(ok ...int) map[int]int {
-	out := map[int]int{}
-	for status, n := range l.statuses {
-		if status != 206 && !slices.Contains(ok, status) {
-			out[status] = n
-		}
-	}
-	return out
-}
-
 func (l loadResult) String() string {
 	return fmt.Sprintf("%d requests, %d failed, p50 %v, p99 %v, max %v, %.3f S3 requests per client request, statuses %v",
 		l.requests, l.failed, l.quantile(0.5).Round(100*time.Microsecond), l.quantile(0.99).Round(100*time.Microsecond),
