@@ -12,7 +12,7 @@ build:
 # The whole suite: unit tests and end-to-end tests against versitygw, the
 # IMDS emulator and nginx, which scripts/testenv.sh starts and stops.
 test:
-	scripts/testenv.sh run -- $(GO) test -race -count=1 ./...
+	scripts/testenv.sh run -- $(GO) test -race -count=1 -timeout 25m ./...
 
 # Unit tests only: no servers needed.
 unit:
