@@ -532,7 +532,7 @@ func (c *config) discoverRegion(ctx context.Context) error {
 // newProxy builds the request handler from the configuration.
 func newProxy(cfg config, creds credentialGetter, metrics *Metrics, log *slog.Logger) *Proxy {
 	return &Proxy{
-		routes: buildRoutes(cfg.routeSpecs, cfg.endpointURL, cfg.pathStyle), scheme: cfg.endpointURL.Scheme,
+		routes: buildRoutes(cfg.routeSpecs, cfg.endpointURL, cfg.pathStyle, cfg.endpoint != ""), scheme: cfg.endpointURL.Scheme,
 		signer: &Signer{Region: cfg.region}, creds: creds, transport: newUpstreamTransport(cfg.timeout),
 		metrics: metrics, log: log, accessLog: cfg.accessLog, bodyTimeout: cfg.timeout, idle: make(chan struct{}, 1),
 		policy: retryPolicy{limit: cfg.retries, budget: newRetryBudget(int64(cfg.retryBudget), log), hedge: cfg.hedgePolicy, hedges: newHedgeAllowance()},

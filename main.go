@@ -454,7 +454,7 @@ func printPresignedURL(ctx context.Context, stdout io.Writer, p *Proxy, cfg conf
 		return fmt.Errorf("presign: %w", err)
 	}
 	uri := rt.uri(cfg.presign)
-	query, err := p.signer.Presign(signingRequest{method: http.MethodGet, host: rt.host, uri: uri}, creds, now, cfg.presignExpires)
+	query, err := p.signerFor(&rt).Presign(signingRequest{method: http.MethodGet, host: rt.host, uri: uri}, creds, now, cfg.presignExpires)
 	if err != nil {
 		return fmt.Errorf("presign: %w", err)
 	}

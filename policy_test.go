@@ -294,7 +294,7 @@ func TestBudgetEmptiedByOneBucket(t *testing.T) {
 		}}
 		p := scriptedProxy(s, hedgePolicy{mode: hedgeOff}, &syncBuffer{})
 		p.routes = buildRoutes([]routeSpec{{"/", "media-bucket", ""}, {"/sick/", "sick-bucket", ""}},
-			&url.URL{Scheme: "https", Host: "s3.eu-west-1.amazonaws.com"}, false)
+			&url.URL{Scheme: "https", Host: "s3.eu-west-1.amazonaws.com"}, false, false)
 		requestsTo := func(host string) (n int) {
 			for _, r := range s.seen() {
 				if strings.HasPrefix(r.host, host) {

@@ -418,7 +418,7 @@ func FuzzProxyRequest(f *testing.F) {
 	var mu sync.Mutex
 	p := &Proxy{
 		routes: buildRoutes([]routeSpec{{"/", testBucket, "videos/"}, {"/avod/", "ads", ""}},
-			&url.URL{Scheme: "http", Host: "s3.test"}, true),
+			&url.URL{Scheme: "http", Host: "s3.test"}, true, false),
 		scheme: "http",
 		signer: &Signer{Region: "us-east-1"},
 		creds:  &credentialCache{provider: staticProvider{newCredentials(testAKID, testSecret, "", time.Time{}, sourceEnvironment)}, log: slog.New(slog.DiscardHandler)},
@@ -497,7 +497,7 @@ func staticUpstream(body []byte) http.RoundTripper {
 func benchProxy(body []byte) *Proxy {
 	creds := newCredentials("ASIAY34FZKBOKMUTVV7A", testSecret, strings.Repeat("IQoJb3JpZ2luX2VjE", 40), time.Time{}, sourceIMDS)
 	return &Proxy{
-		routes:    buildRoutes([]routeSpec{{"/", "media-bucket", ""}}, &url.URL{Scheme: "https", Host: "s3.eu-west-1.amazonaws.com"}, false),
+		routes:    buildRoutes([]routeSpec{{"/", "media-bucket", ""}}, &url.URL{Scheme: "https", Host: "s3.eu-west-1.amazonaws.com"}, false, false),
 		scheme:    "https",
 		signer:    &Signer{Region: "eu-west-1"},
 		creds:     &credentialCache{provider: staticProvider{creds}, log: slog.New(slog.DiscardHandler)},
@@ -1130,7 +1130,7 @@ func TestHedgeClientCancelsClosesBothConnections(t *testing.T) {
 	srv.Start()
 	t.Cleanup(srv.Close)
 	endpoint, _ := url.Parse(srv.URL)
-	tp.routes = buildRoutes([]routeSpec{{"/", testBucket, ""}}, endpoint, false)
+	tp.routes = buildRoutes([]routeSpec{{"/", testBucket, ""}}, endpoint, false, false)
 	tp.policy.hedge = hedgePolicy{mode: hedgeFixed, fixed: 20 * time.Millisecond}
 	ctx, cancel := context.WithCancel(t.Context())
 	go func() {

@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"sort"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -28,6 +30,47 @@ type route struct {
 	// latency is S3's recent times to first byte for this route, for the
 	// hedge delay; shared by every copy of the route.
 	latency *latencyWindow
+	// signer signs the route's requests when it is not the proxy's SigV4
+	// signer: SigV4A for a Multi-Region Access Point. nil otherwise.
+	signer requestSigner
+	// accessPoint is the Multi-Region Access Point's alias (ALIAS.mrap)
+	// when bucket is one's ARN; "" for a bucket.
+	accessPoint string
+}
+
+// requestSigner signs one upstream request or presigns a URL: SigV4 for a
+// bucket, SigV4A for a Multi-Region Access Point.
+type requestSigner interface {
+	Sign(h http.Header, in *signingRequest, creds *Credentials, t time.Time)
+	Presign(in signingRequest, creds *Credentials, t time.Time, expires time.Duration) (string, error)
+}
+
+// mrapHostSuffix is the global endpoint of Multi-Region Access Points:
+// requests go to https://ALIAS.mrap.accesspoint.s3-global.amazonaws.com/KEY.
+const mrapHostSuffix = ".accesspoint.s3-global.amazonaws.com"
+
+// mrapAlias returns the alias of a Multi-Region Access Point ARN,
+// arn:aws:s3::ACCOUNT:accesspoint/ALIAS.mrap (the form the AWS SDKs take
+// as a bucket), or an error saying what is wrong; ok is false when b is
+// not an access point ARN at all.
+func mrapAlias(b string) (alias string, ok bool, err error) {
+	rest, found := strings.CutPrefix(b, "arn:")
+	if !found {
+		return "", false, nil
+	}
+	const form = "must be arn:aws:s3::ACCOUNT:accesspoint/ALIAS.mrap (a Multi-Region Access Point)"
+	partition, rest, _ := strings.Cut(rest, ":s3::")
+	account, resource, _ := strings.Cut(rest, ":accesspoint/")
+	name, isMRAP := strings.CutSuffix(resource, ".mrap")
+	if partition != "aws" || len(account) != 12 || strings.Trim(account, "0123456789") != "" || !isMRAP || name == "" || len(name) > 63 {
+		return "", true, errors.New(form)
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9') {
+			return "", true, errors.New(form + ": the alias is lower-case letters and digits")
+		}
+	}
+	return resource, true, nil
 }
 
 // uri is the request target of key (relative to the route) at S3, encoded
@@ -131,6 +174,9 @@ type routeSpec struct {
 // checkBucket applies S3's bucket naming rules, loosely enough for legacy
 // us-east-1 names (upper case, '_'), which then use path style.
 func checkBucket(b string) error {
+	if _, ok, err := mrapAlias(b); ok {
+		return err
+	}
 	if len(b) < 3 || len(b) > 255 {
 		return errors.New("must be 3 to 255 characters")
 	}
@@ -184,6 +230,11 @@ func parseRoute(v string) (routeSpec, error) {
 		return routeSpec{}, fmt.Errorf("path prefix: %w", err)
 	}
 	bucket, keyPrefix, _ := strings.Cut(target, "/")
+	if strings.HasPrefix(target, "arn:") { // arn:…:accesspoint/ALIAS.mrap[/KEYPREFIX]
+		arn, rest, _ := strings.Cut(target, ":accesspoint/")
+		alias, prefix, _ := strings.Cut(rest, "/")
+		bucket, keyPrefix = arn+":accesspoint/"+alias, prefix
+	}
 	if err := checkBucket(bucket); err != nil {
 		return routeSpec{}, fmt.Errorf("bucket %q: %w", bucket, err)
 	}
@@ -194,13 +245,23 @@ func parseRoute(v string) (routeSpec, error) {
 }
 
 // buildRoutes resolves each route's host and addressing style, longest
-// path prefix first.
-func buildRoutes(specs []routeSpec, endpoint *url.URL, forcePath bool) []route {
+// path prefix first. A Multi-Region Access Point is reached at its global
+// host, or at endpoint when customEndpoint (a private endpoint, a test),
+// with the key as the path, and signed with SigV4A for every region.
+func buildRoutes(specs []routeSpec, endpoint *url.URL, forcePath, customEndpoint bool) []route {
 	endpointHost := endpoint.Hostname()
 	literalHost := endpointHost == "localhost" || net.ParseIP(endpointHost) != nil
 	routes := make([]route, 0, len(specs))
 	for _, sp := range specs {
 		r := route{pathPrefix: sp.pathPrefix, bucket: sp.bucket, keyPrefix: sp.keyPrefix, latency: &latencyWindow{}}
+		if alias, ok, _ := mrapAlias(sp.bucket); ok {
+			r.accessPoint, r.signer, r.host = alias, &SignerV4A{RegionSet: "*"}, alias+mrapHostSuffix
+			if customEndpoint {
+				r.host = endpoint.Host
+			}
+			routes = append(routes, r)
+			continue
+		}
 		// Dots break the TLS wildcard *.s3.REGION.amazonaws.com; an IP or
 		// localhost endpoint cannot carry a bucket label.
 		if forcePath || literalHost || strings.Contains(sp.bucket, ".") || !dnsCompatibleBucket(sp.bucket) {

@@ -25,7 +25,7 @@ func TestBuildRoutesAddressing(t *testing.T) {
 		{"legacy name", "Legacy_Bucket", aws, false, "s3.eu-west-1.amazonaws.com", "/Legacy_Bucket"},
 	}
 	for _, tt := range tests {
-		r := buildRoutes([]routeSpec{{"/", tt.bucket, ""}}, tt.endpoint, tt.force)[0]
+		r := buildRoutes([]routeSpec{{"/", tt.bucket, ""}}, tt.endpoint, tt.force, false)[0]
 		if r.host != tt.host || r.uriPrefix != tt.prefix {
 			t.Errorf("%s: host %q prefix %q, want %q %q", tt.name, r.host, r.uriPrefix, tt.host, tt.prefix)
 		}
@@ -60,7 +60,7 @@ func TestValidateKey(t *testing.T) {
 
 func TestRouteURIAndURL(t *testing.T) {
 	endpoint, _ := url.Parse("https://s3.eu-west-1.amazonaws.com")
-	routes := buildRoutes([]routeSpec{{"/", "media", ""}, {"/ads/", "my.dotted.bucket", "pre roll/"}}, endpoint, false)
+	routes := buildRoutes([]routeSpec{{"/", "media", ""}, {"/ads/", "my.dotted.bucket", "pre roll/"}}, endpoint, false, false)
 	virtual, path := routes[1], routes[0] // longest prefix first
 	if got := virtual.uri("a b/c+d.mp4"); got != "/a%20b/c%2Bd.mp4" {
 		t.Errorf("virtual-hosted uri = %q", got)
@@ -79,7 +79,7 @@ func TestRouteURIAndURL(t *testing.T) {
 
 func TestMapPath(t *testing.T) {
 	endpoint, _ := url.Parse("http://127.0.0.1:9000")
-	routes := buildRoutes([]routeSpec{{"/", "media", ""}, {"/avod/", "media", "ads/"}}, endpoint, false)
+	routes := buildRoutes([]routeSpec{{"/", "media", ""}, {"/avod/", "media", "ads/"}}, endpoint, false, false)
 	tests := []struct {
 		path, bucketPrefix, key string
 		err                     error
@@ -98,5 +98,41 @@ func TestMapPath(t *testing.T) {
 		if !errors.Is(err, tt.err) || err == nil && (rt.keyPrefix != tt.bucketPrefix || key != tt.key) {
 			t.Errorf("mapPath(%.40q) = %q %q %v, want %q %q %v", tt.path, rt.keyPrefix, key, err, tt.bucketPrefix, tt.key, tt.err)
 		}
+	}
+}
+
+func TestMultiRegionAccessPointARN(t *testing.T) {
+	for _, tt := range []struct {
+		arn, alias string
+		isARN, ok  bool
+	}{
+		{"media-bucket", "", false, true},
+		{"arn:aws:s3::123456789012:accesspoint/mfzwi23gnjvgw.mrap", "mfzwi23gnjvgw.mrap", true, true},
+		{"arn:aws:s3::12345678901:accesspoint/mfzwi23gnjvgw.mrap", "", true, false},           // an 11-digit account
+		{"arn:aws:s3::123456789012:accesspoint/my-ap", "", true, false},                       // a regional access point
+		{"arn:aws-cn:s3::123456789012:accesspoint/mfzwi23gnjvgw.mrap", "", true, false},       // no MRAP there
+		{"arn:aws:s3::123456789012:accesspoint/Upper.mrap", "", true, false},                  // aliases are lower case
+		{"arn:aws:s3:us-east-1:123456789012:accesspoint/mfzwi23gnjvgw.mrap", "", true, false}, // a region in the ARN
+	} {
+		alias, isARN, err := mrapAlias(tt.arn)
+		if alias != tt.alias || isARN != tt.isARN || (err == nil) != tt.ok {
+			t.Errorf("mrapAlias(%q) = %q %v %v", tt.arn, alias, isARN, err)
+		}
+		if err := checkBucket(tt.arn); (err == nil) != tt.ok {
+			t.Errorf("checkBucket(%q) = %v", tt.arn, err)
+		}
+	}
+	spec, err := parseRoute("/global/=arn:aws:s3::123456789012:accesspoint/mfzwi23gnjvgw.mrap/vod/")
+	if err != nil || spec.bucket != "arn:aws:s3::123456789012:accesspoint/mfzwi23gnjvgw.mrap" || spec.keyPrefix != "vod/" {
+		t.Errorf("parseRoute with an access point = %+v, %v", spec, err)
+	}
+	endpoint, _ := url.Parse("https://s3.us-east-1.amazonaws.com")
+	rt := buildRoutes([]routeSpec{spec}, endpoint, false, false)[0]
+	if rt.host != "mfzwi23gnjvgw.mrap.accesspoint.s3-global.amazonaws.com" || rt.uri("k.mp4") != "/vod/k.mp4" || rt.signer == nil {
+		t.Errorf("access point route: host %q, uri %q, signer %v", rt.host, rt.uri("k.mp4"), rt.signer)
+	}
+	private, _ := url.Parse("https://mrap.vpce.example:8443")
+	if rt := buildRoutes([]routeSpec{spec}, private, false, true)[0]; rt.host != "mrap.vpce.example:8443" || rt.uri("k.mp4") != "/vod/k.mp4" {
+		t.Errorf("access point behind -endpoint: host %q, uri %q", rt.host, rt.uri("k.mp4"))
 	}
 }

@@ -8,13 +8,16 @@ package main
 // are never compared).
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"io"
 	"math/big"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -261,5 +264,57 @@ func BenchmarkSignV4A(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		s.Sign(h, in, creds, at)
+	}
+}
+
+func TestReferenceV4APublicKey(t *testing.T) {
+	if !referenceV4APublicKey(suiteAccessKeyID, suiteSecret).Equal(v4aPublicKey(t, v4aPublicX, v4aPublicY)) {
+		t.Error("the access point stand-in's own derivation does not give the suite's public key")
+	}
+}
+
+// TestMultiRegionAccessPoint: -bucket as an access point ARN sends every
+// request to the access point with the key as the path, signed with SigV4A
+// for region set "*", which a stand-in verifying each signature accepts:
+// an object, a range, a HEAD and a missing key; -presign makes a SigV4A URL
+// the stand-in accepts too.
+func TestMultiRegionAccessPoint(t *testing.T) {
+	ap, srv := newFakeAccessPoint(t)
+	body := []byte("a segment behind a Multi-Region Access Point")
+	ap.objects["videos/seg-1.ts"] = body
+	const arn = "arn:aws:s3::123456789012:accesspoint/mfzwi23gnjvgw.mrap"
+	d := startDaemon(t, []string{"-bucket", arn, "-prefix", "videos/", "-region", "us-east-1", "-endpoint", srv.URL, "-access-log"}, staticEnv())
+	if resp, got := get(t, "GET", "http://"+d.addr+"/seg-1.ts", nil); resp.StatusCode != 200 || !bytes.Equal(got, body) {
+		t.Errorf("GET through the access point = %d %q", resp.StatusCode, got)
+	}
+	if resp, got := get(t, "GET", "http://"+d.addr+"/seg-1.ts", http.Header{"Range": {"bytes=2-8"}}); resp.StatusCode != 206 || string(got) != string(body[2:9]) {
+		t.Errorf("Range through the access point = %d %q", resp.StatusCode, got)
+	}
+	if resp, _ := get(t, "HEAD", "http://"+d.addr+"/seg-1.ts", nil); resp.StatusCode != 200 || resp.ContentLength != int64(len(body)) {
+		t.Errorf("HEAD through the access point = %d, length %d", resp.StatusCode, resp.ContentLength)
+	}
+	if resp, _ := get(t, "GET", "http://"+d.addr+"/missing.ts", nil); resp.StatusCode != 404 {
+		t.Errorf("a missing key through the access point = %d, want 404", resp.StatusCode)
+	}
+	ap.mu.Lock()
+	verified := ap.verified
+	ap.mu.Unlock()
+	if verified != 4 {
+		t.Errorf("the stand-in verified %d SigV4A signatures, want 4:\n%s", verified, d.logs)
+	}
+
+	var out bytes.Buffer
+	if err := run(t.Context(), []string{"-bucket", arn, "-region", "us-east-1", "-endpoint", srv.URL, "-presign", "videos/seg-1.ts"},
+		envFrom(staticEnv()), &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	presigned := strings.TrimSpace(out.String())
+	for _, want := range []string{srv.URL + "/videos/seg-1.ts?", "X-Amz-Algorithm=AWS4-ECDSA-P256-SHA256", "X-Amz-Region-Set=%2A", "X-Amz-Signature="} {
+		if !strings.Contains(presigned, want) {
+			t.Errorf("presigned URL %q lacks %q", presigned, want)
+		}
+	}
+	if resp, got := get(t, "GET", presigned, nil); resp.StatusCode != 200 || !bytes.Equal(got, body) {
+		t.Errorf("GET of the presigned URL = %d %q", resp.StatusCode, got)
 	}
 }
