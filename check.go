@@ -224,6 +224,12 @@ func (c *checker) probe(ctx context.Context, p *Proxy, rt route, method, key str
 // bucket exists, lives in the signing region, and accepts the signature.
 func (c *checker) checkBucket(ctx context.Context, p *Proxy, rt route, region string) (bucketProbe, bool) {
 	step := "bucket " + rt.bucket
+	answers := "exists and answers in region " + region
+	if rt.accessPoint != "" {
+		// SigV4A for every region: S3 routes to the nearest healthy copy.
+		step = "access point " + rt.accessPoint
+		answers = "answers SigV4A requests for every region (x-amz-region-set *)"
+	}
 	if rt.pathPrefix != "/" {
 		step += " (route " + rt.pathPrefix + ")"
 	}
@@ -258,7 +264,7 @@ func (c *checker) checkBucket(ctx context.Context, p *Proxy, rt route, region st
 		return pr, false
 	case pr.status == http.StatusNotFound || pr.status == http.StatusForbidden && d.code == "AccessDenied" ||
 		pr.status == http.StatusOK || pr.status == http.StatusPartialContent || pr.status == http.StatusRequestedRangeNotSatisfiable:
-		c.pass(step, fmt.Sprintf("exists and answers in region %s at %s://%s", region, p.scheme, rt.host))
+		c.pass(step, fmt.Sprintf("%s at %s://%s", answers, p.scheme, rt.host))
 		return pr, true
 	}
 	c.fail(step, fmt.Sprintf("unexpected answer %d %s", pr.status, d.code), "check -endpoint and -path-style")

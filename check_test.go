@@ -125,3 +125,22 @@ func TestCheckListenersUnderSocketActivation(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckAccessPoint: -check probes a Multi-Region Access Point with
+// SigV4A, as the proxy reaches it, and names it.
+func TestCheckAccessPoint(t *testing.T) {
+	ap, srv := newFakeAccessPoint(t)
+	ap.objects["videos/hello.txt"] = []byte("hello")
+	var out bytes.Buffer
+	err := run(t.Context(), []string{"-check", "-bucket", "arn:aws:s3::123456789012:accesspoint/mfzwi23gnjvgw.mrap", "-region", "us-east-1",
+		"-endpoint", srv.URL, "-listen", "127.0.0.1:0", "-check-key", "/videos/hello.txt"}, envFrom(staticEnv()), &out, &bytes.Buffer{})
+	if err != nil {
+		t.Errorf("-check = %v\n%s", err, out.String())
+	}
+	for _, want := range []string{"PASS  access point mfzwi23gnjvgw.mrap: answers SigV4A requests for every region",
+		"PASS  read /videos/hello.txt: HEAD"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
