@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -46,6 +47,8 @@ type config struct {
 	prefix          string
 	region          string
 	routes          []string // every -route, unparsed
+	replicas        []string // every -replica, unparsed
+	regionEndpoints []string // every -region-endpoint, unparsed
 	endpoint        string
 	pathStyle       bool
 	credentials     string
@@ -100,6 +103,10 @@ type config struct {
 	// routeSpecs are the default route and every -route, before the
 	// endpoint (and so the host) is known.
 	routeSpecs []routeSpec
+	// replicaSpecs are the -replica copies of each primary bucket, in the
+	// order given; regionEndpointURLs the -region-endpoint URLs by region.
+	replicaSpecs       map[string][]replicaSpec
+	regionEndpointURLs map[string]*url.URL
 	// level is -log-level parsed.
 	level slog.Level
 	// imdsURL is the IMDS base URL without a trailing '/'.
@@ -210,6 +217,50 @@ func (c *config) resolveRouting(p *problems, getenv func(string) string) {
 			p.bad("endpoint", c.endpoint, err.Error())
 		}
 		c.endpointURL = u
+	}
+	c.resolveReplicas(p)
+}
+
+// resolveReplicas checks -replica and -region-endpoint: each replica names
+// a primary that is served, another bucket, and a region.
+func (c *config) resolveReplicas(p *problems) {
+	primaries := map[string]bool{}
+	for _, sp := range c.routeSpecs {
+		primaries[sp.bucket] = true
+	}
+	c.replicaSpecs = map[string][]replicaSpec{}
+	for _, v := range c.replicas {
+		primary, rs, err := parseReplica(v)
+		switch {
+		case err != nil:
+			p.bad("replica", v, err.Error())
+		case !primaries[primary]:
+			p.bad("replica", v, "primary "+primary+" is neither -bucket nor a -route bucket")
+		case rs.bucket == primary:
+			p.bad("replica", v, "the replica is the primary itself")
+		case slices.Contains(c.replicaSpecs[primary], rs):
+			p.bad("replica", v, "given twice")
+		default:
+			if _, mrap, _ := mrapAlias(primary); mrap {
+				p.bad("replica", v, "a Multi-Region Access Point fails over by itself")
+				continue
+			}
+			c.replicaSpecs[primary] = append(c.replicaSpecs[primary], rs)
+		}
+	}
+	c.regionEndpointURLs = map[string]*url.URL{}
+	for _, v := range c.regionEndpoints {
+		region, raw, ok := strings.Cut(v, "=")
+		if !ok || !isRegionName(region) {
+			p.bad("region-endpoint", v, "must be REGION=URL, such as us-west-2=https://bucket.vpce-1a2b.s3.us-west-2.vpce.amazonaws.com")
+			continue
+		}
+		u, err := parseEndpoint(raw)
+		if err != nil {
+			p.bad("region-endpoint", v, err.Error())
+			continue
+		}
+		c.regionEndpointURLs[region] = u
 	}
 }
 
@@ -419,17 +470,6 @@ func isLoopbackHost(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// isRegionName reports whether r looks like an AWS region name.
-func isRegionName(r string) bool {
-	for i := 0; i < len(r); i++ {
-		c := r[i]
-		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
-			return false
-		}
-	}
-	return r != "" && len(r) <= 32
-}
-
 // parseEndpoint accepts http(s)://HOST[:PORT] with no path, query or user,
 // and drops a default port so the signed Host matches what S3 sees.
 func parseEndpoint(v string) (*url.URL, error) {
@@ -467,11 +507,6 @@ func newUpstreamTransport(timeout time.Duration) *http.Transport {
 		// and silently decodes the body, changing its length.
 		DisableCompression: true,
 	}
-}
-
-// defaultEndpoint is S3's regional endpoint.
-func defaultEndpoint(region string) *url.URL {
-	return &url.URL{Scheme: "https", Host: "s3." + region + ".amazonaws.com"}
 }
 
 // newCredentialCaches builds the chosen source behind a cache and, with
@@ -532,7 +567,8 @@ func (c *config) discoverRegion(ctx context.Context) error {
 // newProxy builds the request handler from the configuration.
 func newProxy(cfg config, creds credentialGetter, metrics *Metrics, log *slog.Logger) *Proxy {
 	return &Proxy{
-		routes: buildRoutes(cfg.routeSpecs, cfg.endpointURL, cfg.pathStyle, cfg.endpoint != ""), scheme: cfg.endpointURL.Scheme,
+		routes: withReplicas(buildRoutes(cfg.routeSpecs, cfg.endpointURL, cfg.pathStyle, cfg.endpoint != ""), cfg.replicaSpecs, cfg.regionEndpointURLs, cfg.pathStyle),
+		scheme: cfg.endpointURL.Scheme,
 		signer: &Signer{Region: cfg.region}, creds: creds, transport: newUpstreamTransport(cfg.timeout),
 		metrics: metrics, log: log, accessLog: cfg.accessLog, bodyTimeout: cfg.timeout, idle: make(chan struct{}, 1),
 		policy: retryPolicy{limit: cfg.retries, budget: newRetryBudget(int64(cfg.retryBudget), log), hedge: cfg.hedgePolicy, hedges: newHedgeAllowance()},

@@ -95,6 +95,12 @@ func (m *Metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		case durationKind:
 			p.histogram(d.prom, d.help, m.agg.histograms[id])
 		case gaugeKind, totalKind:
+			if set := m.gaugeSetOf(metricID(id)); set.read != nil {
+				p.family(d.prom, "gauge", d.help)
+				for i, v := range set.values {
+					p.sample(d.prom, d.labels[0].name+`="`+v+`"`, set.read(i))
+				}
+			}
 			if read := m.reader(metricID(id)); read != nil {
 				kind := "gauge"
 				if d.kind == totalKind {
@@ -368,6 +374,11 @@ func (p *newRelicPusher) collect() []byte {
 		case durationKind:
 			p.summary(&batch, metricID(id), a.histograms[id])
 		case gaugeKind, totalKind:
+			if set := p.metrics.gaugeSetOf(metricID(id)); set.read != nil {
+				for i, v := range set.values {
+					batch.Metrics = append(batch.Metrics, nrMetric{Name: name, Type: "gauge", Value: set.read(i), Attributes: map[string]any{d.labels[0].name: v}})
+				}
+			}
 			if read := p.metrics.reader(metricID(id)); read != nil {
 				batch.Metrics = append(batch.Metrics, nrMetric{Name: name, Type: "gauge", Value: read()})
 			}

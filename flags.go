@@ -32,6 +32,8 @@ func newFlagSet(cfg *config, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.bucket, "bucket", "", "S3 bucket served under / (required)")
 	fs.StringVar(&cfg.prefix, "prefix", "", "key prefix prepended to every key of -bucket, e.g. videos/")
 	fs.StringVar(&cfg.region, "region", "", "bucket region; default $AWS_REGION, then $AWS_DEFAULT_REGION, then the instance's region from IMDS")
+	fs.Var((*routeFlags)(&cfg.replicas), "replica", "PRIMARY=REPLICA@REGION: a copy of PRIMARY (-bucket or a -route bucket) in another region, used when PRIMARY's region cannot serve; repeatable, tried in the order given")
+	fs.Var((*routeFlags)(&cfg.regionEndpoints), "region-endpoint", "REGION=URL: the endpoint of a replica's region when AWS's regional endpoint does not fit (a VPC endpoint, an S3-compatible server); repeatable")
 	fs.Var((*routeFlags)(&cfg.routes), "route", "PATHPREFIX=BUCKET[/KEYPREFIX]: serve another bucket under a URL prefix, e.g. /avod/=ads-bucket; repeatable, longest prefix wins")
 	fs.StringVar(&cfg.endpoint, "endpoint", "", "S3 endpoint URL; default https://s3.REGION.amazonaws.com with virtual-hosted addressing")
 	fs.BoolVar(&cfg.pathStyle, "path-style", false, "force path-style addressing (automatic for buckets with dots and IP or localhost endpoints)")
@@ -110,7 +112,7 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 			return
 		}
 		values := []string{v}
-		if f.Name == "route" {
+		if f.Name == "route" || f.Name == "replica" || f.Name == "region-endpoint" {
 			values = strings.Split(v, ",")
 		}
 		for _, one := range values {

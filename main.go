@@ -242,6 +242,18 @@ func newNewRelicPusher(cfg config, metrics *Metrics, log *slog.Logger) *newRelic
 // registerGauges adds the values read when an output reports.
 func registerGauges(metrics *Metrics, proxy *Proxy, cache *credentialCache, statsd *statsdEmitter) {
 	metrics.Gauge(mInFlight, proxy.InFlight)
+	if states, _ := proxy.bucketStates(); len(states) > 0 {
+		names := make([]string, len(states))
+		for i, s := range states {
+			names[i] = s.bucket
+		}
+		metrics.GaugeSet(mBucketUp, names, func(i int) int64 {
+			if states, _ := proxy.bucketStates(); i < len(states) && states[i].up {
+				return 1
+			}
+			return 0
+		})
+	}
 	if budget := proxy.policy.budget; budget != nil {
 		metrics.Gauge(mRetryBudgetTokens, budget.Tokens)
 	}
@@ -286,7 +298,7 @@ func listenAndServe(ctx context.Context, cfg config, passed inherited, proxy *Pr
 		}
 	}
 	if aln != nil {
-		admin := &http.Server{Handler: adminHandler(cache, metrics, credentialSourceName(cfg), cfg.pprof, proxy.Draining), ReadHeaderTimeout: readHeaderTimeout, ErrorLog: errorLog}
+		admin := &http.Server{Handler: adminHandler(cache, metrics, credentialSourceName(cfg), cfg.pprof, proxy), ReadHeaderTimeout: readHeaderTimeout, ErrorLog: errorLog}
 		servers = append(servers, serving{"admin", admin, aln})
 		log.Info("admin listening", "addr", aln.Addr().String(), "pprof", cfg.pprof)
 	}
@@ -407,7 +419,7 @@ func removeStaleSocket(path string) {
 
 // adminHandler serves /healthz, /metrics (Prometheus) and, with withPprof,
 // /debug/pprof/.
-func adminHandler(cache *credentialCache, metrics *Metrics, source string, withPprof bool, draining func() bool) http.Handler {
+func adminHandler(cache *credentialCache, metrics *Metrics, source string, withPprof bool, proxy *Proxy) http.Handler {
 	mux := http.NewServeMux()
 	if metrics != nil && metrics.agg != nil {
 		mux.Handle("GET /metrics", metrics)
@@ -415,7 +427,11 @@ func adminHandler(cache *credentialCache, metrics *Metrics, source string, withP
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		status := cache.Status(time.Now())
 		ok, reason := status.Healthy()
-		if draining() {
+		buckets, noCopyUp := proxy.bucketStates()
+		if ok && noCopyUp {
+			ok, reason = false, "no copy of a bucket can serve: the bucket and all its replicas are marked down"
+		}
+		if proxy.Draining() {
 			// From SIGTERM on: readiness probes and load balancers stop
 			// sending while requests in flight finish.
 			ok, reason = false, "draining: shutting down, requests in flight are finishing"
@@ -431,6 +447,13 @@ func adminHandler(cache *credentialCache, metrics *Metrics, source string, withP
 		fmt.Fprintf(w, "source=%s access_key_id=%s age=%s expires_in=%s extended=%t refreshes=%d failures=%d\n",
 			status.Source, status.AccessKeyID, status.Age.Round(time.Second), durationText(status.ExpiresIn), status.Extended, status.Refreshes, status.Failures)
 		fmt.Fprintf(w, "credentials: %s\n", source)
+		for _, b := range buckets {
+			state := "up"
+			if !b.up {
+				state = "down"
+			}
+			fmt.Fprintf(w, "bucket %s (%s): %s\n", b.bucket, b.region, state)
+		}
 	})
 	if withPprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)

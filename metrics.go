@@ -11,6 +11,7 @@ package main
 
 import (
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,6 +34,8 @@ const (
 	mHedgeCancels
 	mBudgetRefused
 	mRetryBudgetTokens
+	mFailovers
+	mBucketUp
 	mCredentialRefreshes
 	mCredentialFailures
 	mCredentialExtensions
@@ -140,6 +143,10 @@ var metricTable = [metricCount]metricDef{
 		help: "Retries, resumes and hedges not sent: the retry budget was empty (retry, resume, hedge) or hedges reached their share of requests (hedge_rate)."},
 	mRetryBudgetTokens: {name: "upstream.retry_budget_tokens", prom: "retry_budget_tokens", kind: gaugeKind, outputs: allOutputs,
 		help: "Tokens left in the retry budget (500 when full; a retry costs 5, a timeout retry 10)."},
+	mFailovers: {name: "upstream.failovers", prom: "upstream_failovers_total", kind: counterKind, outputs: allOutputs,
+		help: "Fetches sent on to a replica because a bucket's region could not serve (connect errors, timeouts, 5xx after the retries)."},
+	mBucketUp: {name: "upstream.bucket_up", prom: "bucket_up", kind: gaugeKind, outputs: allOutputs, labels: []labelDim{{name: "bucket"}},
+		help: "1 while a bucket with replicas, or a replica, is up; 0 while it is marked down (one series per configured bucket)."},
 	mCredentialRefreshes: {name: "credentials.refreshes", prom: "credential_refreshes_total", kind: counterKind, outputs: allOutputs,
 		help: "New credential sets fetched."},
 	mCredentialFailures: {name: "credentials.failures", prom: "credential_failures_total", kind: counterKind, outputs: allOutputs,
@@ -204,9 +211,18 @@ type Metrics struct {
 	// agg holds the aggregates; nil when no output reads them.
 	agg *aggregates
 
-	readsMu sync.Mutex // guards reads
+	readsMu sync.Mutex // guards reads and sets
 	// reads are the registered gauges and totals.
 	reads [metricCount]func() int64
+	// sets are the gauges whose label values come from the configuration.
+	sets [metricCount]gaugeSet
+}
+
+// gaugeSet is a gauge with one series per configured value (a bucket
+// name): the values come from the configuration only, never a request.
+type gaugeSet struct {
+	values []string
+	read   func(i int) int64
 }
 
 // aggregates are the cumulative totals outputs read, one slot per label
@@ -314,6 +330,31 @@ func (m *Metrics) Gauge(id metricID, read func() int64) {
 	if d := &metricTable[id]; d.kind == gaugeKind && d.outputs&toStatsd != 0 {
 		m.statsd.GaugeFunc(d.name, read)
 	}
+}
+
+// GaugeSet registers a gauge with one series per value of its one label,
+// read whenever an output reports. values come from the configuration.
+func (m *Metrics) GaugeSet(id metricID, values []string, read func(i int) int64) {
+	if m == nil || len(values) == 0 {
+		return
+	}
+	m.readsMu.Lock()
+	m.sets[id] = gaugeSet{values, read}
+	m.readsMu.Unlock()
+	for i, v := range values {
+		m.statsd.GaugeFunc(metricTable[id].name+"."+statsdSegment(v), func() int64 { return read(i) })
+	}
+}
+
+// statsdSegment makes a configured value one statsd name segment: '.'
+// would split it, so it becomes '_'.
+func statsdSegment(v string) string { return strings.ReplaceAll(v, ".", "_") }
+
+// gaugeSetOf returns the registered set of id.
+func (m *Metrics) gaugeSetOf(id metricID) gaugeSet {
+	m.readsMu.Lock()
+	defer m.readsMu.Unlock()
+	return m.sets[id]
 }
 
 // reader returns the registered read function of id, or nil.

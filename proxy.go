@@ -5,6 +5,7 @@ package main
 // error mapping.
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -138,6 +139,31 @@ func (p *Proxy) signerFor(rt *route) requestSigner {
 // InFlight returns how many requests are being served.
 func (p *Proxy) InFlight() int64 { return p.inFlight.Load() }
 
+// bucketState is one configured bucket with replicas, or a replica, for
+// /healthz and the bucket_up gauge.
+type bucketState struct {
+	bucket, region string
+	up             bool
+}
+
+// bucketStates lists every bucket with replicas and each replica, and
+// whether some route has no copy up (all marked down).
+func (p *Proxy) bucketStates() (states []bucketState, noCopyUp bool) {
+	for _, rt := range p.routes {
+		if rt.health == nil {
+			continue
+		}
+		anyUp := false
+		for _, c := range append([]route{rt}, rt.replicas...) {
+			up := c.health.Up()
+			anyUp = anyUp || up
+			states = append(states, bucketState{c.bucket, cmp.Or(c.region, p.signer.Region), up})
+		}
+		noCopyUp = noCopyUp || !anyUp
+	}
+	return states, noCopyUp
+}
+
 // Draining reports whether shutdown has begun.
 func (p *Proxy) Draining() bool { return p.draining.Load() }
 
@@ -222,7 +248,7 @@ func (p *Proxy) upstreamFor(r *http.Request, x *exchange) (upstreamRequest, erro
 	if err := checkRequestHeaders(r.Header); err != nil {
 		return upstreamRequest{}, badRequest(http.StatusBadRequest, err)
 	}
-	return upstreamRequest{route: rt, method: r.Method, client: r.Header,
+	return upstreamRequest{route: rt, method: r.Method, client: r.Header, key: key,
 		uri: rt.uri(key), query: canonicalQuery(params)}, nil
 }
 
@@ -234,6 +260,8 @@ type upstreamRequest struct {
 	// client is the inbound request's header, read only: each attempt
 	// copies the forwarded ones from it.
 	client http.Header
+	// key is the client's key, relative to the route (for a replica's uri).
+	key string
 	// uri and query are canonical and are sent exactly as signed.
 	uri   string
 	query string
@@ -260,7 +288,7 @@ func (p *Proxy) newRequest(ctx context.Context, up *upstreamRequest, creds *Cred
 	h["User-Agent"] = []string{userAgent}
 	req := &http.Request{
 		Method:     up.method,
-		URL:        upstreamURL(p.scheme, up.route.host, up.uri, up.query),
+		URL:        upstreamURL(cmp.Or(up.route.scheme, p.scheme), up.route.host, up.uri, up.query),
 		Proto:      "HTTP/1.1",
 		ProtoMajor: 1,
 		ProtoMinor: 1,
@@ -280,13 +308,94 @@ func (p *Proxy) newRequest(ctx context.Context, up *upstreamRequest, creds *Cred
 	return req
 }
 
-// fetch sends up until S3 answers for good: each attempt (hedged when S3
-// is slow to answer) returns its facts, decide says what they call for, and
-// fetch applies it (a correction, or a paced retry the policy and the
-// budget allow) and records the exchange. spent is what the budget already
-// paid for the first attempt (a resume's cost, or 0). The error is set only
-// when no answer can be passed on.
+// fetch gets S3's answer from the route's bucket or, when its region cannot
+// serve, from its replicas in order: only for the answer itself (a resume
+// stays with the bucket that started the response: the ETag pins the
+// object there), only after the retry policy gave up, and never for an
+// answer that is S3's word (4xx). A bucket marked down is skipped but for
+// its probes. up.route is left on the copy that answered.
 func (p *Proxy) fetch(ctx context.Context, up *upstreamRequest, x *exchange, spent int64) (upstreamAnswer, error) {
+	if up.rest != nil || len(up.route.replicas) == 0 {
+		return p.fetchFrom(ctx, up, x, spent)
+	}
+	copies := append(make([]route, 0, 1+len(up.route.replicas)), up.route)
+	copies = append(copies, up.route.replicas...)
+	order := p.admitted(copies)
+	var answer upstreamAnswer
+	var err error
+	for i, c := range order {
+		try := *up
+		try.route, try.uri = c.route, c.route.uri(up.key)
+		answer, err = p.fetchFrom(ctx, &try, x, spent)
+		down := regionCannotServe(answer, err)
+		p.reportHealth(&c.route, !down, c.probe)
+		*up = try
+		if !down || ctx.Err() != nil {
+			return answer, err
+		}
+		if i+1 < len(order) {
+			p.metrics.Inc(mFailovers)
+			p.log.Debug("failing over", "key", x.key, "from", c.route.bucket, "to", order[i+1].route.bucket, "err", err, "status", answer.status)
+		}
+	}
+	return answer, err
+}
+
+// admittedCopy is one copy a fetch may try, and whether it is a probe.
+type admittedCopy struct {
+	route route
+	probe bool
+}
+
+// admitted is the copies a fetch tries, in order, skipping those marked
+// down (but for their probes); when every copy is down, all are tried:
+// refusing would not serve anyone.
+func (p *Proxy) admitted(copies []route) []admittedCopy {
+	now := p.now.read()
+	order := make([]admittedCopy, 0, len(copies))
+	for _, c := range copies {
+		if ok, probe := c.health.admit(now); ok {
+			order = append(order, admittedCopy{c, probe})
+		}
+	}
+	if len(order) == 0 {
+		for _, c := range copies {
+			order = append(order, admittedCopy{route: c})
+		}
+	}
+	return order
+}
+
+// reportHealth records how a fetch from rt ended and logs a transition.
+func (p *Proxy) reportHealth(rt *route, served, probe bool) {
+	switch rt.health.report(served, probe, p.now.read()) {
+	case markedDown:
+		p.log.Warn("bucket marked down: its region keeps failing; requests go to its replica, and a probe tries it again every few seconds",
+			"bucket", rt.bucket, "region", cmp.Or(rt.region, p.signer.Region), "failures", markDownAfter)
+	case cameBack:
+		p.log.Info("bucket back up: it answered a probe; it takes its traffic back", "bucket", rt.bucket, "region", cmp.Or(rt.region, p.signer.Region))
+	}
+}
+
+// regionCannotServe reports a fetch that failed for the region's sake: a
+// connect error, a timeout or a transport failure, or a 500, 502, 503 or
+// 504 once the retries were spent. S3's 4xx answers are its word, and a
+// client gone or missing credentials are no region's fault.
+func regionCannotServe(answer upstreamAnswer, err error) bool {
+	var perr *proxyError
+	if errors.As(err, &perr) {
+		return perr.kind == "connect" || perr.kind == "timeout" || perr.kind == "transport"
+	}
+	return err == nil && answer.resp == nil && retryableStatus(answer.status)
+}
+
+// fetchFrom sends up until S3 answers for good: each attempt (hedged when
+// S3 is slow to answer) returns its facts, decide says what they call for,
+// and fetchFrom applies it (a correction, or a paced retry the policy and
+// the budget allow) and records the exchange. spent is what the budget
+// already paid for the first attempt (a resume's cost, or 0). The error is
+// set only when no answer can be passed on.
+func (p *Proxy) fetchFrom(ctx context.Context, up *upstreamRequest, x *exchange, spent int64) (upstreamAnswer, error) {
 	tried := retryState{spent: spent}
 	if spent == 0 {
 		p.policy.hedges.earn()

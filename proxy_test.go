@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -1152,4 +1153,161 @@ func TestHedgeClientCancelsClosesBothConnections(t *testing.T) {
 	if !tp.logs.waitFor("status=499") || !strings.Contains(tp.logs.String(), "hedged=true") {
 		t.Errorf("want a 499 with a hedge logged:\n%s", tp.logs)
 	}
+}
+
+// replicaProxy is scriptedProxy whose bucket media-bucket (eu-west-1) has
+// a replica media-west in us-west-2, both at AWS's regional endpoints.
+func replicaProxy(s *scriptedS3) (*Proxy, *syncBuffer) {
+	logs := &syncBuffer{}
+	p := scriptedProxy(s, hedgePolicy{mode: hedgeOff}, logs)
+	p.policy.pause = func(int) time.Duration { return 0 }
+	p.routes = withReplicas(buildRoutes([]routeSpec{{"/", "media-bucket", ""}}, &url.URL{Scheme: "https", Host: "s3.eu-west-1.amazonaws.com"}, false, false),
+		map[string][]replicaSpec{"media-bucket": {{"media-west", "us-west-2"}}}, nil, false)
+	for i := range p.routes { // exact probe instants
+		p.routes[i].health.rand = func() float64 { return 0.5 }
+		for j := range p.routes[i].replicas {
+			p.routes[i].replicas[j].health.rand = func() float64 { return 0.5 }
+		}
+	}
+	return p, logs
+}
+
+// hostCounts counts the requests each bucket's host saw.
+func hostCounts(s *scriptedS3) (primary, replica int) {
+	for _, r := range s.seen() {
+		switch {
+		case strings.HasPrefix(r.host, "media-bucket."):
+			primary++
+		case strings.HasPrefix(r.host, "media-west."):
+			replica++
+		}
+	}
+	return primary, replica
+}
+
+// TestFailoverToTheReplica: while the primary's region answers 503 to
+// everything, clients get the replica's copy; after three failed fetches
+// the primary is marked down and requests go straight to the replica; one
+// probe a probe interval later finds it still down; when it answers again
+// the next probe brings it back and it takes the traffic back.
+func TestFailoverToTheReplica(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var primaryUp atomic.Bool
+		var replicaScope atomic.Value
+		s := &scriptedS3{answer: func(n int, r *http.Request) (*http.Response, error) {
+			if strings.HasPrefix(r.Host, "media-west.") {
+				replicaScope.Store(r.Header.Get("Authorization"))
+				return objectAnswer(r, []byte("the replica's copy"), `"west"`), nil
+			}
+			if !primaryUp.Load() {
+				return errorAnswer(503, "ServiceUnavailable", time.Time{}), nil
+			}
+			return objectAnswer(r, []byte("the primary's copy"), `"east"`), nil
+		}}
+		p, logs := replicaProxy(s)
+		get := func() string { return serveOne(p, httptest.NewRequest("GET", "/k", nil)).Body.String() }
+		for i := range markDownAfter {
+			if got := get(); got != "the replica's copy" {
+				t.Fatalf("request %d while the primary fails: %q", i, got)
+			}
+		}
+		if primary, replica := hostCounts(s); primary != markDownAfter*4 || replica != markDownAfter {
+			t.Errorf("before the mark-down: primary saw %d (want %d: each fetch and its 3 retries), replica %d", primary, markDownAfter*4, replica)
+		}
+		if auth, _ := replicaScope.Load().(string); !strings.Contains(auth, "/us-west-2/s3/aws4_request") {
+			t.Errorf("the replica was not signed for its own region: %s", auth)
+		}
+		before, _ := hostCounts(s)
+		for range 10 {
+			get()
+		}
+		if primary, _ := hostCounts(s); primary != before {
+			t.Errorf("the primary, marked down, saw %d more requests; want none", primary-before)
+		}
+		time.Sleep(probeInterval)
+		get() // the probe: still failing, then the replica
+		if primary, _ := hostCounts(s); primary != before+4 {
+			t.Errorf("the probe cost the primary %d requests, want one fetch (4 attempts)", primary-before)
+		}
+		primaryUp.Store(true)
+		if got := get(); got != "the replica's copy" {
+			t.Errorf("before the next probe: %q, want the replica's", got)
+		}
+		time.Sleep(probeInterval)
+		if got := get(); got != "the primary's copy" {
+			t.Errorf("the probe after the recovery got %q", got)
+		}
+		if got := get(); got != "the primary's copy" {
+			t.Errorf("after the recovery: %q, want the primary's copy", got)
+		}
+		if n := count(p, mFailovers, 0); n != markDownAfter+1 {
+			t.Errorf("failovers counted %d, want %d", n, markDownAfter+1)
+		}
+		for _, want := range []string{"bucket marked down", "bucket back up"} {
+			if n := strings.Count(logs.String(), want); n != 1 {
+				t.Errorf("%q logged %d times, want once per transition", want, n)
+			}
+		}
+	})
+}
+
+// TestNoFailoverForS3sWord: a 404, 403 or 412 from the primary is the
+// answer; the replica is never asked.
+func TestNoFailoverForS3sWord(t *testing.T) {
+	for _, status := range []int{404, 403, 412} {
+		synctest.Test(t, func(t *testing.T) {
+			s := &scriptedS3{answer: func(n int, r *http.Request) (*http.Response, error) {
+				if strings.HasPrefix(r.Host, "media-west.") {
+					return objectAnswer(r, []byte("replica"), `"west"`), nil
+				}
+				return errorAnswer(status, map[int]string{404: "NoSuchKey", 403: "AccessDenied", 412: "PreconditionFailed"}[status], time.Time{}), nil
+			}}
+			p, _ := replicaProxy(s)
+			if w := serveOne(p, httptest.NewRequest("GET", "/k", nil)); w.Code != status {
+				t.Errorf("the primary's %d came to the client as %d", status, w.Code)
+			}
+			if _, replica := hostCounts(s); replica != 0 {
+				t.Errorf("the replica was asked after the primary's %d", status)
+			}
+		})
+	}
+}
+
+// TestFailoverOnConnectErrorsButNotMidBody: a primary that refuses
+// connections fails over; a response that started at the primary resumes
+// at the primary (the ETag pins the object there), and when that fails the
+// client's response is aborted, never spliced with the replica's copy.
+func TestFailoverOnConnectErrorsButNotMidBody(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		refuse := true
+		body := bytes.Repeat([]byte("p"), 10_000)
+		s := &scriptedS3{answer: func(n int, r *http.Request) (*http.Response, error) {
+			switch {
+			case strings.HasPrefix(r.Host, "media-west."):
+				return objectAnswer(r, bytes.Repeat([]byte("w"), 10_000), `"west"`), nil
+			case refuse:
+				return nil, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
+			case r.Header.Get("If-Match") != "":
+				return errorAnswer(503, "ServiceUnavailable", time.Time{}), nil // the resume fails
+			}
+			resp := objectAnswer(r, body, `"east"`)
+			resp.Body = &cutReader{r: resp.Body, left: 4000}
+			return resp, nil
+		}}
+		p, _ := replicaProxy(s)
+		if w := serveOne(p, httptest.NewRequest("GET", "/k", nil)); w.Code != 200 || w.Body.String() != strings.Repeat("w", 10_000) {
+			t.Errorf("with the primary refusing connections: %d, %d bytes", w.Code, w.Body.Len())
+		}
+		refuse = false
+		before := len(s.seen())
+		w := serveOne(p, httptest.NewRequest("GET", "/k", nil))
+		if w.Body.Len() != 4000 || strings.Contains(w.Body.String(), "w") {
+			t.Errorf("a response cut at the primary: the client got %d bytes (%q…); want 4000 of the primary's and an abort", w.Body.Len(), w.Body.String()[:10])
+		}
+		for _, r := range s.seen()[before:] {
+			if strings.HasPrefix(r.host, "media-west.") {
+				t.Errorf("the resume went to the replica: %+v", r)
+			}
+		}
+	})
 }

@@ -36,6 +36,40 @@ type route struct {
 	// accessPoint is the Multi-Region Access Point's alias (ALIAS.mrap)
 	// when bucket is one's ARN; "" for a bucket.
 	accessPoint string
+	// scheme and region are a replica's, from its region's endpoint; ""
+	// means the proxy's -endpoint scheme and -region.
+	scheme, region string
+	// replicas are copies in other regions, tried in order when this
+	// bucket's region cannot serve; health is set on a bucket with
+	// replicas and on each replica.
+	replicas []route
+	health   *bucketHealth
+}
+
+// withReplicas gives each route the -replica copies of its bucket: same
+// path and key prefix, each reached at its region's endpoint (-region-
+// endpoint, else AWS's regional endpoint with the same addressing rules)
+// and signed for its own region.
+func withReplicas(routes []route, specs map[string][]replicaSpec, regionEndpoints map[string]*url.URL, forcePath bool) []route {
+	for i := range routes {
+		for _, rs := range specs[routes[i].bucket] {
+			endpoint, custom := regionEndpoints[rs.region]
+			if !custom {
+				endpoint = defaultEndpoint(rs.region)
+			}
+			replica := buildRoutes([]routeSpec{{routes[i].pathPrefix, rs.bucket, routes[i].keyPrefix}}, endpoint, forcePath, custom)[0]
+			replica.scheme, replica.region = endpoint.Scheme, rs.region
+			replica.signer, replica.health = &Signer{Region: rs.region}, &bucketHealth{}
+			routes[i].replicas = append(routes[i].replicas, replica)
+			routes[i].health = &bucketHealth{}
+		}
+	}
+	return routes
+}
+
+// defaultEndpoint is S3's regional endpoint.
+func defaultEndpoint(region string) *url.URL {
+	return &url.URL{Scheme: "https", Host: "s3." + region + ".amazonaws.com"}
 }
 
 // requestSigner signs one upstream request or presigns a URL: SigV4 for a
@@ -274,4 +308,42 @@ func buildRoutes(specs []routeSpec, endpoint *url.URL, forcePath, customEndpoint
 	}
 	sort.SliceStable(routes, func(i, j int) bool { return len(routes[i].pathPrefix) > len(routes[j].pathPrefix) })
 	return routes
+}
+
+// replicaSpec is one -replica copy of a primary bucket.
+type replicaSpec struct {
+	bucket, region string
+}
+
+// parseReplica parses PRIMARY=REPLICA@REGION.
+func parseReplica(v string) (primary string, rs replicaSpec, err error) {
+	primary, copyAt, ok := strings.Cut(v, "=")
+	bucket, region, ok2 := strings.Cut(copyAt, "@")
+	if !ok || !ok2 || primary == "" || bucket == "" {
+		return "", replicaSpec{}, errors.New("must be PRIMARY=REPLICA@REGION, such as media=media-west@us-west-2")
+	}
+	if err := checkBucket(primary); err != nil {
+		return "", replicaSpec{}, fmt.Errorf("primary %q: %w", primary, err)
+	}
+	if _, mrap, _ := mrapAlias(bucket); mrap {
+		return "", replicaSpec{}, errors.New("a replica is a bucket, not an access point")
+	}
+	if err := checkBucket(bucket); err != nil {
+		return "", replicaSpec{}, fmt.Errorf("replica %q: %w", bucket, err)
+	}
+	if !isRegionName(region) {
+		return "", replicaSpec{}, fmt.Errorf("region %q: must look like us-west-2", region)
+	}
+	return primary, replicaSpec{bucket, region}, nil
+}
+
+// isRegionName reports whether r looks like an AWS region name.
+func isRegionName(r string) bool {
+	for i := 0; i < len(r); i++ {
+		c := r[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return r != "" && len(r) <= 32
 }

@@ -26,6 +26,10 @@ ADMIN_PORT=${S3H_ADMIN_PORT:-18082}
 APT_PACKAGES=(make gcc git ca-certificates curl nginx prometheus collectd-core systemd dpkg-dev lintian help2man)
 REGION=us-east-1
 BUCKET=media
+# The replica: another bucket over the same store and IAM, served by a
+# second gateway that says it is in another region.
+REPLICA_REGION=us-west-2
+REPLICA_BUCKET=media-replica
 ROLE=sidecar-role
 PIDS=()
 
@@ -88,7 +92,7 @@ check_ports() {
 
 # env_ports lists the ports the environment itself uses.
 env_ports() {
-	echo "S3H_S3_PORT=$S3_PORT" "S3H_S3_PORT=$((S3_PORT + 1))" "S3H_IMDS_PORT=$IMDS_PORT" "S3H_NGINX_PORT=$NGINX_PORT"
+	echo "S3H_S3_PORT=$S3_PORT" "S3H_S3_PORT=$((S3_PORT + 1))" "S3H_S3_PORT=$((S3_PORT + 2))" "S3H_IMDS_PORT=$IMDS_PORT" "S3H_NGINX_PORT=$NGINX_PORT"
 }
 
 # rand_chars SET N: N random characters from SET (no pipe is cut short,
@@ -118,7 +122,7 @@ wait_for() {
 write_iam() {
 	local expires=$1 now policy
 	now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-	policy='{\"Version\":\"2012-10-17\",\"Statement\":[{\"Effect\":\"Allow\",\"Action\":[\"s3:GetObject\",\"s3:GetObjectVersion\",\"s3:ListBucket\"],\"Resource\":[\"arn:aws:s3:::'$BUCKET'\",\"arn:aws:s3:::'$BUCKET'/*\"]}]}'
+	policy='{\"Version\":\"2012-10-17\",\"Statement\":[{\"Effect\":\"Allow\",\"Action\":[\"s3:GetObject\",\"s3:GetObjectVersion\",\"s3:ListBucket\"],\"Resource\":[\"arn:aws:s3:::'$BUCKET'\",\"arn:aws:s3:::'$BUCKET'/*\",\"arn:aws:s3:::'$REPLICA_BUCKET'\",\"arn:aws:s3:::'$REPLICA_BUCKET'/*\"]}]}'
 	cat >"$DIR/iam/iam.json.tmp" <<EOF
 {
  "users": {}, "accessKeyIndex": {}, "userNameIndex": {}, "oidcProviders": {},
@@ -151,11 +155,12 @@ EOF
 	mv "$DIR/imds.json.tmp" "$DIR/imds.json"
 }
 
-# put KEY FILE: upload with the root account so the object gets an ETag.
+# put KEY FILE [BUCKET PORT REGION]: upload with the root account so the
+# object gets an ETag.
 put() {
-	curl -sS -f -o /dev/null --aws-sigv4 "aws:amz:$REGION:s3" --user "$ROOT_AK:$ROOT_SK" \
+	curl -sS -f -o /dev/null --aws-sigv4 "aws:amz:${4:-$REGION}:s3" --user "$ROOT_AK:$ROOT_SK" \
 		-H "x-amz-content-sha256: $(sha256sum "$2" | cut -d' ' -f1)" -T "$2" \
-		"http://127.0.0.1:$S3_PORT/$BUCKET/$1"
+		"http://127.0.0.1:${3:-$S3_PORT}/${BUCKET_OF_PUT:-$BUCKET}/$1"
 }
 
 seed() {
@@ -172,6 +177,11 @@ seed() {
 	# Large enough that socket buffers cannot hide a paused client.
 	head -c 50331648 /dev/urandom >"$DIR/seed/large.bin"
 	for f in hello.txt big.bin sample.mp4 large.bin; do put "$f" "$DIR/seed/$f"; done
+	# The replica holds copies (with ETags of its own), put through the
+	# second region's gateway; large.bin is not replicated.
+	for f in hello.txt big.bin sample.mp4; do
+		BUCKET_OF_PUT=$REPLICA_BUCKET put "$f" "$DIR/seed/$f" "$((S3_PORT + 2))" "$REPLICA_REGION"
+	done
 	mkdir -p "$DATA/$BUCKET/dir/sub"
 	printf 'nested\n' >"$DATA/$BUCKET/dir/sub/nested.txt"
 }
@@ -181,7 +191,7 @@ start() {
 	DIR=${S3H_TESTENV_DIR:-$(mktemp -d /tmp/s3h-testenv.XXXXXX)}
 	DIR=$(cd "$DIR" && pwd)
 	DATA=$DIR/s3data
-	mkdir -p "$DATA/$BUCKET" "$DIR/iam" "$DIR/home" "$DIR/nginx/logs" "$DIR/nginx/tmp"
+	mkdir -p "$DATA/$BUCKET" "$DATA/$REPLICA_BUCKET" "$DIR/iam" "$DIR/home" "$DIR/nginx/logs" "$DIR/nginx/tmp"
 	ROOT_AK=AKIATESTROOT$(rand_upper 8)
 	ROOT_SK=$(rand_secret 40)
 	AKID=ASIA$(rand_upper 16)
@@ -201,6 +211,10 @@ start() {
 		posix "$DATA" >"$DIR/s3.log" 2>&1 &
 	PIDS+=($!)
 	wait_for s3 "$!" curl -sf "http://127.0.0.1:$S3_PORT/health"
+	"$BIN/versitygw" -a "$ROOT_AK" -s "$ROOT_SK" -p "127.0.0.1:$((S3_PORT + 2))" --region "$REPLICA_REGION" --health /health \
+		--keep-alive --quiet --iam-standalone-endpoint "$DIR/iam.sock" posix "$DATA" >"$DIR/s3-west.log" 2>&1 &
+	PIDS+=($!)
+	wait_for s3-west "$!" curl -sf "http://127.0.0.1:$((S3_PORT + 2))/health"
 	HOME=$DIR/home "$BIN/ec2-metadata-mock" -c "$DIR/imds.json" -w >"$DIR/imds.log" 2>&1 &
 	IMDS_PID=$!
 	PIDS+=("$IMDS_PID")
@@ -215,6 +229,7 @@ start() {
 	seed
 	export S3H_E2E_DIR=$DIR S3H_E2E_DATA=$DATA S3H_E2E_BUCKET=$BUCKET S3H_E2E_REGION=$REGION S3H_E2E_ROLE=$ROLE
 	export S3H_E2E_S3_ENDPOINT=http://127.0.0.1:$S3_PORT S3H_E2E_IMDS_ENDPOINT=http://127.0.0.1:$IMDS_PORT
+	export S3H_E2E_REPLICA_ENDPOINT=http://127.0.0.1:$((S3_PORT + 2)) S3H_E2E_REPLICA_BUCKET=$REPLICA_BUCKET S3H_E2E_REPLICA_REGION=$REPLICA_REGION
 	export S3H_E2E_NGINX_URL=http://127.0.0.1:$NGINX_PORT S3H_E2E_HELPER_FOR_NGINX=127.0.0.1:$HELPER_PORT
 	export S3H_E2E_ACCESS_KEY_ID=$AKID S3H_E2E_SECRET_ACCESS_KEY=$SECRET S3H_E2E_SESSION_TOKEN=$TOKEN
 	export S3H_E2E_ROOT_ACCESS_KEY_ID=$ROOT_AK S3H_E2E_ROOT_SECRET_ACCESS_KEY=$ROOT_SK
