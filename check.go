@@ -7,6 +7,7 @@ package main
 // secret is printed.
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -88,16 +89,18 @@ func runCheck(ctx context.Context, out io.Writer, cfg config, problems []error, 
 	p := newProxy(cfg, &credentialCache{provider: staticProvider{creds}, log: discard}, nil, discard)
 	clockChecked := false
 	for i := len(p.routes) - 1; i >= 0; i-- { // the default route, "/", first
-		rt := p.routes[i]
-		probe, ok := c.checkBucket(ctx, p, rt, cfg.region)
-		if !ok {
-			continue
+		// Each replica is checked like its primary: it must serve alone.
+		for _, rt := range append([]route{p.routes[i]}, p.routes[i].replicas...) {
+			probe, ok := c.checkBucket(ctx, p, rt, cmp.Or(rt.region, cfg.region))
+			if !ok {
+				continue
+			}
+			if !clockChecked {
+				clockChecked = true
+				c.checkClock(probe)
+			}
+			c.checkListBucket(rt, probe)
 		}
-		if !clockChecked {
-			clockChecked = true
-			c.checkClock(probe)
-		}
-		c.checkListBucket(rt, probe)
 	}
 	if cfg.checkKey != "" {
 		c.checkKey(ctx, p, cfg.checkKey)
@@ -233,6 +236,9 @@ func (c *checker) checkBucket(ctx context.Context, p *Proxy, rt route, region st
 	if rt.pathPrefix != "/" {
 		step += " (route " + rt.pathPrefix + ")"
 	}
+	if rt.region != "" {
+		step += " (replica in " + rt.region + ")"
+	}
 	missing := "s3-helper-check/" + randomHex() + "/no-such-key"
 	pr, err := c.probe(ctx, p, rt, http.MethodGet, missing)
 	if err != nil {
@@ -316,6 +322,14 @@ func (c *checker) checkKey(ctx context.Context, p *Proxy, path string) {
 		c.fail(step, err.Error(), "give -check-key the path nginx sends, e.g. /videos/sample.mp4")
 		return
 	}
+	c.checkKeyAt(ctx, p, rt, key, step)
+	for _, replica := range rt.replicas {
+		c.checkKeyAt(ctx, p, replica, key, step+" through the replica "+replica.bucket)
+	}
+}
+
+// checkKeyAt HEADs key (relative to rt) in rt's bucket.
+func (c *checker) checkKeyAt(ctx context.Context, p *Proxy, rt route, key, step string) {
 	pr, err := c.probe(ctx, p, rt, http.MethodHead, key)
 	if err != nil {
 		c.fail(step, "S3 did not answer: "+err.Error(), "check -endpoint")

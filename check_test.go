@@ -144,3 +144,28 @@ func TestCheckAccessPoint(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckReplicas: -check checks each replica like its primary: the
+// bucket, its region, the signature, s3:ListBucket and -check-key.
+func TestCheckReplicas(t *testing.T) {
+	f, srv := newFakeS3(t)
+	f.put("videos/hello.txt", []byte("hello"))
+	west, westSrv := newFakeS3(t)
+	west.region = "us-west-2"
+	var out bytes.Buffer
+	err := run(t.Context(), []string{"-check", "-bucket", testBucket, "-region", "us-east-1", "-endpoint", srv.URL, "-listen", "127.0.0.1:0",
+		"-replica", testBucket + "=" + testBucket + "-west@us-west-2", "-region-endpoint", "us-west-2=" + westSrv.URL, "-check-key", "/videos/hello.txt"},
+		envFrom(staticEnv()), &out, &bytes.Buffer{})
+	if !errors.Is(err, errCheckFailed) {
+		t.Errorf("-check = %v, want a failure (the replica)", err)
+	}
+	for _, want := range []string{
+		"PASS  bucket media: exists and answers in region us-east-1",
+		"FAIL  bucket media-west (replica in us-west-2): S3 answered 404 NoSuchBucket",
+		"PASS  read /videos/hello.txt: HEAD s3://media/videos/hello.txt answered 200",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net/url"
 	"strings"
 	"testing"
 )
@@ -71,5 +72,55 @@ func TestPresignChecksBeforeTheNetwork(t *testing.T) {
 				t.Errorf("printed %q", out.String())
 			}
 		})
+	}
+}
+
+// TestReplicaFlagsReportEveryProblem: every problem of -replica and
+// -region-endpoint is reported with the others (exit status 2).
+func TestReplicaFlagsReportEveryProblem(t *testing.T) {
+	err := run(t.Context(), []string{"-bucket", "media", "-region", "eu-west-1", "-route", "/ads/=ads",
+		"-replica", "other=other-west@us-west-2", "-replica", "media=media@us-west-2", "-replica", "media=media-west",
+		"-replica", "media=media-west@US_WEST", "-replica", "ads=ads-west@us-west-2", "-replica", "ads=ads-west@us-west-2",
+		"-region-endpoint", "us-west-2", "-region-endpoint", "us-west-2=ftp://x", "-region-endpoint", "us-west-2=http://127.0.0.1:9000/path",
+	}, envFrom(staticEnv()), io.Discard, io.Discard)
+	var ce configError
+	if !errors.As(err, &ce) {
+		t.Fatalf("run = %v, want a configError (exit 2)", err)
+	}
+	for _, want := range []string{
+		`-replica "other=other-west@us-west-2": primary other is neither -bucket nor a -route bucket`,
+		`-replica "media=media@us-west-2": the replica is the primary itself`,
+		`-replica "media=media-west": must be PRIMARY=REPLICA@REGION`,
+		`-replica "media=media-west@US_WEST": region "US_WEST": must look like us-west-2`,
+		`-replica "ads=ads-west@us-west-2": given twice`,
+		`-region-endpoint "us-west-2": must be REGION=URL`,
+		`-region-endpoint "us-west-2=ftp://x": must be an http:// or https:// URL`,
+		`-region-endpoint "us-west-2=http://127.0.0.1:9000/path": must have no path`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("validation error lacks %q:\n%v", want, err)
+		}
+	}
+	if n := strings.Count(err.Error(), "\n  -replica") + strings.Count(err.Error(), "\n  -region-endpoint"); n != 8 {
+		t.Errorf("%d replica problems reported, want 8:\n%v", n, err)
+	}
+}
+
+func TestReplicaRoutes(t *testing.T) {
+	endpoint, _ := url.Parse("https://s3.eu-west-1.amazonaws.com")
+	west, _ := url.Parse("http://127.0.0.1:9002")
+	routes := withReplicas(buildRoutes([]routeSpec{{"/", "media", "vod/"}, {"/ads/", "ads", ""}}, endpoint, false, false),
+		map[string][]replicaSpec{"media": {{"media-west", "us-west-2"}, {"media-south", "ap-south-1"}}},
+		map[string]*url.URL{"us-west-2": west}, false)
+	media := routes[1]
+	if media.bucket != "media" || len(media.replicas) != 2 || media.health == nil || routes[0].health != nil {
+		t.Fatalf("routes %+v", routes)
+	}
+	w, s := media.replicas[0], media.replicas[1]
+	if w.host != "127.0.0.1:9002" || w.scheme != "http" || w.uri("k") != "/media-west/vod/k" || w.region != "us-west-2" {
+		t.Errorf("replica behind -region-endpoint: host %q scheme %q uri %q region %q", w.host, w.scheme, w.uri("k"), w.region)
+	}
+	if s.host != "media-south.s3.ap-south-1.amazonaws.com" || s.scheme != "https" || s.uri("k") != "/vod/k" {
+		t.Errorf("replica at AWS's endpoint: host %q scheme %q uri %q", s.host, s.scheme, s.uri("k"))
 	}
 }

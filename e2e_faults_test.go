@@ -16,6 +16,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -240,5 +241,115 @@ func TestE2EBrownout(t *testing.T) {
 				t.Errorf("%d requests failed with one answer in 50 SlowDown", sporadic.failed)
 			}
 		})
+	}
+}
+
+// faultProxy.seenSince counts nothing by time; replicaLog records when the
+// replica's gateway saw each request.
+type replicaLog struct {
+	mu sync.Mutex
+	at []time.Time
+}
+
+// countingProxy forwards to target as signed and records each request's
+// arrival; the replica's requests are counted this way.
+func countingProxy(t *testing.T, target string, log *replicaLog) string {
+	t.Helper()
+	u, err := url.Parse(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := &httputil.ReverseProxy{Rewrite: func(pr *httputil.ProxyRequest) {
+		pr.Out.URL.Scheme, pr.Out.URL.Host = u.Scheme, u.Host
+		pr.Out.Host = pr.In.Host
+	}}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		log.mu.Lock()
+		log.at = append(log.at, time.Now())
+		log.mu.Unlock()
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+func (l *replicaLog) since(t0 time.Time) (n int, last time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, at := range l.at {
+		if at.After(t0) {
+			n++
+			last = at
+		}
+	}
+	return n, last
+}
+
+// TestE2EReplicaFailover: the primary gateway (us-east-1) behind the fault
+// proxy, its replica bucket behind a second gateway that says it is in
+// us-west-2. While the primary is healthy it serves, a missing key is its
+// 404, and the replica sees at most 2% of requests; when it answers 503 to
+// everything nothing fails, byte for byte, and p99 is at most 150 ms at 100
+// Range GETs/s once it is marked down; when it is back it takes the traffic
+// back within 40 s; a primary endpoint refusing connections fails over too.
+func TestE2EReplicaFailover(t *testing.T) {
+	env := needE2E(t)
+	object := readSeed(t, env, "big.bin")
+	replicas := &replicaLog{}
+	replicaURL := countingProxy(t, env.replicaS3, replicas)
+	replicaFlags := func(primary string) []string {
+		return []string{"-endpoint", primary, "-access-log=false",
+			"-replica", env.bucket + "=" + env.replicaBucket + "@" + env.replicaRegion, "-region-endpoint", env.replicaRegion + "=" + replicaURL}
+	}
+	f := newFaultProxy(t, env.s3)
+	h := startHelper(t, env, "127.0.0.1:0", replicaFlags(f.url)...)
+
+	t0 := time.Now()
+	healthy := rangeLoad(t, h, f, object, 100, 5*time.Second)
+	if resp, _ := get(t, "GET", h.url("/missing.bin"), nil); resp.StatusCode != 404 {
+		t.Errorf("a missing key with a healthy primary = %d, want the primary's 404", resp.StatusCode)
+	}
+	seenByReplica, _ := replicas.since(t0)
+	t.Logf("primary healthy: %s; the replica saw %d", healthy, seenByReplica)
+	if healthy.failed > 0 || float64(seenByReplica) > 0.02*float64(healthy.requests) {
+		t.Errorf("primary healthy: %d failed, the replica saw %d of %d requests (want at most 2%%)", healthy.failed, seenByReplica, healthy.requests)
+	}
+
+	f.slowDownAll.Store(true)                    // 503 to everything
+	rangeLoad(t, h, f, object, 100, time.Second) // until it is marked down
+	down := rangeLoad(t, h, f, object, 100, 10*time.Second)
+	t.Logf("primary answering 503, once marked down: %s", down)
+	if down.failed > 0 || down.quantile(0.99) > 150*time.Millisecond {
+		t.Errorf("primary down: %d failed, p99 %v; want none and at most 150 ms", down.failed, down.quantile(0.99))
+	}
+	resp, body := get(t, "HEAD", h.url("/big.bin"), nil)
+	if resp.StatusCode != 200 || resp.ContentLength != int64(len(object)) || len(body) != 0 {
+		t.Errorf("HEAD from the replica = %d, length %d", resp.StatusCode, resp.ContentLength)
+	}
+	if resp, body := get(t, "GET", h.url("/hello.txt"), nil); resp.StatusCode != 200 || !bytes.Equal(body, readSeed(t, env, "hello.txt")) {
+		t.Errorf("a whole object from the replica = %d %q", resp.StatusCode, body)
+	}
+	_, health := get(t, "GET", "http://"+h.admin+"/healthz", nil)
+	if !strings.Contains(string(health), "bucket media (us-east-1): down") || !strings.Contains(string(health), "bucket media-replica (us-west-2): up") {
+		t.Errorf("/healthz during the outage:\n%s", health)
+	}
+
+	f.slowDownAll.Store(false)
+	back := time.Now()
+	after := rangeLoad(t, h, f, object, 100, 20*time.Second)
+	_, last := replicas.since(back)
+	t.Logf("primary back: %s; the replica's last request %v after", after, last.Sub(back).Round(time.Millisecond))
+	if after.failed > 0 || last.Sub(back) > 40*time.Second {
+		t.Errorf("primary back: %d failed; the replica served until %v after, want the primary back within 40 s", after.failed, last.Sub(back))
+	}
+	if !h.logs.waitFor("bucket marked down") || !h.logs.waitFor("bucket back up") {
+		t.Errorf("the transitions are not logged:\n%.3000s", h.logs)
+	}
+
+	refused := startHelper(t, env, "127.0.0.1:0", replicaFlags("http://"+freeTCPAddr(t))...)
+	res := rangeLoadAt(t, refused.url("/big.bin"), object, 100, 3*time.Second)
+	t.Logf("primary refusing connections: %s", res)
+	if res.failed > 0 {
+		t.Errorf("a primary refusing connections: %d of %d requests failed", res.failed, res.requests)
 	}
 }

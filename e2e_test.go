@@ -35,6 +35,8 @@ type e2eEnv struct {
 	akid, secret, token          string
 	iamFile, imdsConfig          string
 	binary                       string
+	// The replica: a bucket behind a second gateway in another region.
+	replicaS3, replicaBucket, replicaRegion string
 }
 
 // e2eSetup is filled by TestMain when the environment is present.
@@ -72,6 +74,8 @@ func prepareE2E() (*e2eEnv, string, error) {
 		akid: os.Getenv("S3H_E2E_ACCESS_KEY_ID"), secret: os.Getenv("S3H_E2E_SECRET_ACCESS_KEY"),
 		token: os.Getenv("S3H_E2E_SESSION_TOKEN"), iamFile: os.Getenv("S3H_E2E_IAM_FILE"),
 		imdsConfig: os.Getenv("S3H_E2E_IMDS_CONFIG"),
+		replicaS3:  os.Getenv("S3H_E2E_REPLICA_ENDPOINT"), replicaBucket: os.Getenv("S3H_E2E_REPLICA_BUCKET"),
+		replicaRegion: os.Getenv("S3H_E2E_REPLICA_REGION"),
 	}
 	bin, err := os.MkdirTemp("", "s3-helper-e2e")
 	if err != nil {
