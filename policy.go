@@ -421,3 +421,39 @@ func classifyTransport(err error) *proxyError {
 	}
 	return &proxyError{status: http.StatusBadGateway, kind: "transport", err: err}
 }
+
+// admittedCopy is one copy a fetch may try, and whether it is a probe.
+type admittedCopy struct {
+	route route
+	probe bool
+}
+
+// copiesToTry is the failover decision: the copies a fetch tries at now,
+// in order, skipping those marked down (but for their probes); when every
+// copy is down, all are tried: refusing would not serve anyone.
+func copiesToTry(copies []route, now time.Time) []admittedCopy {
+	order := make([]admittedCopy, 0, len(copies))
+	for _, c := range copies {
+		if ok, probe := c.health.admit(now); ok {
+			order = append(order, admittedCopy{c, probe})
+		}
+	}
+	if len(order) == 0 {
+		for _, c := range copies {
+			order = append(order, admittedCopy{route: c})
+		}
+	}
+	return order
+}
+
+// regionCannotServe reports a fetch that failed for the region's sake: a
+// connect error, a timeout or a transport failure, or a 500, 502, 503 or
+// 504 once the retries were spent. S3's 4xx answers are its word, and a
+// client gone or missing credentials are no region's fault.
+func regionCannotServe(answer upstreamAnswer, err error) bool {
+	var perr *proxyError
+	if errors.As(err, &perr) {
+		return perr.kind == "connect" || perr.kind == "timeout" || perr.kind == "transport"
+	}
+	return err == nil && answer.resp == nil && retryableStatus(answer.status)
+}

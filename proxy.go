@@ -320,7 +320,7 @@ func (p *Proxy) fetch(ctx context.Context, up *upstreamRequest, x *exchange, spe
 	}
 	copies := append(make([]route, 0, 1+len(up.route.replicas)), up.route)
 	copies = append(copies, up.route.replicas...)
-	order := p.admitted(copies)
+	order := copiesToTry(copies, p.now.read())
 	var answer upstreamAnswer
 	var err error
 	for i, c := range order {
@@ -341,31 +341,6 @@ func (p *Proxy) fetch(ctx context.Context, up *upstreamRequest, x *exchange, spe
 	return answer, err
 }
 
-// admittedCopy is one copy a fetch may try, and whether it is a probe.
-type admittedCopy struct {
-	route route
-	probe bool
-}
-
-// admitted is the copies a fetch tries, in order, skipping those marked
-// down (but for their probes); when every copy is down, all are tried:
-// refusing would not serve anyone.
-func (p *Proxy) admitted(copies []route) []admittedCopy {
-	now := p.now.read()
-	order := make([]admittedCopy, 0, len(copies))
-	for _, c := range copies {
-		if ok, probe := c.health.admit(now); ok {
-			order = append(order, admittedCopy{c, probe})
-		}
-	}
-	if len(order) == 0 {
-		for _, c := range copies {
-			order = append(order, admittedCopy{route: c})
-		}
-	}
-	return order
-}
-
 // reportHealth records how a fetch from rt ended and logs a transition.
 func (p *Proxy) reportHealth(rt *route, served, probe bool) {
 	switch rt.health.report(served, probe, p.now.read()) {
@@ -375,18 +350,6 @@ func (p *Proxy) reportHealth(rt *route, served, probe bool) {
 	case cameBack:
 		p.log.Info("bucket back up: it answered a probe; it takes its traffic back", "bucket", rt.bucket, "region", cmp.Or(rt.region, p.signer.Region))
 	}
-}
-
-// regionCannotServe reports a fetch that failed for the region's sake: a
-// connect error, a timeout or a transport failure, or a 500, 502, 503 or
-// 504 once the retries were spent. S3's 4xx answers are its word, and a
-// client gone or missing credentials are no region's fault.
-func regionCannotServe(answer upstreamAnswer, err error) bool {
-	var perr *proxyError
-	if errors.As(err, &perr) {
-		return perr.kind == "connect" || perr.kind == "timeout" || perr.kind == "transport"
-	}
-	return err == nil && answer.resp == nil && retryableStatus(answer.status)
 }
 
 // fetchFrom sends up until S3 answers for good: each attempt (hedged when
