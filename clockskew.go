@@ -5,6 +5,7 @@ package main
 // bounded, and trusted only for a while.
 
 import (
+	"context"
 	"log/slog"
 	"net/http"
 	"sync"
@@ -65,7 +66,7 @@ func (c *clockCorrection) Offset(now time.Time) time.Duration {
 	return 0
 }
 
-// skewReading is what one S3 error answer says of this host's clock.
+// skewReading is what one S3 error reply says of this host's clock.
 type skewReading struct {
 	// adopt: S3's clock should be used for signing, at offset.
 	adopt  bool
@@ -77,7 +78,7 @@ type skewReading struct {
 	date        string
 }
 
-// judge reads S3's answer: the code is RequestTimeTooSkewed, or
+// judge reads S3's error reply: the code is RequestTimeTooSkewed, or
 // SignatureDoesNotMatch while S3's Date is more than 5 minutes from now,
 // and the offset is not the one already in force. It changes nothing.
 func (c *clockCorrection) judge(date, code string, now time.Time) skewReading {
@@ -109,12 +110,12 @@ func (c *clockCorrection) adopt(r skewReading, now time.Time, log *slog.Logger) 
 	defer c.mu.Unlock()
 	if c.logged == 0 || (r.offset-c.logged).Abs() > relogClockOffsetChange {
 		c.logged = r.offset
-		log.Warn("this host's clock is off from S3's; signing with S3's time (fix the clock: NTP, chrony or systemd-timesyncd)",
+		log.Warn("this host's clock is off from S3's; signing with S3's time (set the clock right: NTP, chrony or systemd-timesyncd)",
 			"offset", r.offset, "s3_code", r.code)
 	}
 }
 
 // reportImplausible logs a Date header too far off to adopt.
 func reportImplausible(r skewReading, log *slog.Logger) {
-	log.Error("S3's Date header is more than a day from this host's clock; not adopting it", "s3_date", r.date)
+	log.Log(context.Background(), slog.LevelError, "S3's Date header is more than a day from this host's clock; not adopting it", "s3_date", r.date)
 }

@@ -344,8 +344,8 @@ func (hp hedgePolicy) delay(w *latencyWindow) (time.Duration, bool) {
 // mayHedge is the hedge decision for one exchange: only for the answer
 // itself (never a resume: bytes have reached the client), once per
 // exchange, and never when retries are off.
-func (rp retryPolicy) mayHedge(up *upstreamRequest, hedged bool) bool {
-	return rp.limit > 0 && rp.hedge.mode != hedgeOff && up.rest == nil && !hedged
+func (rp retryPolicy) mayHedge(resume, hedged bool) bool {
+	return rp.limit > 0 && rp.hedge.mode != hedgeOff && !resume && !hedged
 }
 
 // Hedges are capped at hedgeFraction of recent requests: each request
@@ -400,6 +400,38 @@ func (a *hedgeAllowance) take() bool {
 			return true
 		}
 	}
+}
+
+// statusClientGone is nginx's 499: the client closed the connection before
+// the answer, so nothing is written; it appears in logs and metrics only.
+const statusClientGone = 499
+
+// proxyError is a failure with the status the client gets.
+type proxyError struct {
+	status int
+	// kind names the failure class in logs and metrics; empty for an error
+	// answer from S3, whose cause says it all.
+	kind string
+	// public is what the client may read after the status text; it never
+	// echoes the client's input.
+	public string
+	err    error
+}
+
+// Error names the failure class and its cause.
+func (e *proxyError) Error() string {
+	if e.kind == "" {
+		return e.err.Error()
+	}
+	return e.kind + ": " + e.err.Error()
+}
+
+// Unwrap returns the cause.
+func (e *proxyError) Unwrap() error { return e.err }
+
+// clientGone ends an exchange whose client went away.
+func clientGone(err error) *proxyError {
+	return &proxyError{status: statusClientGone, kind: kindClientGone, err: err}
 }
 
 // Failure kinds named by proxyError.kind that decide treats specially.

@@ -69,42 +69,10 @@ type Proxy struct {
 	idle chan struct{}
 }
 
-// statusClientGone is nginx's 499: the client closed the connection before
-// the answer, so nothing is written; it appears in logs and metrics only.
-const statusClientGone = 499
-
-// proxyError is a failure with the status the client gets.
-type proxyError struct {
-	status int
-	// kind names the failure class in logs and metrics; empty for an error
-	// answer from S3, whose cause says it all.
-	kind string
-	// public is what the client may read after the status text; it never
-	// echoes the client's input.
-	public string
-	err    error
-}
-
-// Error names the failure class and its cause.
-func (e *proxyError) Error() string {
-	if e.kind == "" {
-		return e.err.Error()
-	}
-	return e.kind + ": " + e.err.Error()
-}
-
 // badRequest is a client error answered with status and a generic reason.
 func badRequest(status int, err error) *proxyError {
 	return &proxyError{status: status, kind: "client", public: clientReason(err), err: err}
 }
-
-// clientGone ends an exchange whose client went away.
-func clientGone(err error) *proxyError {
-	return &proxyError{status: statusClientGone, kind: kindClientGone, err: err}
-}
-
-// Unwrap returns the cause.
-func (e *proxyError) Unwrap() error { return e.err }
 
 // exchange is the state of one client request.
 type exchange struct {
@@ -414,7 +382,7 @@ func giveUp(f *attemptFacts, d decision) (upstreamAnswer, error) {
 // another connection: the first to get response headers wins and the other
 // is cancelled (its connection closed). Both have ended when race returns.
 func (p *Proxy) race(ctx context.Context, up *upstreamRequest, x *exchange) attemptFacts {
-	if !p.policy.mayHedge(up, x.hedged) {
+	if !p.policy.mayHedge(up.rest != nil, x.hedged) {
 		return p.attempt(ctx, up)
 	}
 	delay, ok := p.policy.hedge.delay(up.route.latency)
