@@ -495,16 +495,25 @@ func (s *Signer) appendScope(dst []byte, date string) []byte {
 // only the host and use UNSIGNED-PAYLOAD
 // (https://docs.aws.amazon.com/AmazonS3/latest/API/sigv4-query-string-auth.html).
 func (s *Signer) Presign(in signingRequest, creds *Credentials, t time.Time, expires time.Duration) (string, error) {
+	if err := presignable(&in, expires); err != nil {
+		return "", err
+	}
+	return s.explainPresign(&in, nil, creds, t, expires).query, nil
+}
+
+// presignable checks what a presigned S3 URL needs (SigV4 or SigV4A) and
+// sets the payload hash to UNSIGNED-PAYLOAD unless one is given.
+func presignable(in *signingRequest, expires time.Duration) error {
 	if expires < time.Second || expires > maxPresignExpiry {
-		return "", fmt.Errorf("presign expiry %v: must be between 1s and %v", expires, maxPresignExpiry)
+		return fmt.Errorf("presign expiry %v: must be between 1s and %v", expires, maxPresignExpiry)
 	}
 	if in.query != "" {
-		return "", errors.New("presign: the request must have no query of its own")
+		return errors.New("presign: the request must have no query of its own")
 	}
 	if in.payloadHash == "" {
 		in.payloadHash = unsignedPayload
 	}
-	return s.explainPresign(&in, nil, creds, t, expires).query, nil
+	return nil
 }
 
 // presignature is a presigning's stages plus the final query string.

@@ -178,14 +178,8 @@ func (s *SignerV4A) explain(in *signingRequest, creds *Credentials, t time.Time,
 // must have an empty query), valid in RegionSet for expires from t; like
 // Signer.Presign it signs only the host and uses UNSIGNED-PAYLOAD.
 func (s *SignerV4A) Presign(in signingRequest, creds *Credentials, t time.Time, expires time.Duration) (string, error) {
-	if expires < time.Second || expires > maxPresignExpiry {
-		return "", fmt.Errorf("presign expiry %v: must be between 1s and %v", expires, maxPresignExpiry)
-	}
-	if in.query != "" {
-		return "", errors.New("presign: the request must have no query of its own")
-	}
-	if in.payloadHash == "" {
-		in.payloadHash = unsignedPayload
+	if err := presignable(&in, expires); err != nil {
+		return "", err
 	}
 	p, err := s.explainPresign(&in, nil, creds, t, expires)
 	return p.query, err
