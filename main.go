@@ -116,7 +116,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	registerGauges(metrics, proxy, cache, statsd)
 	go reportReady(ctx, notify, cache, log)
-	go notify.keepWatchdog(ctx, watchdogInterval(getenv, os.Getpid()))
+	// The watchdog beats through the drain too: systemd would otherwise
+	// kill a process that is finishing its requests.
+	beating, stopBeating := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBeating()
+	go notify.keepWatchdog(beating, watchdogInterval(getenv, os.Getpid()))
 	return listenAndServe(ctx, cfg, passed, proxy, cache, metrics, log, notify)
 }
 

@@ -181,9 +181,10 @@ func TestReadinessReports(t *testing.T) {
 }
 
 // TestDrainSaysSoAndEndsWithACut: on SIGTERM /healthz answers 503
-// draining while a download streams; when -shutdown-timeout expires the
-// download is cut, logged and counted as a cut at shutdown (not a client
-// gone), and s3-helper exits 0.
+// draining while a download streams, and the watchdog keeps beating (or
+// systemd would kill a draining process); when -shutdown-timeout expires
+// the download is cut, logged and counted as a cut at shutdown (not a
+// client gone), and s3-helper exits 0.
 func TestDrainSaysSoAndEndsWithACut(t *testing.T) {
 	f, srv := newFakeS3(t)
 	streaming := make(chan struct{})
@@ -198,12 +199,15 @@ func TestDrainSaysSoAndEndsWithACut(t *testing.T) {
 		return true
 	}
 	logs := &syncBuffer{}
+	notify, notifyPath := notifyListener(t)
+	env := staticEnv()
+	env["NOTIFY_SOCKET"], env["WATCHDOG_USEC"] = notifyPath, "100000"
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"-listen", "127.0.0.1:0", "-admin", "127.0.0.1:0", "-log-format", "json", "-bucket", testBucket,
-			"-region", "us-east-1", "-endpoint", srv.URL, "-shutdown-timeout", "300ms", "-timeout", "1m"}, envFrom(staticEnv()), io.Discard, logs)
+			"-region", "us-east-1", "-endpoint", srv.URL, "-shutdown-timeout", "300ms", "-timeout", "1m"}, envFrom(env), io.Discard, logs)
 	}()
 	addr, admin := awaitListening(t, logs, true)
 	got := make(chan int64, 1)
@@ -225,6 +229,14 @@ func TestDrainSaysSoAndEndsWithACut(t *testing.T) {
 	hresp, body := get(t, "GET", "http://"+admin+"/healthz", nil)
 	if hresp.StatusCode != 503 || !strings.Contains(string(body), "draining") {
 		t.Errorf("/healthz during the drain = %d %q, want 503 draining", hresp.StatusCode, body)
+	}
+	for state := ""; !strings.HasPrefix(state, "STOPPING=1"); {
+		if state = nextState(notify, 10*time.Second); state == "" {
+			t.Fatal("no STOPPING=1")
+		}
+	}
+	if state := nextState(notify, 10*time.Second); state != "WATCHDOG=1" {
+		t.Errorf("after STOPPING=1 the service manager heard %q, want the watchdog beating through the drain", state)
 	}
 	if n := <-got; n <= 0 || n >= 1_000_000 {
 		t.Errorf("the client read %d bytes; want the response started, then cut", n)
