@@ -116,6 +116,12 @@ func TestReplicaRoutes(t *testing.T) {
 	if media.bucket != "media" || len(media.replicas) != 2 || media.health == nil || routes[0].health != nil {
 		t.Fatalf("routes %+v", routes)
 	}
+	// Two routes to one bucket share its health and its replicas'.
+	two := withReplicas(buildRoutes([]routeSpec{{"/", "media", ""}, {"/vod/", "media", "vod/"}}, endpoint, false, false),
+		map[string][]replicaSpec{"media": {{"media-west", "us-west-2"}}}, nil, false)
+	if two[0].health != two[1].health || two[0].replicas[0].health != two[1].replicas[0].health {
+		t.Error("two routes to one bucket keep separate health")
+	}
 	w, s := media.replicas[0], media.replicas[1]
 	if w.host != "127.0.0.1:9002" || w.scheme != "http" || w.uri("k") != "/media-west/vod/k" || w.region != "us-west-2" {
 		t.Errorf("replica behind -region-endpoint: host %q scheme %q uri %q region %q", w.host, w.scheme, w.uri("k"), w.region)

@@ -117,6 +117,7 @@ type bucketState struct {
 // bucketStates lists every bucket with replicas and each replica, and
 // whether some route has no copy up (all marked down).
 func (p *Proxy) bucketStates() (states []bucketState, noCopyUp bool) {
+	listed := map[*bucketHealth]bool{} // routes to one bucket share it
 	for _, rt := range p.routes {
 		if rt.health == nil {
 			continue
@@ -125,7 +126,10 @@ func (p *Proxy) bucketStates() (states []bucketState, noCopyUp bool) {
 		for _, c := range append([]route{rt}, rt.replicas...) {
 			up := c.health.Up()
 			anyUp = anyUp || up
-			states = append(states, bucketState{c.bucket, cmp.Or(c.region, p.signer.Region), up})
+			if !listed[c.health] {
+				listed[c.health] = true
+				states = append(states, bucketState{c.bucket, cmp.Or(c.region, p.signer.Region), up})
+			}
 		}
 		noCopyUp = noCopyUp || !anyUp
 	}

@@ -49,8 +49,15 @@ type route struct {
 // withReplicas gives each route the -replica copies of its bucket: same
 // path and key prefix, each reached at its region's endpoint (-region-
 // endpoint, else AWS's regional endpoint with the same addressing rules)
-// and signed for its own region.
+// and signed for its own region. Routes to one bucket share its health.
 func withReplicas(routes []route, specs map[string][]replicaSpec, regionEndpoints map[string]*url.URL, forcePath bool) []route {
+	health := map[string]*bucketHealth{}
+	healthOf := func(bucket string) *bucketHealth {
+		if health[bucket] == nil {
+			health[bucket] = &bucketHealth{}
+		}
+		return health[bucket]
+	}
 	for i := range routes {
 		for _, rs := range specs[routes[i].bucket] {
 			endpoint, custom := regionEndpoints[rs.region]
@@ -59,9 +66,9 @@ func withReplicas(routes []route, specs map[string][]replicaSpec, regionEndpoint
 			}
 			replica := buildRoutes([]routeSpec{{routes[i].pathPrefix, rs.bucket, routes[i].keyPrefix}}, endpoint, forcePath, custom)[0]
 			replica.scheme, replica.region = endpoint.Scheme, rs.region
-			replica.signer, replica.health = &Signer{Region: rs.region}, &bucketHealth{}
+			replica.signer, replica.health = &Signer{Region: rs.region}, healthOf(rs.bucket)
 			routes[i].replicas = append(routes[i].replicas, replica)
-			routes[i].health = &bucketHealth{}
+			routes[i].health = healthOf(routes[i].bucket)
 		}
 	}
 	return routes
