@@ -386,6 +386,19 @@ func (a *hedgeAllowance) earn() {
 	}
 }
 
+// giveBack returns a hedge that take granted but was not sent.
+func (a *hedgeAllowance) giveBack() {
+	if a == nil {
+		return
+	}
+	for {
+		u := a.units.Load()
+		if a.units.CompareAndSwap(u, min(u+hedgeUnit, maxHedgeBurst*hedgeUnit)) {
+			return
+		}
+	}
+}
+
 // take spends one hedge, or reports that the cap is reached.
 func (a *hedgeAllowance) take() bool {
 	if a == nil {

@@ -191,6 +191,10 @@ func TestHedgeAllowance(t *testing.T) {
 	if a.take() {
 		t.Fatal("a hedge beyond the burst was allowed")
 	}
+	a.giveBack() // one the budget refused: it was never sent
+	if !a.take() || a.take() {
+		t.Fatal("a hedge given back is not exactly one hedge to take again")
+	}
 	for range 9 {
 		a.earn()
 	}

@@ -287,6 +287,9 @@ func (p *Proxy) newRequest(ctx context.Context, up *upstreamRequest, creds *Cred
 // answer that is S3's word (4xx). A bucket marked down is skipped but for
 // its probes. up.route is left on the copy that answered.
 func (p *Proxy) fetch(ctx context.Context, up *upstreamRequest, x *exchange, spent int64) (upstreamAnswer, error) {
+	if up.rest == nil {
+		p.policy.hedges.earn() // once per request: the cap is a share of requests
+	}
 	if up.rest != nil || len(up.route.replicas) == 0 {
 		return p.fetchFrom(ctx, up, x, spent)
 	}
@@ -332,9 +335,6 @@ func (p *Proxy) reportHealth(rt *route, served, probe bool) {
 // set only when no answer can be passed on.
 func (p *Proxy) fetchFrom(ctx context.Context, up *upstreamRequest, x *exchange, spent int64) (upstreamAnswer, error) {
 	tried := retryState{spent: spent}
-	if spent == 0 {
-		p.policy.hedges.earn()
-	}
 	for {
 		f := p.race(ctx, up, x)
 		p.record(x, up, &f)
@@ -345,7 +345,11 @@ func (p *Proxy) fetchFrom(ctx context.Context, up *upstreamRequest, x *exchange,
 				return upstreamAnswer{}, d.err
 			}
 			if f.resp != nil {
-				p.policy.budget.succeeded(tried.spent)
+				spent := tried.spent
+				if f.hedgeWon { // the hedge was a retry that succeeded
+					spent += retryCost
+				}
+				p.policy.budget.succeeded(spent)
 			}
 			return f.answer(), nil
 		case signAgain:
@@ -477,6 +481,7 @@ func (r *hedgeRace) fire() {
 		return
 	}
 	if !r.p.policy.budget.spend(retryCost) {
+		r.p.policy.hedges.giveBack() // not sent, so not counted against the cap
 		r.mu.Unlock()
 		r.p.metrics.Count(mBudgetRefused, refusedHedge, 1)
 		return

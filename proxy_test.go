@@ -849,6 +849,10 @@ func TestHedgeFiresAtTheDelay(t *testing.T) {
 				if count(p, mHedges, 0) != hedges || count(p, mHedgesWon, 0) != hedges || count(p, mHedgeCancels, 0) != hedges {
 					t.Errorf("hedges %d, won %d, cancels %d; want %d each", count(p, mHedges, 0), count(p, mHedgesWon, 0), count(p, mHedgeCancels, 0), hedges)
 				}
+				// A winning hedge is a retry that succeeded: its cost comes back.
+				if tokens := p.policy.budget.Tokens(); tokens != defaultRetryBudget {
+					t.Errorf("retry budget after the request = %d, want it full (%d)", tokens, defaultRetryBudget)
+				}
 			})
 		})
 	}
@@ -1017,6 +1021,17 @@ func TestHedgeRacingAnAnswerThatIsNotTheObject(t *testing.T) {
 				}
 				if n := len(s.seen()); n != 2 {
 					t.Errorf("%s: S3 saw %d requests, want a hedged pair", tt.name, n)
+				}
+				// The hedge cost 5; a 304 that passes on is a success: the first
+				// try's adds 1, a winning hedge's refunds its 5.
+				want := int64(defaultRetryBudget - retryCost)
+				if tt.status == 304 && firstWins {
+					want += firstTrySuccess
+				} else if tt.status == 304 {
+					want += retryCost
+				}
+				if tokens := p.policy.budget.Tokens(); tokens != want {
+					t.Errorf("%s, first wins %v: retry budget %d, want %d", tt.name, firstWins, tokens, want)
 				}
 				answers = append(answers, fmt.Sprint(w.Code, w.Header(), w.Body.String()))
 			})
