@@ -153,11 +153,17 @@ func newNotifier(getenv func(string) string) (*notifier, error) {
 	return &notifier{conn: conn}, nil
 }
 
-// send reports one state, such as "READY=1".
+// notifyTimeout bounds one report: a datagram to a service manager that
+// stopped reading would otherwise block, and STOPPING=1 is sent on the
+// shutdown path.
+const notifyTimeout = time.Second
+
+// send reports one state, such as "READY=1", within notifyTimeout.
 func (n *notifier) send(state string) error {
 	if n == nil {
 		return nil
 	}
+	n.conn.SetWriteDeadline(time.Now().Add(notifyTimeout))
 	_, err := n.conn.Write([]byte(state))
 	return err
 }

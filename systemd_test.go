@@ -252,3 +252,26 @@ func TestDrainSaysSoAndEndsWithACut(t *testing.T) {
 		t.Errorf("no line counts the cut:\n%s", text)
 	}
 }
+
+// TestNotifyNeverBlocks: a service manager that stops reading fills its
+// socket; each report then fails within notifyTimeout instead of holding
+// up the shutdown that sends STOPPING=1.
+func TestNotifyNeverBlocks(t *testing.T) {
+	_, path := notifyListener(t) // never read
+	n, err := newNotifier(envFrom(map[string]string{"NOTIFY_SOCKET": path}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.close()
+	for i := range 100_000 {
+		start := time.Now()
+		err := n.send("WATCHDOG=1")
+		if took := time.Since(start); took > notifyTimeout+time.Second {
+			t.Fatalf("report %d took %v", i, took)
+		}
+		if err != nil {
+			return // the socket is full, and the report gave up in time
+		}
+	}
+	t.Fatal("100,000 reports fitted in an unread socket; the test did not reach a full one")
+}
