@@ -516,6 +516,25 @@ func presignable(in *signingRequest, expires time.Duration) error {
 	return nil
 }
 
+// presignParams are a presigned URL's X-Amz-* query parameters (SigV4 or
+// SigV4A, by algorithm and scope) merged with the request's own.
+func presignParams(algorithm, scope string, f *signedFields, creds *Credentials, t time.Time, expires time.Duration, own url.Values) url.Values {
+	params := url.Values{
+		"X-Amz-Algorithm":     {algorithm},
+		"X-Amz-Credential":    {creds.AccessKeyID + "/" + scope},
+		"X-Amz-Date":          {t.Format(amzDateFormat)},
+		"X-Amz-Expires":       {strconv.FormatInt(int64(expires/time.Second), 10)},
+		"X-Amz-SignedHeaders": {string(appendSignedHeaders(nil, f))},
+	}
+	if creds.SessionToken != "" {
+		params.Set("X-Amz-Security-Token", creds.SessionToken)
+	}
+	for name, values := range own {
+		params[name] = append(params[name], values...)
+	}
+	return params
+}
+
 // presignature is a presigning's stages plus the final query string.
 type presignature struct {
 	stages signingStages
@@ -529,20 +548,7 @@ func (s *Signer) explainPresign(in *signingRequest, own url.Values, creds *Crede
 	date := t.Format(shortDateFormat)
 	var f signedFields
 	s.collectFields(&f, in, creds, "", false)
-	signed := appendSignedHeaders(nil, &f)
-	params := url.Values{
-		"X-Amz-Algorithm":     {signingAlgorithm},
-		"X-Amz-Credential":    {creds.AccessKeyID + "/" + string(s.appendScope(nil, date))},
-		"X-Amz-Date":          {t.Format(amzDateFormat)},
-		"X-Amz-Expires":       {strconv.FormatInt(int64(expires/time.Second), 10)},
-		"X-Amz-SignedHeaders": {string(signed)},
-	}
-	if creds.SessionToken != "" {
-		params.Set("X-Amz-Security-Token", creds.SessionToken)
-	}
-	for name, values := range own {
-		params[name] = append(params[name], values...)
-	}
+	params := presignParams(signingAlgorithm, string(s.appendScope(nil, date)), &f, creds, t, expires, own)
 	withAuth := *in
 	withAuth.query = canonicalQuery(params)
 	sig := s.explain(&withAuth, creds, t, false)

@@ -19,7 +19,6 @@ import (
 	"math/big"
 	"net/http"
 	"net/url"
-	"strconv"
 	"sync/atomic"
 	"time"
 )
@@ -191,20 +190,8 @@ func (s *SignerV4A) explainPresign(in *signingRequest, own url.Values, creds *Cr
 	t = t.UTC()
 	var f signedFields
 	s.fields.collectFields(&f, in, creds, "", false)
-	params := url.Values{
-		"X-Amz-Algorithm":     {signingAlgorithmV4A},
-		"X-Amz-Credential":    {creds.AccessKeyID + "/" + t.Format(shortDateFormat) + "/" + s.service() + "/" + scopeTerminator},
-		"X-Amz-Date":          {t.Format(amzDateFormat)},
-		"X-Amz-Expires":       {strconv.FormatInt(int64(expires/time.Second), 10)},
-		"X-Amz-Region-Set":    {s.RegionSet},
-		"X-Amz-SignedHeaders": {string(appendSignedHeaders(nil, &f))},
-	}
-	if creds.SessionToken != "" {
-		params.Set("X-Amz-Security-Token", creds.SessionToken)
-	}
-	for name, values := range own {
-		params[name] = append(params[name], values...)
-	}
+	params := presignParams(signingAlgorithmV4A, t.Format(shortDateFormat)+"/"+s.service()+"/"+scopeTerminator, &f, creds, t, expires, own)
+	params.Set("X-Amz-Region-Set", s.RegionSet)
 	withAuth := *in
 	withAuth.query = canonicalQuery(params)
 	sig, err := s.explain(&withAuth, creds, t, false)
