@@ -7,6 +7,7 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -82,5 +83,29 @@ func TestPackage(t *testing.T) {
 	t.Logf("systemd-analyze security: exposure %s", level[1])
 	if exposure, _ := strconv.ParseFloat(string(level[1]), 64); exposure > 2.0 {
 		t.Errorf("exposure level %s, want at most 2.0 (OK):\n%s", level[1], security)
+	}
+}
+
+// TestDefaultFileNamesRealFlags: every S3_HELPER_* variable that
+// /etc/default/s3-helper shows is one the flags read, and so is every
+// variable the unit files set.
+func TestDefaultFileNamesRealFlags(t *testing.T) {
+	fs := newFlagSet(&config{}, io.Discard)
+	for _, file := range []string{"packaging/s3-helper.default", "packaging/s3-helper.service"} {
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := 0
+		for _, m := range regexp.MustCompile(`S3_HELPER_([A-Z_]+)=`).FindAllSubmatch(raw, -1) {
+			found++
+			name := strings.ToLower(strings.ReplaceAll(string(m[1]), "_", "-"))
+			if fs.Lookup(name) == nil {
+				t.Errorf("%s: S3_HELPER_%s names no flag (-%s)", file, m[1], name)
+			}
+		}
+		if file == "packaging/s3-helper.default" && found < 10 {
+			t.Errorf("%s shows only %d variables", file, found)
+		}
 	}
 }
