@@ -453,5 +453,5 @@ func (cs credentialStatus) Healthy() (bool, string) {
 	case !cs.Valid:
 		return false, "credentials expired"
 	}
-	return true, fmt.Sprintf("credentials from %s, expire in %s", cs.Source, durationText(cs.ExpiresIn))
+	return true, fmt.Sprintf("credentials from %s, %s", cs.Source, expiryText(cs.ExpiresIn))
 }

@@ -359,3 +359,12 @@ func TestCacheNoWaitAtExpiry(t *testing.T) {
 		}
 	})
 }
+
+// TestHealthyNeverExpiring: credentials that never expire (the
+// environment's) read "never expire", not "expire in never".
+func TestHealthyNeverExpiring(t *testing.T) {
+	ok, reason := credentialStatus{Source: sourceEnvironment, Valid: true}.Healthy()
+	if !ok || !strings.HasSuffix(reason, ", never expire") {
+		t.Errorf("Healthy() = %v %q, want healthy and \"…, never expire\"", ok, reason)
+	}
+}

@@ -86,12 +86,13 @@ func runCheck(ctx context.Context, out io.Writer, cfg config, problems []error, 
 		return errCheckFailed
 	}
 	discard := slog.New(slog.DiscardHandler)
-	p := newProxy(cfg, &credentialCache{provider: staticProvider{creds}, log: discard}, nil, discard)
+	routes := newRoutes(cfg)
+	s3 := newS3Client(cfg, &credentialCache{provider: staticProvider{creds}, log: discard}, nil, discard)
 	clockChecked := false
-	for i := len(p.routes) - 1; i >= 0; i-- { // the default route, "/", first
+	for i := len(routes) - 1; i >= 0; i-- { // the default route, "/", first
 		// Each replica is checked like its primary: it must serve alone.
-		for _, rt := range append([]route{p.routes[i]}, p.routes[i].replicas...) {
-			probe, ok := c.checkBucket(ctx, p, rt, cmp.Or(rt.region, cfg.region))
+		for _, rt := range append([]route{routes[i]}, routes[i].replicas...) {
+			probe, ok := c.checkBucket(ctx, s3, rt, cmp.Or(rt.region, cfg.region))
 			if !ok {
 				continue
 			}
@@ -103,7 +104,7 @@ func runCheck(ctx context.Context, out io.Writer, cfg config, problems []error, 
 		}
 	}
 	if cfg.checkKey != "" {
-		c.checkKey(ctx, p, cfg.checkKey)
+		c.checkKey(ctx, s3, routes, cfg.checkKey)
 	}
 	if c.failed > 0 {
 		return fmt.Errorf("%w: %d failed", errCheckFailed, c.failed)
@@ -168,7 +169,7 @@ func (c *checker) checkCredentials(ctx context.Context, cfg config, getenv func(
 			return nil
 		}
 		creds = got
-		c.pass("credentials", fmt.Sprintf("%s: access key %s, %s", what, got.AccessKeyID, expiryText(got.Expires, time.Now())))
+		c.pass("credentials", fmt.Sprintf("%s: access key %s, %s", what, got.AccessKeyID, expiryText(timeLeft(got.Expires, time.Now()))))
 	}
 	return creds
 }
@@ -201,7 +202,7 @@ type bucketProbe struct {
 // probe sends a signed request the way the proxy would and reads S3's
 // answer. A GET of one byte, not a HEAD: S3 sends no error body to a HEAD,
 // and the error code is what tells a wrong secret from a wrong region.
-func (c *checker) probe(ctx context.Context, p *Proxy, rt route, method, key string) (bucketProbe, error) {
+func (c *checker) probe(ctx context.Context, s3 *s3Client, rt route, method, key string) (bucketProbe, error) {
 	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()
 	up := upstreamRequest{route: rt, method: method, client: http.Header{}}
@@ -209,12 +210,7 @@ func (c *checker) probe(ctx context.Context, p *Proxy, rt route, method, key str
 		up.client.Set("Range", "bytes=0-0")
 	}
 	up.uri = rt.uri(key)
-	now := time.Now()
-	creds, err := p.creds.Get(ctx, now)
-	if err != nil {
-		return bucketProbe{}, err
-	}
-	resp, err := p.transport.RoundTrip(p.newRequest(ctx, &up, creds, now))
+	resp, err := s3.send(ctx, &up)
 	if err != nil {
 		return bucketProbe{}, err
 	}
@@ -225,7 +221,7 @@ func (c *checker) probe(ctx context.Context, p *Proxy, rt route, method, key str
 
 // checkBucket probes a key that cannot exist: the answer tells whether the
 // bucket exists, lives in the signing region, and accepts the signature.
-func (c *checker) checkBucket(ctx context.Context, p *Proxy, rt route, region string) (bucketProbe, bool) {
+func (c *checker) checkBucket(ctx context.Context, s3 *s3Client, rt route, region string) (bucketProbe, bool) {
 	step := "bucket " + rt.bucket
 	answers := "exists and answers in region " + region
 	if rt.accessPoint != "" {
@@ -240,9 +236,10 @@ func (c *checker) checkBucket(ctx context.Context, p *Proxy, rt route, region st
 		step += " (replica in " + rt.region + ")"
 	}
 	missing := "s3-helper-check/" + randomHex() + "/no-such-key"
-	pr, err := c.probe(ctx, p, rt, http.MethodGet, missing)
+	pr, err := c.probe(ctx, s3, rt, http.MethodGet, missing)
+	at := cmp.Or(rt.scheme, s3.scheme) + "://" + rt.host
 	if err != nil {
-		c.fail(step, "S3 at "+p.scheme+"://"+rt.host+" did not answer: "+err.Error(), "check -endpoint, DNS and outbound HTTPS from this host")
+		c.fail(step, "S3 at "+at+" did not answer: "+err.Error(), "check -endpoint, DNS and outbound HTTPS from this host")
 		return pr, false
 	}
 	d := pr.details
@@ -255,7 +252,7 @@ func (c *checker) checkBucket(ctx context.Context, p *Proxy, rt route, region st
 		c.fail(step, fmt.Sprintf("S3 answered %d %s: the bucket is not in -region %s", pr.status, d.code, region), fix)
 		return pr, false
 	case d.code == "NoSuchBucket":
-		c.fail(step, "S3 answered 404 NoSuchBucket: the bucket does not exist at "+p.scheme+"://"+rt.host, "check -bucket (or the -route), and -endpoint")
+		c.fail(step, "S3 answered 404 NoSuchBucket: the bucket does not exist at "+at, "check -bucket (or the -route), and -endpoint")
 		return pr, false
 	case d.code == "SignatureDoesNotMatch":
 		c.fail(step, "S3 answered 403 SignatureDoesNotMatch: the secret key does not belong to the access key ID",
@@ -270,7 +267,7 @@ func (c *checker) checkBucket(ctx context.Context, p *Proxy, rt route, region st
 		return pr, false
 	case pr.status == http.StatusNotFound || pr.status == http.StatusForbidden && d.code == "AccessDenied" ||
 		pr.status == http.StatusOK || pr.status == http.StatusPartialContent || pr.status == http.StatusRequestedRangeNotSatisfiable:
-		c.pass(step, fmt.Sprintf("%s at %s://%s", answers, p.scheme, rt.host))
+		c.pass(step, answers+" at "+at)
 		return pr, true
 	}
 	c.fail(step, fmt.Sprintf("unexpected answer %d %s", pr.status, d.code), "check -endpoint and -path-style")
@@ -312,25 +309,25 @@ func (c *checker) checkListBucket(rt route, pr bucketProbe) {
 
 // checkKey HEADs -check-key, a path as nginx would send it, through the
 // proxy's own key mapping: 200 proves s3:GetObject.
-func (c *checker) checkKey(ctx context.Context, p *Proxy, path string) {
+func (c *checker) checkKey(ctx context.Context, s3 *s3Client, routes []route, path string) {
 	if !strings.HasPrefix(path, "/") {
 		path = "/" + path
 	}
 	step := "read " + path
-	rt, key, err := mapPath(p.routes, path)
+	rt, key, err := mapPath(routes, path)
 	if err != nil {
 		c.fail(step, err.Error(), "give -check-key the path nginx sends, e.g. /videos/sample.mp4")
 		return
 	}
-	c.checkKeyAt(ctx, p, rt, key, step)
+	c.checkKeyAt(ctx, s3, rt, key, step)
 	for _, replica := range rt.replicas {
-		c.checkKeyAt(ctx, p, replica, key, step+" through the replica "+replica.bucket)
+		c.checkKeyAt(ctx, s3, replica, key, step+" through the replica "+replica.bucket)
 	}
 }
 
 // checkKeyAt HEADs key (relative to rt) in rt's bucket.
-func (c *checker) checkKeyAt(ctx context.Context, p *Proxy, rt route, key, step string) {
-	pr, err := c.probe(ctx, p, rt, http.MethodHead, key)
+func (c *checker) checkKeyAt(ctx context.Context, s3 *s3Client, rt route, key, step string) {
+	pr, err := c.probe(ctx, s3, rt, http.MethodHead, key)
 	if err != nil {
 		c.fail(step, "S3 did not answer: "+err.Error(), "check -endpoint")
 		return

@@ -20,6 +20,7 @@ func TestProxyAdoptsS3ClockWhenSkewed(t *testing.T) {
 	// header is: every offset below is exact.
 	base := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
 	tp.now = func() time.Time { return base }
+	tp.upstream.now = tp.now
 	tp.s3.now = func() time.Time { return base }
 	tp.s3.put("k", []byte("on time"))
 	setAhead := func(d time.Duration) {
@@ -35,7 +36,7 @@ func TestProxyAdoptsS3ClockWhenSkewed(t *testing.T) {
 	if n := upstreamRequest(); n != 2 {
 		t.Errorf("upstream requests for the first GET = %d, want 2 (refused, then signed with S3's time)", n)
 	}
-	if off, want := tp.clockFix.Offset(base), 2*time.Hour+dateResolution/2; off != want {
+	if off, want := tp.upstream.clockFix.Offset(base), 2*time.Hour+dateResolution/2; off != want {
 		t.Errorf("learned offset = %v, want %v (S3's Date plus half its resolution)", off, want)
 	}
 	for range 3 {
@@ -50,7 +51,7 @@ func TestProxyAdoptsS3ClockWhenSkewed(t *testing.T) {
 	if resp, _ := get(t, "GET", tp.url+"/k", nil); resp.StatusCode != 200 {
 		t.Fatalf("GET after S3's clock moved back = %d", resp.StatusCode)
 	}
-	if off, want := tp.clockFix.Offset(base), dateResolution/2; off != want {
+	if off, want := tp.upstream.clockFix.Offset(base), dateResolution/2; off != want {
 		t.Errorf("offset after S3's clock moved back = %v, want %v", off, want)
 	}
 	if n := strings.Count(tp.logs.String(), "clock is off"); n != 2 {

@@ -361,9 +361,6 @@ func (c *config) resolvePresign(p *problems) {
 // resolveCredentialSource chooses the credential source and checks what it
 // and -assume-role need, without touching the network.
 func (c *config) resolveCredentialSource(p *problems, getenv func(string) string) {
-	variable := func(name, rule string) {
-		*p = append(*p, fmt.Errorf("$%s %q: %s", name, clip(getenv(name), maxQuotedValueBytes), rule))
-	}
 	akid, secret := getenv("AWS_ACCESS_KEY_ID"), getenv("AWS_SECRET_ACCESS_KEY")
 	if (akid == "") != (secret == "") {
 		*p = append(*p, errors.New("$AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY: set both or neither"))
@@ -373,9 +370,26 @@ func (c *config) resolveCredentialSource(p *problems, getenv func(string) string
 		p.bad("credentials", c.credentials, err.Error())
 	}
 	c.source = choice
-	switch choice.name {
-	case sourceEnvironment:
+	if choice.name == sourceEnvironment {
 		c.static = newCredentials(akid, secret, getenv("AWS_SESSION_TOKEN"), time.Time{}, sourceEnvironment)
+	}
+	checkSourceVariables(p, choice.name, getenv)
+	// IMDS is the source or, without -region, where the region comes from.
+	c.imdsURL = strings.TrimRight(firstNonEmpty(c.imdsEndpoint, getenv("AWS_EC2_METADATA_SERVICE_ENDPOINT"), defaultIMDSEndpoint), "/")
+	if u, err := url.Parse(c.imdsURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		p.bad("imds-endpoint", c.imdsURL, "must be an http:// or https:// URL with a host")
+	}
+	c.checkAssumeRole(p, getenv)
+}
+
+// checkSourceVariables checks the environment the chosen source reads:
+// web identity's role and session name, the container endpoint's URL and
+// token.
+func checkSourceVariables(p *problems, source string, getenv func(string) string) {
+	variable := func(name, rule string) {
+		*p = append(*p, fmt.Errorf("$%s %q: %s", name, clip(getenv(name), maxQuotedValueBytes), rule))
+	}
+	switch source {
 	case sourceWebIdentity:
 		if !isRoleARN(getenv("AWS_ROLE_ARN")) {
 			variable("AWS_ROLE_ARN", "must be a role ARN such as arn:aws:iam::123456789012:role/NAME")
@@ -393,11 +407,11 @@ func (c *config) resolveCredentialSource(p *problems, getenv func(string) string
 			*p = append(*p, errors.New("$AWS_CONTAINER_AUTHORIZATION_TOKEN: contains a line break"))
 		}
 	}
-	// IMDS is the source or, without -region, where the region comes from.
-	c.imdsURL = strings.TrimRight(firstNonEmpty(c.imdsEndpoint, getenv("AWS_EC2_METADATA_SERVICE_ENDPOINT"), defaultIMDSEndpoint), "/")
-	if u, err := url.Parse(c.imdsURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		p.bad("imds-endpoint", c.imdsURL, "must be an http:// or https:// URL with a host")
-	}
+}
+
+// checkAssumeRole checks -assume-role, what goes with it, and STS's
+// endpoint.
+func (c *config) checkAssumeRole(p *problems, getenv func(string) string) {
 	if c.assumeRole != "" && !isRoleARN(c.assumeRole) {
 		p.bad("assume-role", c.assumeRole, "must be a role ARN such as arn:aws:iam::123456789012:role/NAME")
 	}
@@ -564,14 +578,26 @@ func (c *config) discoverRegion(ctx context.Context) error {
 	return nil
 }
 
+// newRoutes builds the routes, with their replicas, from the configuration.
+func newRoutes(cfg config) []route {
+	return withReplicas(buildRoutes(cfg.routeSpecs, cfg.endpointURL, cfg.pathStyle, cfg.endpoint != ""), cfg.replicaSpecs, cfg.regionEndpointURLs, cfg.pathStyle)
+}
+
+// newS3Client builds the S3 client from the configuration.
+func newS3Client(cfg config, creds credentialGetter, metrics *Metrics, log *slog.Logger) *s3Client {
+	return &s3Client{
+		scheme: cfg.endpointURL.Scheme,
+		signer: &Signer{Region: cfg.region}, creds: creds, transport: newUpstreamTransport(cfg.timeout),
+		metrics: metrics, log: log, timeout: cfg.timeout,
+		policy: retryPolicy{limit: cfg.retries, budget: newRetryBudget(int64(cfg.retryBudget), log), hedge: cfg.hedgePolicy, hedges: newHedgeAllowance()},
+	}
+}
+
 // newProxy builds the request handler from the configuration.
 func newProxy(cfg config, creds credentialGetter, metrics *Metrics, log *slog.Logger) *Proxy {
 	return &Proxy{
-		routes: withReplicas(buildRoutes(cfg.routeSpecs, cfg.endpointURL, cfg.pathStyle, cfg.endpoint != ""), cfg.replicaSpecs, cfg.regionEndpointURLs, cfg.pathStyle),
-		scheme: cfg.endpointURL.Scheme,
-		signer: &Signer{Region: cfg.region}, creds: creds, transport: newUpstreamTransport(cfg.timeout),
-		metrics: metrics, log: log, accessLog: cfg.accessLog, bodyTimeout: cfg.timeout, idle: make(chan struct{}, 1),
-		policy: retryPolicy{limit: cfg.retries, budget: newRetryBudget(int64(cfg.retryBudget), log), hedge: cfg.hedgePolicy, hedges: newHedgeAllowance()},
+		routes: newRoutes(cfg), upstream: newS3Client(cfg, creds, metrics, log),
+		metrics: metrics, log: log, accessLog: cfg.accessLog, idle: make(chan struct{}, 1),
 	}
 }
 

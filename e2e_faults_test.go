@@ -33,6 +33,9 @@ type faultProxy struct {
 	hold                     time.Duration
 	// slowDownAll answers every request SlowDown while set.
 	slowDownAll atomic.Bool
+	// hangAll accepts every request, reads it, and never answers while set
+	// (a partition, a load balancer whose targets hang).
+	hangAll atomic.Bool
 }
 
 func newFaultProxy(t *testing.T, s3 string) *faultProxy {
@@ -48,6 +51,10 @@ func newFaultProxy(t *testing.T, s3 string) *faultProxy {
 	}}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n := f.seen.Add(1)
+		if f.hangAll.Load() {
+			<-r.Context().Done() // until s3-helper gives up on the attempt
+			return
+		}
 		if e := f.slowDownAll.Load() || f.slowDownEvery.Load() > 0 && n%f.slowDownEvery.Load() == 0; e {
 			s3Error(w, http.StatusServiceUnavailable, "SlowDown", "Please reduce your request rate.")
 			return
@@ -103,7 +110,14 @@ func rangeLoad(t *testing.T, h *helperProcess, f *faultProxy, object []byte, rat
 // rangeLoadAt is rangeLoad against any URL of big.bin.
 func rangeLoadAt(t *testing.T, target string, object []byte, rate int, d time.Duration, ok ...int) loadResult {
 	t.Helper()
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 512}, Timeout: 30 * time.Second}
+	return rangeLoadPatient(t, target, object, rate, d, 30*time.Second, ok...)
+}
+
+// rangeLoadPatient is rangeLoadAt with clients that give up after patience
+// (nginx's proxy_read_timeout, or a player's).
+func rangeLoadPatient(t *testing.T, target string, object []byte, rate int, d, patience time.Duration, ok ...int) loadResult {
+	t.Helper()
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 512}, Timeout: patience}
 	defer client.CloseIdleConnections()
 	var (
 		mu  sync.Mutex
@@ -351,5 +365,50 @@ func TestE2EReplicaFailover(t *testing.T) {
 	t.Logf("primary refusing connections: %s", res)
 	if res.failed > 0 {
 		t.Errorf("a primary refusing connections: %d of %d requests failed", res.failed, res.requests)
+	}
+}
+
+// TestE2EBlackholedRegion: the primary region accepts every request and
+// never answers, its replica is healthy, clients give up after 3 s (sooner
+// than -timeout, 5 s) and ask 50 Range GETs a second. After 10 s nothing
+// fails and p99 is at most 150 ms; once the primary answers again it takes
+// its traffic back within 40 s, nothing failing.
+func TestE2EBlackholedRegion(t *testing.T) {
+	env := needE2E(t)
+	object := readSeed(t, env, "big.bin")
+	replicas := &replicaLog{}
+	replicaURL := countingProxy(t, env.replicaS3, replicas)
+	f := newFaultProxy(t, env.s3)
+	h := startHelper(t, env, "127.0.0.1:0", "-endpoint", f.url, "-access-log=false",
+		"-replica", env.bucket+"="+env.replicaBucket+"@"+env.replicaRegion, "-region-endpoint", env.replicaRegion+"="+replicaURL)
+	const rate, patience = 50, 3 * time.Second
+	target := h.url("/big.bin")
+	if warm := rangeLoadPatient(t, target, object, rate, 2*time.Second, patience); warm.failed > 0 {
+		t.Fatalf("the primary healthy: %s", warm)
+	}
+
+	f.hangAll.Store(true)
+	first := rangeLoadPatient(t, target, object, rate, 10*time.Second, patience)
+	t.Logf("the primary hanging, the first 10 s: %s", first)
+	then := rangeLoadPatient(t, target, object, rate, 10*time.Second, patience)
+	t.Logf("the primary hanging, the next 10 s: %s", then)
+	if then.failed > 0 || then.quantile(0.99) > 150*time.Millisecond {
+		t.Errorf("after 10 s of a hanging primary: %d failed, p99 %v; want none and at most 150 ms", then.failed, then.quantile(0.99))
+	}
+	_, health := get(t, "GET", "http://"+h.admin+"/healthz", nil)
+	if !strings.Contains(string(health), "bucket media (us-east-1): down") {
+		t.Errorf("/healthz with the primary hanging:\n%s", health)
+	}
+
+	f.hangAll.Store(false)
+	back := time.Now()
+	after := rangeLoadPatient(t, target, object, rate, 30*time.Second, patience)
+	_, last := replicas.since(back)
+	t.Logf("the primary answering again: %s; the replica's last request %v after", after, last.Sub(back).Round(time.Millisecond))
+	if after.failed > 0 || last.Sub(back) > 40*time.Second {
+		t.Errorf("the primary back: %d failed; the replica served until %v after, want the primary back within 40 s", after.failed, last.Sub(back))
+	}
+	if !h.logs.waitFor("bucket marked down") || !h.logs.waitFor("bucket back up") {
+		t.Errorf("the transitions are not logged:\n%.3000s", h.logs)
 	}
 }

@@ -180,7 +180,7 @@ type newRelicPusher struct {
 	loggedRejected bool
 
 	dropped atomic.Int64 // payloads dropped: rejected, or pushed out of pending
-	// waiting mirrors len(pending) for readers outside the run goroutine.
+	// waiting mirrors len(pending) for readers outside the pushLoop goroutine.
 	waiting atomic.Int64
 	// stopping is cancelled by close: it ends a push in flight, so a
 	// hanging endpoint cannot hold up shutdown beyond the final push.

@@ -199,16 +199,20 @@ func newTestProxy(t *testing.T) *testProxy {
 	logs := &syncBuffer{}
 	creds := newCredentials(testAKID, testSecret, testToken, time.Time{}, sourceEnvironment)
 	cache := &credentialCache{provider: staticProvider{creds}, log: slog.New(slog.DiscardHandler)}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	p := &Proxy{
-		routes:      buildRoutes([]routeSpec{{"/", testBucket, ""}, {"/avod/", testBucket, "ads/"}}, endpoint, false, false),
-		scheme:      "http",
-		signer:      &Signer{Region: "us-east-1"},
-		creds:       cache,
-		transport:   newUpstreamTransport(time.Second),
-		log:         slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		accessLog:   true,
-		policy:      retryPolicy{limit: 3, pause: func(int) time.Duration { return 0 }},
-		bodyTimeout: time.Second,
+		routes: buildRoutes([]routeSpec{{"/", testBucket, ""}, {"/avod/", testBucket, "ads/"}}, endpoint, false, false),
+		upstream: &s3Client{
+			scheme:    "http",
+			signer:    &Signer{Region: "us-east-1"},
+			creds:     cache,
+			transport: newUpstreamTransport(time.Second),
+			log:       log,
+			policy:    retryPolicy{limit: 3, pause: func(int) time.Duration { return 0 }},
+			timeout:   time.Second,
+		},
+		log:       log,
+		accessLog: true,
 	}
 	front := httptest.NewServer(p)
 	t.Cleanup(front.Close)
@@ -544,14 +548,14 @@ type scriptedS3 struct {
 }
 
 type scriptedRequest struct {
-	at                   time.Time
-	host, rng, ifMatch   string
-	cancelled, completed bool
+	at                         time.Time
+	method, host, rng, ifMatch string
+	cancelled, completed       bool
 }
 
 func (s *scriptedS3) RoundTrip(r *http.Request) (*http.Response, error) {
 	s.mu.Lock()
-	s.requests = append(s.requests, scriptedRequest{at: time.Now(), host: r.Host, rng: r.Header.Get("Range"), ifMatch: r.Header.Get("If-Match")})
+	s.requests = append(s.requests, scriptedRequest{at: time.Now(), method: r.Method, host: r.Host, rng: r.Header.Get("Range"), ifMatch: r.Header.Get("If-Match")})
 	n := len(s.requests)
 	s.mu.Unlock()
 	resp, err := s.answer(n, r)
@@ -592,6 +596,11 @@ func objectAnswer(r *http.Request, body []byte, etag string) *http.Response {
 	return resp
 }
 
+// s3ErrorBody is the S3-shaped error body s3-helper answers with.
+func s3ErrorBody(code, message string) string {
+	return `<?xml version="1.0" encoding="UTF-8"?>` + "\n<Error><Code>" + code + "</Code><Message>" + message + "</Message></Error>\n"
+}
+
 // errorAnswer is an S3 error answer, with S3's Date (date, if not zero).
 func errorAnswer(status int, code string, date time.Time) *http.Response {
 	rec := httptest.NewRecorder()
@@ -606,11 +615,12 @@ func errorAnswer(status int, code string, date time.Time) *http.Response {
 // watch) over s, with aggregated metrics and its log in logs.
 func scriptedProxy(s *scriptedS3, hedge hedgePolicy, logs *syncBuffer) *Proxy {
 	p := benchProxy(nil)
-	p.transport = s
+	p.upstream.transport = s
 	p.metrics = newMetrics(nil, true)
 	p.log = slog.New(slog.NewTextHandler(logs, nil))
-	p.policy.budget = newRetryBudget(defaultRetryBudget, p.log)
-	p.policy.hedge = hedge
+	p.upstream.metrics, p.upstream.log = p.metrics, p.log
+	p.upstream.policy.budget = newRetryBudget(defaultRetryBudget, p.log)
+	p.upstream.policy.hedge = hedge
 	p.accessLog = true
 	return p
 }

@@ -10,6 +10,7 @@ import (
 	"net/textproto"
 	"net/url"
 	"strings"
+	"time"
 )
 
 // forwardedRequestHeaders are the client headers sent on to S3, unsigned
@@ -27,7 +28,7 @@ var forwardedRequestHeaders = [...]string{
 
 // singleValuedRequestHeaders may appear at most once: two Range headers have
 // no defined meaning (RFC 9110 §14.2), and S3 would see only one of them.
-var singleValuedRequestHeaders = [...]string{"Range", "If-Modified-Since", "If-Unmodified-Since"}
+var singleValuedRequestHeaders = [...]string{"Range", "If-Range", "If-Modified-Since", "If-Unmodified-Since"}
 
 // returnedResponseHeaders are the S3 response headers the client sees.
 // Every x-amz-* header (request IDs, storage class, server-side encryption,
@@ -183,4 +184,74 @@ func isAllowedQueryParam(name string) bool {
 		}
 	}
 	return false
+}
+
+// ifRange is the client's If-Range (RFC 9110 §13.1.5). S3's GetObject does
+// not evaluate it, and passing Range on without it would give a client
+// holding a stale validator a 206 of the new object where the whole of it
+// (200) is due; so s3-helper asks S3 for the range on the condition that
+// the validator still holds, and for the whole object when it does not.
+// The zero value is no If-Range.
+type ifRange struct {
+	// etag is a strong entity tag, or date an HTTP-date; at most one is set.
+	etag string
+	date time.Time
+}
+
+// parseIfRange reads the client's If-Range; whole reports a Range to
+// ignore at once, since the validator can never match (a weak entity tag,
+// or a value that is neither a tag nor a date). If-Range without one Range
+// is ignored, as the RFC requires.
+func parseIfRange(h http.Header) (ir ifRange, whole bool) {
+	vs := h["If-Range"]
+	if len(vs) != 1 || len(h["Range"]) != 1 {
+		return ifRange{}, false
+	}
+	v := strings.TrimSpace(vs[0])
+	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+		return ifRange{etag: v}, false
+	}
+	t, err := http.ParseTime(v)
+	if err != nil {
+		return ifRange{}, true // W/"…" included: a weak tag never matches
+	}
+	return ifRange{date: t}, false
+}
+
+// condition adds to h, the upstream request's header, the precondition
+// under which S3 answers the range: If-Match for a tag, If-Unmodified-Since
+// for a date. When the client sent that header itself, its own condition
+// stands and holds checks the answer instead.
+func (ir ifRange) condition(h http.Header) {
+	switch {
+	case ir.etag != "" && len(h["If-Match"]) == 0:
+		h["If-Match"] = []string{ir.etag}
+	case !ir.date.IsZero() && len(h["If-Unmodified-Since"]) == 0:
+		h["If-Unmodified-Since"] = []string{ir.date.UTC().Format(http.TimeFormat)}
+	}
+}
+
+// holds reports whether S3's answer to the ranged request passes on: the
+// validator matched. status is S3's; header is its response's, nil for an
+// error answer. A 412 to the precondition condition added means the
+// validator did not match; so does a 206 whose ETag, or Last-Modified, is
+// not exactly the validator (If-Unmodified-Since also passes an older
+// object).
+func (ir ifRange) holds(client http.Header, status int, header http.Header) bool {
+	switch {
+	case ir.etag == "" && ir.date.IsZero():
+		return true
+	case status == http.StatusPreconditionFailed:
+		own := client["If-Match"]
+		if ir.etag == "" {
+			own = client["If-Unmodified-Since"]
+		}
+		return len(own) > 0 // the client's own condition failed: its 412
+	case status != http.StatusPartialContent:
+		return true
+	case ir.etag != "":
+		return header.Get("Etag") == ir.etag
+	}
+	modified, err := http.ParseTime(header.Get("Last-Modified"))
+	return err == nil && modified.Equal(ir.date)
 }

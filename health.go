@@ -1,11 +1,23 @@
 package main
 
 // Whether a configured bucket's region can serve, for failing over to its
-// replicas: a bucket whose fetches keep failing for the region's sake is
-// marked down, so requests go straight to a replica without spending
-// retries and backoff on it; one real request at a time, at a jittered
-// moment, probes it, and the first that succeeds brings it back. Nothing
-// here sends a request or logs: the proxy asks and reports.
+// replicas. Only what the region did moves a bucket (an answer, a refusal,
+// a timeout of our own), never what the client did or what s3-helper
+// refused:
+//
+//	state  evidence                                       next
+//	up     a fetch failed for the region's sake           failures+1; down at markDownAfter in a row
+//	up     a fetch served (the object or S3's 4xx word)   failures reset
+//	down   a request finds the probe due                  one background probe is sent
+//	down   the probe (or any fetch) served                up: it takes its traffic back
+//	down   the probe failed                               the next probe in probeInterval, jittered
+//	any    client gone, no credentials, budget refusal,   nothing
+//	       an attempt the hedge race cancelled
+//
+// A region that hangs is found whatever the clients' patience: when a
+// client leaves while its attempt waits on S3, up to markDownAfter such
+// attempts per bucket stay on as witnesses until s3-helper's own timeout.
+// Nothing here sends a request or logs: the S3 client asks and reports.
 
 import (
 	"math/rand/v2"
@@ -16,7 +28,8 @@ import (
 const (
 	// markDownAfter is how many fetches in a row must fail for the
 	// region's sake (connect errors, timeouts, 5xx after the retries)
-	// before a bucket is marked down.
+	// before a bucket is marked down; it is also how many witnesses a
+	// bucket keeps at once.
 	markDownAfter = 3
 	// probeInterval is the mean wait between probes of a bucket marked
 	// down, jittered over half to one and a half times it, so a fleet's
@@ -43,15 +56,18 @@ type bucketHealth struct {
 	mu       sync.Mutex // guards the fields below
 	down     bool
 	failures int
-	// nextProbe is when a bucket marked down may be tried again; probing
-	// is set while that one request runs.
+	// nextProbe is when a bucket marked down is probed again; probing
+	// is set while that probe runs.
 	nextProbe time.Time
 	probing   bool
+	// witnesses is how many attempts whose client left stay on.
+	witnesses int
 }
 
 // admit reports whether a request may use the bucket at now, and whether
-// it is the probe of a bucket marked down (which the caller must report).
-func (h *bucketHealth) admit(now time.Time) (ok, probe bool) {
+// the caller must send its probe (in the background, reporting it with
+// probe set): the bucket is down and its probe is due.
+func (h *bucketHealth) admit(now time.Time) (up, probe bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	switch {
@@ -61,18 +77,42 @@ func (h *bucketHealth) admit(now time.Time) (ok, probe bool) {
 		return false, false
 	}
 	h.probing = true
-	return true, true
+	return false, true
 }
 
-// report records how a fetch from the bucket ended: served, or failed for
-// the region's sake. probe says it was admitted as the probe.
-func (h *bucketHealth) report(served, probe bool, now time.Time) healthChange {
+// takeWitness claims a witness's place, if one is free.
+func (h *bucketHealth) takeWitness() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.witnesses >= markDownAfter {
+		return false
+	}
+	h.witnesses++
+	return true
+}
+
+// endWitness frees a place takeWitness claimed.
+func (h *bucketHealth) endWitness() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.witnesses--
+}
+
+// report records what a fetch from the bucket, or its probe (probe set),
+// says of the region.
+func (h *bucketHealth) report(ev evidence, probe bool, now time.Time) healthChange {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if probe {
 		h.probing = false
 	}
-	if served {
+	switch ev {
+	case noEvidence:
+		if probe && h.down {
+			h.nextProbe = now.Add(h.jittered())
+		}
+		return noChange
+	case regionServed:
 		h.failures = 0
 		if h.down {
 			h.down = false

@@ -110,10 +110,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	cache := caches[len(caches)-1] // the one that signs S3 requests
 
-	proxy := newProxy(cfg, cache, metrics, log)
 	if cfg.presignRequested {
-		return printPresignedURL(ctx, stdout, proxy, cfg)
+		return printPresignedURL(ctx, stdout, newS3Client(cfg, cache, metrics, log), newRoutes(cfg), cfg)
 	}
+	proxy := newProxy(cfg, cache, metrics, log)
+	defer proxy.Close()
 	registerGauges(metrics, proxy, cache, statsd)
 	go reportReady(ctx, notify, cache, log)
 	// The watchdog beats through the drain too: systemd would otherwise
@@ -258,14 +259,14 @@ func registerGauges(metrics *Metrics, proxy *Proxy, cache *credentialCache, stat
 			return 0
 		})
 	}
-	if budget := proxy.policy.budget; budget != nil {
-		metrics.Gauge(mRetryBudgetTokens, budget.Tokens)
+	if tokens, ok := proxy.BudgetTokens(); ok {
+		metrics.Gauge(mRetryBudgetTokens, tokens)
 	}
 	metrics.Gauge(mCredentialTTL, func() int64 {
 		return int64(cache.Status(time.Now()).ExpiresIn / time.Second)
 	})
 	metrics.Gauge(mClockOffset, func() int64 {
-		return int64(proxy.clockFix.Offset(time.Now()) / time.Second)
+		return int64(proxy.ClockOffset(time.Now()) / time.Second)
 	})
 	if statsd != nil {
 		metrics.Gauge(mStatsdDropped, statsd.Dropped)
@@ -310,7 +311,7 @@ func listenAndServe(ctx context.Context, cfg config, passed inherited, proxy *Pr
 		log.Warn("listening on a non-loopback address: anyone who can reach it can read the bucket", "addr", ln.Addr().String())
 	}
 	log.Info("listening", "addr", ln.Addr().String(), "version", releaseVersion, "region", cfg.region,
-		"endpoint", cfg.endpointURL.String(), "bucket", cfg.bucket, "routes", len(proxy.routes),
+		"endpoint", cfg.endpointURL.String(), "bucket", cfg.bucket, "routes", len(cfg.routeSpecs),
 		"credentials", credentialSourceName(cfg), "statsd", cfg.statsd != "", "newrelic", cfg.newRelicKey != "")
 	return runServers(ctx, servers, cfg.shutdownTimeout, log, proxy, notify)
 }
@@ -370,7 +371,7 @@ func runServers(ctx context.Context, servers []serving, shutdownTimeout time.Dur
 	case serveErr = <-errc:
 		log.Error("a server failed; stopping the others", "err", serveErr)
 	}
-	proxy.draining.Store(true)
+	proxy.startDrain()
 	notify.send("STOPPING=1\nSTATUS=draining")
 	log.Info("shutting down", "in_flight", proxy.InFlight(), "timeout", shutdownTimeout)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
@@ -380,7 +381,7 @@ func runServers(ctx context.Context, servers []serving, shutdownTimeout time.Dur
 			continue
 		}
 		cut := proxy.InFlight()
-		proxy.cutting.Store(true)
+		proxy.startCut()
 		s.srv.Close()
 		if s.name == "proxy" {
 			proxy.awaitIdle(time.Second) // so each cut request is logged
@@ -469,23 +470,17 @@ func adminHandler(cache *credentialCache, metrics *Metrics, source string, withP
 	return mux
 }
 
-// printPresignedURL prints a presigned URL for cfg.presign in the default route,
-// signed as the proxy would sign it.
-func printPresignedURL(ctx context.Context, stdout io.Writer, p *Proxy, cfg config) error {
-	rt := p.routes[len(p.routes)-1] // longest prefix first, so "/" is last
-	now := time.Now()
+// printPresignedURL prints a presigned URL for cfg.presign in the default
+// route, signed as the proxy would sign it.
+func printPresignedURL(ctx context.Context, stdout io.Writer, s3 *s3Client, routes []route, cfg config) error {
+	rt := routes[len(routes)-1] // longest prefix first, so "/" is last
 	wctx, cancel := context.WithTimeout(ctx, fetchTimeout)
-	creds, err := p.creds.Get(wctx, now)
-	cancel()
+	defer cancel()
+	u, err := s3.presign(wctx, rt, cfg.presign, cfg.presignExpires)
 	if err != nil {
-		return fmt.Errorf("presign: %w", err)
+		return err
 	}
-	uri := rt.uri(cfg.presign)
-	query, err := p.signerFor(&rt).Presign(signingRequest{method: http.MethodGet, host: rt.host, uri: uri}, creds, now, cfg.presignExpires)
-	if err != nil {
-		return fmt.Errorf("presign: %w", err)
-	}
-	fmt.Fprintf(stdout, "%s://%s%s?%s\n", p.scheme, rt.host, uri, query)
+	fmt.Fprintln(stdout, u)
 	return nil
 }
 

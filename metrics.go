@@ -412,8 +412,9 @@ var (
 	metricStatuses = [...]int{200, 206, 304, 400, 403, 404, 405, 412, 416, 431, 499, 500, 502, 503, 504}
 )
 
-// upstreamErrorKinds are the kinds of failed upstream attempts; proxy.go
-// names them and nothing else.
+// upstreamErrorKinds are the kinds of failed upstream attempts; policy.go
+// names them (its kind constants, and "status_" with S3's 5xx) and nothing
+// else.
 var upstreamErrorKinds = [...]string{"connect", "timeout", "transport", "body",
 	"status_500", "status_502", "status_503", "status_504", labelOther}
 

@@ -122,6 +122,7 @@ func promSamples(t *testing.T, text string) map[string]string {
 func TestPrometheusCountsEqualTraffic(t *testing.T) {
 	tp := newTestProxy(t)
 	tp.metrics = newMetrics(nil, true)
+	tp.upstream.metrics = tp.metrics
 	tp.metrics.Gauge(mInFlight, tp.InFlight)
 	tp.s3.put("k", []byte("12345"))
 	for range 7 {
@@ -170,6 +171,7 @@ func TestProxyEmitsMetrics(t *testing.T) {
 	tp := newTestProxy(t)
 	ln, conn := udpListener(t)
 	tp.metrics = newMetrics(newStatsdEmitter(conn, "s3helper", "", time.Hour), false)
+	tp.upstream.metrics = tp.metrics
 	tp.s3.put("k", []byte("12345"))
 	get(t, "GET", tp.url+"/k", nil)
 	get(t, "GET", tp.url+"/missing", nil)
@@ -205,6 +207,7 @@ func TestProxyMetricNamesAreBounded(t *testing.T) {
 	tp := newTestProxy(t)
 	ln, conn := udpListener(t)
 	tp.metrics = newMetrics(newStatsdEmitter(conn, "s3helper", "", time.Hour), false)
+	tp.upstream.metrics = tp.metrics
 	tp.s3.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
 		switch r.URL.Path {
 		case "/" + testBucket + "/new-code":

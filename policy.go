@@ -2,10 +2,10 @@ package main
 
 // What an upstream attempt's facts call for, and what an exchange may still
 // spend: the decision table (pass the answer on, sign again, retry later),
-// the retry and resume limits, the pause between attempts, the hedge delay
-// and the process's retry budget that retries, resumes and hedges share.
-// Nothing here sends a request; proxy.go's loop applies what a decision
-// names.
+// what a fetch says of its bucket's region, the retry and resume limits,
+// the pause between attempts, the hedge delay and the process's retry
+// budget that retries, resumes and hedges share. Nothing here sends a
+// request; upstream.go's loop applies what a decision names.
 
 import (
 	"errors"
@@ -32,8 +32,8 @@ var (
 )
 
 // attemptFacts is what one round trip to S3 produced. An attempt writes
-// nothing else, so two attempts of one exchange may be in flight at once;
-// the loop reads the facts and is the only writer of the exchange's record.
+// nothing else, so two attempts of one fetch may be in flight at once; the
+// fetch loop reads the facts and writes its trace from them.
 type attemptFacts struct {
 	// resp is S3's 2xx or 304 response with its body unread; nil otherwise.
 	resp *http.Response
@@ -50,9 +50,6 @@ type attemptFacts struct {
 	err *proxyError
 	// creds signed the attempt; nil when none could be had.
 	creds *Credentials
-	// hedgeWon marks the facts of a hedge that answered before the
-	// attempt it was sent beside.
-	hedgeWon bool
 }
 
 // answer is what the facts give the client when they are passed on.
@@ -68,6 +65,22 @@ type upstreamAnswer struct {
 	// status and s3 describe an error answer.
 	status int
 	s3     s3ErrorDetails
+}
+
+// statusCode is S3's status on the answer.
+func (a upstreamAnswer) statusCode() int {
+	if a.resp != nil {
+		return a.resp.StatusCode
+	}
+	return a.status
+}
+
+// header is the answer's response header; nil for an error answer.
+func (a upstreamAnswer) header() http.Header {
+	if a.resp != nil {
+		return a.resp.Header
+	}
+	return nil
 }
 
 // verdict is what an attempt's facts call for.
@@ -111,9 +124,6 @@ type retryState struct {
 	retries   int  // transient failures retried
 	refreshed bool // credentials were replaced after S3 rejected them
 	reclocked bool // the signing time was corrected from S3's clock
-	// spent is what the budget gave for the attempt in flight: 0 for a
-	// first attempt, a retry's or a resume's cost; refunded if it succeeds.
-	spent int64
 }
 
 // decide is the decision table: a pure function of one attempt's facts and
@@ -136,9 +146,16 @@ func decide(f *attemptFacts, tried retryState) decision {
 		return decision{verdict: signAgain, fix: refreshCredentials}
 	case retryableStatus(f.status):
 		return decision{verdict: retryLater, throttled: throttling(f.status, f.s3.code),
-			err: &proxyError{status: f.status, kind: "status_" + strconv.Itoa(f.status), err: fmt.Errorf("S3 answered %d %s", f.status, f.s3.code)}}
+			err: &proxyError{kind: "status_" + strconv.Itoa(f.status), err: fmt.Errorf("S3 answered %d %s", f.status, f.s3.code)}}
 	}
 	return decision{verdict: passOn}
+}
+
+// commits reports whether facts end a hedge race: S3 answered and the
+// answer passes on (2xx, 304, S3's own 4xx word). A failure the policy
+// would retry or correct lets the other attempt run on.
+func commits(f *attemptFacts, tried retryState) bool {
+	return f.err == nil && decide(f, tried).verdict == passOn
 }
 
 // throttling reports S3 asking for fewer requests: 503 SlowDown, or a 503
@@ -156,8 +173,10 @@ type retryPolicy struct {
 	// neither, and no hedges either.
 	limit int
 	// pause returns the wait before retry n (1-based) of either kind; nil
-	// means retryBackoff or throttleBackoff with full jitter.
+	// means retryBackoff or throttleBackoff with full jitter drawn from rand.
 	pause func(n int) time.Duration
+	// rand returns the jitter, uniform in [0, 1); nil means math/rand/v2.
+	rand func() float64
 	// budget is the process's retry budget; nil means unlimited.
 	budget *retryBudget
 	// hedge says when a second attempt is sent beside a slow one.
@@ -184,17 +203,21 @@ func (rp retryPolicy) wait(n int, throttled bool) time.Duration {
 	if rp.pause != nil {
 		return rp.pause(n)
 	}
-	if throttled {
-		return throttleBackoff.fullJitter(n, rand.Float64())
+	u := rand.Float64
+	if rp.rand != nil {
+		u = rp.rand
 	}
-	return retryBackoff.fullJitter(n, rand.Float64())
+	if throttled {
+		return throttleBackoff.fullJitter(n, u())
+	}
+	return retryBackoff.fullJitter(n, u())
 }
 
 // retryCostOf is what a retry after err costs the budget: a timeout costs
 // twice a retry, as in the SDKs (it held a connection for the whole
 // timeout).
 func retryCostOf(err *proxyError) int64 {
-	if err != nil && err.kind == "timeout" {
+	if err != nil && err.kind == kindTimeout {
 		return timeoutRetryCost
 	}
 	return retryCost
@@ -221,7 +244,9 @@ const (
 )
 
 // retryBudget is the process's token bucket for retries, resumes and
-// hedges. A nil *retryBudget never refuses.
+// hedges. Spending returns the token whose release refunds it, as
+// aws-sdk-go-v2's retry token bucket returns a release function, so a
+// refund lives with its spend. A nil *retryBudget never refuses.
 type retryBudget struct {
 	capacity int64
 	tokens   atomic.Int64
@@ -242,10 +267,32 @@ func newRetryBudget(capacity int64, log *slog.Logger) *retryBudget {
 	return b
 }
 
-// spend takes cost tokens, or reports that the budget cannot pay.
-func (b *retryBudget) spend(cost int64) bool {
+// budgetToken is what one attempt was paid with.
+type budgetToken struct {
+	b    *retryBudget
+	cost int64
+}
+
+// firstTry is the token of a fetch's first attempt: it costs nothing.
+func (b *retryBudget) firstTry() budgetToken { return budgetToken{b: b} }
+
+// release settles t for an attempt whose answer passed on as a success: a
+// retry's, resume's or hedge's cost comes back, a first try adds
+// firstTrySuccess. A token not released was spent for good.
+func (t budgetToken) release() {
+	if t.cost > 0 {
+		t.b.give(t.cost)
+		return
+	}
+	t.b.give(firstTrySuccess)
+}
+
+// spend takes cost tokens for a retry, resume or hedge and returns the
+// token that refunds them, or false when the budget cannot pay.
+func (b *retryBudget) spend(cost int64) (budgetToken, bool) {
+	tok := budgetToken{b: b, cost: cost}
 	if b == nil {
-		return true
+		return tok, true
 	}
 	for {
 		t := b.tokens.Load()
@@ -254,10 +301,10 @@ func (b *retryBudget) spend(cost int64) bool {
 				b.log.Warn("retry budget empty: S3 keeps failing, so nothing is retried, resumed or hedged until requests succeed again",
 					"tokens", t)
 			}
-			return false
+			return tok, false
 		}
 		if b.tokens.CompareAndSwap(t, t-cost) {
-			return true
+			return tok, true
 		}
 	}
 }
@@ -279,23 +326,12 @@ func (b *retryBudget) give(n int64) {
 	}
 }
 
-// Tokens returns the tokens left; the capacity stands for no budget.
+// Tokens returns the tokens left; 0 for no budget.
 func (b *retryBudget) Tokens() int64 {
 	if b == nil {
 		return 0
 	}
 	return b.tokens.Load()
-}
-
-// succeeded settles the budget for an attempt whose answer passes on as a
-// success: a retry's (or resume's or hedge's) cost comes back, a first try
-// adds firstTrySuccess.
-func (b *retryBudget) succeeded(spent int64) {
-	if spent > 0 {
-		b.give(spent)
-		return
-	}
-	b.give(firstTrySuccess)
 }
 
 // hedgeMode is how the hedge delay is chosen.
@@ -415,90 +451,116 @@ func (a *hedgeAllowance) take() bool {
 	}
 }
 
-// statusClientGone is nginx's 499: the client closed the connection before
-// the answer, so nothing is written; it appears in logs and metrics only.
-const statusClientGone = 499
-
-// proxyError is a failure with the status the client gets.
+// proxyError is a failure of the S3 conversation, or of the client's
+// request, named by its kind; proxy.go's clientAnswer chooses the status
+// and body the client gets from it, in one place.
 type proxyError struct {
-	status int
-	// kind names the failure class in logs and metrics; empty for an error
-	// answer from S3, whose cause says it all.
+	// kind names the failure class in logs and metrics (the error kinds
+	// below, "client" for a rejected request, "status_NNN" for an S3 5xx
+	// that is retried).
 	kind string
-	// public is what the client may read after the status text; it never
-	// echoes the client's input.
-	public string
-	err    error
+	err  error
 }
 
 // Error names the failure class and its cause.
-func (e *proxyError) Error() string {
-	if e.kind == "" {
-		return e.err.Error()
-	}
-	return e.kind + ": " + e.err.Error()
-}
+func (e *proxyError) Error() string { return e.kind + ": " + e.err.Error() }
 
 // Unwrap returns the cause.
 func (e *proxyError) Unwrap() error { return e.err }
 
 // clientGone ends an exchange whose client went away.
-func clientGone(err error) *proxyError {
-	return &proxyError{status: statusClientGone, kind: kindClientGone, err: err}
-}
+func clientGone(err error) *proxyError { return &proxyError{kind: kindClientGone, err: err} }
 
-// Failure kinds named by proxyError.kind that decide treats specially.
+// The failure kinds, as the upstream_errors metric and the log name them.
 const (
 	kindClientGone  = "client_gone"
 	kindCredentials = "credentials"
+	kindClient      = "client"
+	kindTimeout     = "timeout"
+	kindConnect     = "connect"
+	kindTransport   = "transport"
+	// kindBody is S3's body failing after the status was sent.
+	kindBody     = "body"
+	kindInternal = "internal"
 )
 
-// classifyTransport maps a transport error to the status the client gets:
-// 504 for a timeout, 502 for everything else.
+// classifyTransport names a transport error: a timeout, a failed dial, or
+// any other transport failure.
 func classifyTransport(err error) *proxyError {
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
-		return &proxyError{status: http.StatusGatewayTimeout, kind: "timeout", err: err}
+		return &proxyError{kind: kindTimeout, err: err}
 	}
 	var oe *net.OpError
 	if errors.As(err, &oe) && oe.Op == "dial" {
-		return &proxyError{status: http.StatusBadGateway, kind: "connect", err: err}
+		return &proxyError{kind: kindConnect, err: err}
 	}
-	return &proxyError{status: http.StatusBadGateway, kind: "transport", err: err}
-}
-
-// admittedCopy is one copy a fetch may try, and whether it is a probe.
-type admittedCopy struct {
-	route route
-	probe bool
+	return &proxyError{kind: kindTransport, err: err}
 }
 
 // copiesToTry is the failover decision: the copies a fetch tries at now,
-// in order, skipping those marked down (but for their probes); when every
-// copy is down, all are tried: refusing would not serve anyone.
-func copiesToTry(copies []route, now time.Time) []admittedCopy {
-	order := make([]admittedCopy, 0, len(copies))
+// in order: those up; when every copy is down, all of them, since refusing
+// would serve no one. due lists the copies marked down whose probe is due,
+// each claimed for one probe the caller sends in the background.
+func copiesToTry(copies []route, now time.Time) (order, due []route) {
+	order = make([]route, 0, len(copies))
 	for _, c := range copies {
-		if ok, probe := c.health.admit(now); ok {
-			order = append(order, admittedCopy{c, probe})
+		up, probe := c.health.admit(now)
+		if up {
+			order = append(order, c)
+		}
+		if probe {
+			due = append(due, c)
 		}
 	}
 	if len(order) == 0 {
-		for _, c := range copies {
-			order = append(order, admittedCopy{route: c})
-		}
+		order = append(order, copies...)
 	}
-	return order
+	return order, due
 }
 
-// regionCannotServe reports a fetch that failed for the region's sake: a
-// connect error, a timeout or a transport failure, or a 500, 502, 503 or
-// 504 once the retries were spent. S3's 4xx answers are its word, and a
-// client gone or missing credentials are no region's fault.
-func regionCannotServe(answer upstreamAnswer, err error) bool {
+// evidence is what a fetch says of its bucket's region.
+type evidence int
+
+const (
+	// noEvidence: the client went away (and no witness stayed), there were
+	// no credentials, the budget refused a retry, or the race cancelled
+	// the attempt: nothing the region did.
+	noEvidence evidence = iota
+	// regionServed: S3 answered, with the object or its own 4xx word.
+	regionServed
+	// regionFailed: a connect error, a timeout or a transport failure, or
+	// a 500, 502, 503 or 504 once the retries were spent.
+	regionFailed
+)
+
+// failedForRegion reports failure kinds that are the region's doing.
+func failedForRegion(kind string) bool {
+	return kind == kindConnect || kind == kindTimeout || kind == kindTransport
+}
+
+// evidenceOf is what one attempt's facts say of the region, taken alone
+// (a probe's, a witness's): any answer but a 5xx means it serves.
+func evidenceOf(f *attemptFacts) evidence {
+	switch {
+	case f.err != nil && failedForRegion(f.err.kind):
+		return regionFailed
+	case f.err != nil:
+		return noEvidence
+	case retryableStatus(f.status):
+		return regionFailed
+	}
+	return regionServed
+}
+
+// failOver reports a fetch whose answer another copy should give instead:
+// the region could not serve (whether or not the budget let it retry).
+// S3's 4xx answers are its word, and a client gone or missing credentials
+// are no region's fault.
+func failOver(answer upstreamAnswer, err error) bool {
 	var perr *proxyError
 	if errors.As(err, &perr) {
-		return perr.kind == "connect" || perr.kind == "timeout" || perr.kind == "transport"
+		return failedForRegion(perr.kind)
 	}
 	return err == nil && answer.resp == nil && retryableStatus(answer.status)
 }

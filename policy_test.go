@@ -22,7 +22,7 @@ import (
 func TestDecide(t *testing.T) {
 	ok := &http.Response{StatusCode: 200}
 	gone := clientGone(context.Canceled)
-	noCreds := &proxyError{status: 503, kind: kindCredentials, err: errors.New("no credentials yet")}
+	noCreds := &proxyError{kind: kindCredentials, err: errors.New("no credentials yet")}
 	reset := classifyTransport(errors.New("connection reset by peer"))
 	skewed := skewReading{adopt: true, offset: time.Hour, code: "RequestTimeTooSkewed"}
 	tests := []struct {
@@ -99,7 +99,8 @@ func TestRetryPolicyCounts(t *testing.T) {
 
 // TestTwoAttemptsInFlight runs two attempts of one upstream request at once:
 // S3 holds each answer until both requests arrived. Under -race this proves
-// an attempt shares nothing writable; the loop's record then takes both.
+// an attempt shares nothing writable; the fetch's record then takes both
+// into its trace.
 func TestTwoAttemptsInFlight(t *testing.T) {
 	tp := newTestProxy(t)
 	tp.s3.put("k", []byte("both ways"))
@@ -117,10 +118,11 @@ func TestTwoAttemptsInFlight(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var tr fetchTrace
 	facts := make([]attemptFacts, 2)
 	var done sync.WaitGroup
 	for i := range facts {
-		done.Go(func() { facts[i] = tp.attempt(t.Context(), &up) })
+		done.Go(func() { facts[i] = tp.upstream.attempt(t.Context(), &up) })
 	}
 	done.Wait()
 	for i := range facts {
@@ -133,10 +135,10 @@ func TestTwoAttemptsInFlight(t *testing.T) {
 		if string(body) != "both" {
 			t.Errorf("attempt %d body %q, want %q", i, body, "both")
 		}
-		tp.record(&x, &up, f)
+		tp.upstream.record(&tr, &up, f)
 	}
-	if x.attempts != 2 || x.upstreamStatus != 206 {
-		t.Errorf("record: attempts %d, upstream status %d; want 2 and 206", x.attempts, x.upstreamStatus)
+	if tr.attempts != 2 || tr.status != 206 {
+		t.Errorf("record: attempts %d, upstream status %d; want 2 and 206", tr.attempts, tr.status)
 	}
 	if n := len(tp.s3.received()); n != 2 {
 		t.Errorf("S3 saw %d requests, want 2", n)
@@ -147,19 +149,27 @@ func TestTwoAttemptsInFlight(t *testing.T) {
 func TestRetryBudgetArithmetic(t *testing.T) {
 	logs := &syncBuffer{}
 	b := newRetryBudget(20, slog.New(slog.NewTextHandler(logs, nil)))
+	var retry, timeout, first budgetToken
+	pay := func(tok *budgetToken, cost int64) func() bool {
+		return func() bool {
+			var ok bool
+			*tok, ok = b.spend(cost)
+			return ok
+		}
+	}
 	steps := []struct {
 		name   string
 		do     func() bool
 		ok     bool
 		tokens int64
 	}{
-		{"a retry costs 5", func() bool { return b.spend(retryCostOf(&proxyError{kind: "status_503"})) }, true, 15},
-		{"a timeout retry costs 10", func() bool { return b.spend(retryCostOf(&proxyError{kind: "timeout"})) }, true, 5},
-		{"a retry that succeeds refunds its cost", func() bool { b.succeeded(retryCost); return true }, true, 10},
-		{"a first try that succeeds adds 1", func() bool { b.succeeded(0); return true }, true, 11},
-		{"a timeout retry", func() bool { return b.spend(timeoutRetryCost) }, true, 1},
-		{"an empty budget refuses", func() bool { return b.spend(retryCost) }, false, 1},
-		{"and again", func() bool { return b.spend(retryCost) }, false, 1},
+		{"a retry costs 5", pay(&retry, retryCostOf(&proxyError{kind: "status_503"})), true, 15},
+		{"a timeout retry costs 10", pay(&timeout, retryCostOf(&proxyError{kind: kindTimeout})), true, 5},
+		{"a retry that succeeds: its release refunds its cost", func() bool { retry.release(); return true }, true, 10},
+		{"a first try that succeeds adds 1", func() bool { first = b.firstTry(); first.release(); return true }, true, 11},
+		{"a timeout retry", pay(&timeout, timeoutRetryCost), true, 1},
+		{"an empty budget refuses", pay(&retry, retryCost), false, 1},
+		{"and again", pay(&retry, retryCost), false, 1},
 		{"never above the capacity", func() bool { b.give(1000); return true }, true, 20},
 	}
 	for _, s := range steps {
@@ -173,7 +183,9 @@ func TestRetryBudgetArithmetic(t *testing.T) {
 		t.Errorf("empty logged %d times, want once:\n%s", n, logs)
 	}
 	var none *retryBudget
-	if !none.spend(1000) || none.Tokens() != 0 {
+	if tok, ok := none.spend(1000); !ok || none.Tokens() != 0 {
+		t.Error("no budget must never refuse")
+	} else if tok.release(); none.Tokens() != 0 {
 		t.Error("no budget must never refuse")
 	}
 	if newRetryBudget(0, nil) != nil {
@@ -272,8 +284,8 @@ func TestBrownoutIsNotMultiplied(t *testing.T) {
 				t.Fatalf("after the storm a client got %d", w.Code)
 			}
 		}
-		if p.policy.budget.Tokens() != after {
-			t.Errorf("tokens after %d successes = %d, want %d", after, p.policy.budget.Tokens(), after)
+		if p.upstream.policy.budget.Tokens() != after {
+			t.Errorf("tokens after %d successes = %d, want %d", after, p.upstream.policy.budget.Tokens(), after)
 		}
 		for _, msg := range []string{"retry budget empty", "retry budget refilled"} {
 			if n := strings.Count(logs.String(), msg); n != 1 {
@@ -321,7 +333,7 @@ func TestBudgetEmptiedByOneBucket(t *testing.T) {
 		if n := requestsTo("media-bucket."); n != 50 {
 			t.Errorf("the healthy bucket got %d requests for 50", n)
 		}
-		if tokens := p.policy.budget.Tokens(); tokens != 50 {
+		if tokens := p.upstream.policy.budget.Tokens(); tokens != 50 {
 			t.Errorf("tokens after 50 successes = %d, want 50", tokens)
 		}
 		for range 10 {

@@ -176,10 +176,10 @@ func TestProxyStatusPassthrough(t *testing.T) {
 		{"middle", "GET", http.Header{"Range": {"bytes=10-12"}}, "v.mp4", 206, "klm"},
 		{"suffix", "GET", http.Header{"Range": {"bytes=-3"}}, "v.mp4", 206, "xyz"},
 		{"open-ended", "GET", http.Header{"Range": {"bytes=23-"}}, "v.mp4", 206, "xyz"},
-		{"past the end", "GET", http.Header{"Range": {"bytes=100-"}}, "v.mp4", 416, "416 Requested Range Not Satisfiable\n"},
+		{"past the end", "GET", http.Header{"Range": {"bytes=100-"}}, "v.mp4", 416, s3ErrorBody("InvalidRange", "The requested range is not satisfiable.")},
 		{"not modified", "GET", http.Header{"If-None-Match": {etag}}, "v.mp4", 304, ""},
-		{"precondition failed", "GET", http.Header{"If-Match": {`"nope"`}}, "v.mp4", 412, "412 Precondition Failed\n"},
-		{"missing", "GET", nil, "nope.mp4", 404, "404 Not Found\n"},
+		{"precondition failed", "GET", http.Header{"If-Match": {`"nope"`}}, "v.mp4", 412, s3ErrorBody("PreconditionFailed", "At least one of the preconditions you specified did not hold.")},
+		{"missing", "GET", nil, "nope.mp4", 404, s3ErrorBody("NoSuchKey", "The specified key does not exist.")},
 		{"HEAD", "HEAD", nil, "v.mp4", 200, ""},
 		{"HEAD missing", "HEAD", nil, "nope.mp4", 404, ""},
 	}
@@ -192,8 +192,8 @@ func TestProxyStatusPassthrough(t *testing.T) {
 			if tt.method == "HEAD" && tt.status == 200 && resp.ContentLength != int64(len(body)) {
 				t.Errorf("HEAD Content-Length = %d, want %d", resp.ContentLength, len(body))
 			}
-			if bytes.Contains(got, []byte("<Error>")) {
-				t.Error("S3's XML error body reached the client")
+			if bytes.Contains(got, []byte("RequestId")) {
+				t.Error("S3's own XML error body reached the client")
 			}
 		})
 	}
@@ -218,7 +218,7 @@ func TestProxyWrongSecretIs403WithCodeLogged(t *testing.T) {
 	tp := newTestProxy(t)
 	tp.s3.secret = "another secret"
 	resp, body := get(t, "GET", tp.url+"/k", nil)
-	if resp.StatusCode != http.StatusForbidden || !strings.HasPrefix(string(body), "403 Forbidden") {
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "<Code>SignatureDoesNotMatch</Code>") {
 		t.Fatalf("GET = %d %q, want 403", resp.StatusCode, body)
 	}
 	if !tp.logs.waitFor("s3_code=SignatureDoesNotMatch") {
@@ -241,7 +241,7 @@ func TestProxyRetries(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tp := newTestProxy(t)
-			tp.policy.limit = tt.retries
+			tp.upstream.policy.limit = tt.retries
 			tp.s3.put("k", []byte("payload"))
 			tp.s3.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
 				if n <= tt.failures {
@@ -300,13 +300,13 @@ func TestProxyOwnErrors(t *testing.T) {
 			tp := newTestProxy(t)
 			attempts := 0
 			if tt.transport != nil {
-				tp.transport = roundTripperFunc(func(r *http.Request) (*http.Response, error) {
+				tp.upstream.transport = roundTripperFunc(func(r *http.Request) (*http.Response, error) {
 					attempts++
 					return tt.transport.RoundTrip(r)
 				})
 			}
 			if tt.creds != nil {
-				tp.creds = tt.creds
+				tp.upstream.creds = tt.creds
 			}
 			resp, body := get(t, "GET", tp.url+"/k", nil)
 			if resp.StatusCode != tt.status {
@@ -420,15 +420,18 @@ func FuzzProxyRequest(f *testing.F) {
 	p := &Proxy{
 		routes: buildRoutes([]routeSpec{{"/", testBucket, "videos/"}, {"/avod/", "ads", ""}},
 			&url.URL{Scheme: "http", Host: "s3.test"}, true, false),
-		scheme: "http",
-		signer: &Signer{Region: "us-east-1"},
-		creds:  &credentialCache{provider: staticProvider{newCredentials(testAKID, testSecret, "", time.Time{}, sourceEnvironment)}, log: slog.New(slog.DiscardHandler)},
-		transport: roundTripperFunc(func(r *http.Request) (*http.Response, error) {
-			mu.Lock()
-			upstreamTargets = append(upstreamTargets, r.URL.Opaque)
-			mu.Unlock()
-			return &http.Response{StatusCode: 200, Header: http.Header{}, Body: io.NopCloser(strings.NewReader("ok"))}, nil
-		}),
+		upstream: &s3Client{
+			scheme: "http",
+			signer: &Signer{Region: "us-east-1"},
+			creds:  &credentialCache{provider: staticProvider{newCredentials(testAKID, testSecret, "", time.Time{}, sourceEnvironment)}, log: slog.New(slog.DiscardHandler)},
+			transport: roundTripperFunc(func(r *http.Request) (*http.Response, error) {
+				mu.Lock()
+				upstreamTargets = append(upstreamTargets, r.URL.Opaque)
+				mu.Unlock()
+				return &http.Response{StatusCode: 200, Header: http.Header{}, Body: io.NopCloser(strings.NewReader("ok"))}, nil
+			}),
+			log: slog.New(slog.DiscardHandler),
+		},
 		log: slog.New(slog.DiscardHandler),
 	}
 	f.Fuzz(func(t *testing.T, path, query, rng string) {
@@ -498,16 +501,19 @@ func staticUpstream(body []byte) http.RoundTripper {
 func benchProxy(body []byte) *Proxy {
 	creds := newCredentials("ASIAY34FZKBOKMUTVV7A", testSecret, strings.Repeat("IQoJb3JpZ2luX2VjE", 40), time.Time{}, sourceIMDS)
 	return &Proxy{
-		routes:    buildRoutes([]routeSpec{{"/", "media-bucket", ""}}, &url.URL{Scheme: "https", Host: "s3.eu-west-1.amazonaws.com"}, false, false),
-		scheme:    "https",
-		signer:    &Signer{Region: "eu-west-1"},
-		creds:     &credentialCache{provider: staticProvider{creds}, log: slog.New(slog.DiscardHandler)},
-		transport: staticUpstream(body),
-		log:       slog.New(slog.DiscardHandler),
-		// As in production: a retry budget, hedges after the adaptive
-		// delay, and each upstream body watched for stalls.
-		policy:      retryPolicy{limit: 3, budget: newRetryBudget(defaultRetryBudget, slog.New(slog.DiscardHandler)), hedges: newHedgeAllowance()},
-		bodyTimeout: 5 * time.Second,
+		routes: buildRoutes([]routeSpec{{"/", "media-bucket", ""}}, &url.URL{Scheme: "https", Host: "s3.eu-west-1.amazonaws.com"}, false, false),
+		upstream: &s3Client{
+			scheme:    "https",
+			signer:    &Signer{Region: "eu-west-1"},
+			creds:     &credentialCache{provider: staticProvider{creds}, log: slog.New(slog.DiscardHandler)},
+			transport: staticUpstream(body),
+			log:       slog.New(slog.DiscardHandler),
+			// As in production: a retry budget, hedges after the adaptive
+			// delay, and each upstream body watched for stalls.
+			policy:  retryPolicy{limit: 3, budget: newRetryBudget(defaultRetryBudget, slog.New(slog.DiscardHandler)), hedges: newHedgeAllowance()},
+			timeout: 5 * time.Second,
+		},
+		log: slog.New(slog.DiscardHandler),
 	}
 }
 
@@ -588,7 +594,7 @@ func BenchmarkMapAndScrub(b *testing.B) {
 
 func TestProxyStallBeforeHeadersIsRetried(t *testing.T) {
 	tp := newTestProxy(t)
-	tp.transport = newUpstreamTransport(100 * time.Millisecond)
+	tp.upstream.transport = newUpstreamTransport(100 * time.Millisecond)
 	tp.s3.put("k", []byte("after a stall"))
 	tp.s3.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
 		if n == 1 {
@@ -747,7 +753,7 @@ func TestProxyRefreshesRejectedCredentials(t *testing.T) {
 		}
 		return newCredentials("ASIAFRESH", testSecret, testToken, time.Now().Add(time.Hour), sourceIMDS), nil
 	}}
-	tp.creds = &credentialCache{provider: p, log: slog.New(slog.DiscardHandler)}
+	tp.upstream.creds = &credentialCache{provider: p, log: slog.New(slog.DiscardHandler)}
 	resp, body := get(t, "GET", tp.url+"/k", nil)
 	if resp.StatusCode != 200 || string(body) != "fresh" {
 		t.Fatalf("GET = %d %q, want 200 after a credential refresh", resp.StatusCode, body)
@@ -769,7 +775,7 @@ func TestProxyRejectedCredentialsDoNotHammerIMDS(t *testing.T) {
 	p := &fakeProvider{next: func(int) (*Credentials, error) {
 		return newCredentials("ASIAREVOKED", testSecret, testToken, expires, sourceIMDS), nil
 	}}
-	tp.creds = &credentialCache{provider: p, log: slog.New(slog.DiscardHandler)}
+	tp.upstream.creds = &credentialCache{provider: p, log: slog.New(slog.DiscardHandler)}
 	for range 5 {
 		if resp, _ := get(t, "GET", tp.url+"/k", nil); resp.StatusCode != 403 {
 			t.Fatalf("GET = %d, want S3's 403", resp.StatusCode)
@@ -850,7 +856,7 @@ func TestHedgeFiresAtTheDelay(t *testing.T) {
 					t.Errorf("hedges %d, won %d, cancels %d; want %d each", count(p, mHedges, 0), count(p, mHedgesWon, 0), count(p, mHedgeCancels, 0), hedges)
 				}
 				// A winning hedge is a retry that succeeded: its cost comes back.
-				if tokens := p.policy.budget.Tokens(); tokens != defaultRetryBudget {
+				if tokens := p.upstream.policy.budget.Tokens(); tokens != defaultRetryBudget {
 					t.Errorf("retry budget after the request = %d, want it full (%d)", tokens, defaultRetryBudget)
 				}
 			})
@@ -877,13 +883,13 @@ func TestHedgeDelayAdapts(t *testing.T) {
 		}}
 		p := scriptedProxy(s, hedgePolicy{mode: hedgeAuto}, &syncBuffer{})
 		window := p.routes[0].latency
-		if d, _ := p.policy.hedge.delay(window); d != hedgeCeiling {
+		if d, _ := p.upstream.policy.hedge.delay(window); d != hedgeCeiling {
 			t.Errorf("delay before any sample = %v, want the ceiling %v", d, hedgeCeiling)
 		}
 		for range 200 {
 			serveOne(p, httptest.NewRequest("GET", "/k", nil))
 		}
-		if d, _ := p.policy.hedge.delay(window); d != hedgeFloor {
+		if d, _ := p.upstream.policy.hedge.delay(window); d != hedgeFloor {
 			t.Errorf("delay while S3 answers in 10 ms = %v, want the floor %v", d, hedgeFloor)
 		}
 		ttfb = 80 * time.Millisecond
@@ -891,7 +897,7 @@ func TestHedgeDelayAdapts(t *testing.T) {
 			serveOne(p, httptest.NewRequest("GET", "/k", nil))
 		}
 		want := ttfbBucketTop(ttfbBucket(80 * time.Millisecond))
-		if d, _ := p.policy.hedge.delay(window); d != want {
+		if d, _ := p.upstream.policy.hedge.delay(window); d != want {
 			t.Fatalf("delay once S3 answers in 80 ms = %v, want %v", d, want)
 		}
 		before := len(s.seen())
@@ -935,7 +941,9 @@ func TestHedgeClientCancels(t *testing.T) {
 
 // TestHedgeOneAttemptRejected: one attempt of a hedged pair meets
 // ExpiredToken or RequestTimeTooSkewed while the other succeeds; whichever
-// answers first, the client gets the object.
+// answers first, the client gets the object. A rejection is a failure the
+// policy would correct, so it does not commit the race: the other attempt
+// runs on, and S3 sees the pair only.
 func TestHedgeOneAttemptRejected(t *testing.T) {
 	body := []byte("the object")
 	for _, code := range []string{"ExpiredToken", "RequestTimeTooSkewed"} {
@@ -966,17 +974,13 @@ func TestHedgeOneAttemptRejected(t *testing.T) {
 						return objectAnswer(r, body, `"v1"`), nil
 					}}
 					p := scriptedProxy(s, hedgePolicy{mode: hedgeFixed, fixed: 50 * time.Millisecond}, &syncBuffer{})
-					p.creds = &credentialCache{provider: &rotatingProvider{}, log: slog.New(slog.DiscardHandler)}
+					p.upstream.creds = &credentialCache{provider: &rotatingProvider{}, log: slog.New(slog.DiscardHandler)}
 					w := serveOne(p, httptest.NewRequest("GET", "/k", nil))
 					if w.Code != 200 || w.Body.String() != string(body) {
 						t.Errorf("client got %d %q, want the object", w.Code, w.Body)
 					}
-					want := 2 // the hedge's success wins
-					if rejectedFirst {
-						want = 3 // the rejection wins, is corrected and signed again
-					}
-					if n := len(s.seen()); n != want {
-						t.Errorf("S3 saw %d requests, want %d", n, want)
+					if n := len(s.seen()); n != 2 {
+						t.Errorf("S3 saw %d requests, want the pair", n)
 					}
 				})
 			})
@@ -1030,7 +1034,7 @@ func TestHedgeRacingAnAnswerThatIsNotTheObject(t *testing.T) {
 				} else if tt.status == 304 {
 					want += retryCost
 				}
-				if tokens := p.policy.budget.Tokens(); tokens != want {
+				if tokens := p.upstream.policy.budget.Tokens(); tokens != want {
 					t.Errorf("%s, first wins %v: retry budget %d, want %d", tt.name, firstWins, tokens, want)
 				}
 				answers = append(answers, fmt.Sprint(w.Code, w.Header(), w.Body.String()))
@@ -1113,7 +1117,7 @@ func TestRetriesZeroMeansNoneAtAll(t *testing.T) {
 			}
 		}}
 		p := scriptedProxy(s, hedgePolicy{mode: hedgeFixed, fixed: 50 * time.Millisecond}, &syncBuffer{})
-		p.policy.limit = 0
+		p.upstream.policy.limit = 0
 		if w := serveOne(p, httptest.NewRequest("GET", "/k", nil)); w.Code != 503 {
 			t.Errorf("a slow 503 = %d, want S3's 503 passed on", w.Code)
 		}
@@ -1147,7 +1151,7 @@ func TestHedgeClientCancelsClosesBothConnections(t *testing.T) {
 	t.Cleanup(srv.Close)
 	endpoint, _ := url.Parse(srv.URL)
 	tp.routes = buildRoutes([]routeSpec{{"/", testBucket, ""}}, endpoint, false, false)
-	tp.policy.hedge = hedgePolicy{mode: hedgeFixed, fixed: 20 * time.Millisecond}
+	tp.upstream.policy.hedge = hedgePolicy{mode: hedgeFixed, fixed: 20 * time.Millisecond}
 	ctx, cancel := context.WithCancel(t.Context())
 	go func() {
 		<-arrived
@@ -1175,7 +1179,7 @@ func TestHedgeClientCancelsClosesBothConnections(t *testing.T) {
 func replicaProxy(s *scriptedS3) (*Proxy, *syncBuffer) {
 	logs := &syncBuffer{}
 	p := scriptedProxy(s, hedgePolicy{mode: hedgeOff}, logs)
-	p.policy.pause = func(int) time.Duration { return 0 }
+	p.upstream.policy.pause = func(int) time.Duration { return 0 }
 	p.routes = withReplicas(buildRoutes([]routeSpec{{"/", "media-bucket", ""}}, &url.URL{Scheme: "https", Host: "s3.eu-west-1.amazonaws.com"}, false, false),
 		map[string][]replicaSpec{"media-bucket": {{"media-west", "us-west-2"}}}, nil, false)
 	for i := range p.routes { // exact probe instants
@@ -1203,8 +1207,10 @@ func hostCounts(s *scriptedS3) (primary, replica int) {
 // TestFailoverToTheReplica: while the primary's region answers 503 to
 // everything, clients get the replica's copy; after three failed fetches
 // the primary is marked down and requests go straight to the replica; one
-// probe a probe interval later finds it still down; when it answers again
-// the next probe brings it back and it takes the traffic back.
+// probe in the background, a HEAD a probe interval later, finds it still
+// down while the request that found the probe due is served by the
+// replica; when it answers again the next probe brings it back and it
+// takes the traffic back.
 func TestFailoverToTheReplica(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var primaryUp atomic.Bool
@@ -1240,23 +1246,27 @@ func TestFailoverToTheReplica(t *testing.T) {
 			t.Errorf("the primary, marked down, saw %d more requests; want none", primary-before)
 		}
 		time.Sleep(probeInterval)
-		get() // the probe: still failing, then the replica
-		if primary, _ := hostCounts(s); primary != before+4 {
-			t.Errorf("the probe cost the primary %d requests, want one fetch (4 attempts)", primary-before)
+		if got := get(); got != "the replica's copy" {
+			t.Errorf("the request that found the probe due got %q, want the replica's", got)
+		}
+		synctest.Wait() // the probe: still failing
+		if primary, _ := hostCounts(s); primary != before+1 || s.seen()[len(s.seen())-1].method != http.MethodHead {
+			t.Errorf("the probe cost the primary %d requests, want one HEAD", primary-before)
 		}
 		primaryUp.Store(true)
 		if got := get(); got != "the replica's copy" {
 			t.Errorf("before the next probe: %q, want the replica's", got)
 		}
 		time.Sleep(probeInterval)
-		if got := get(); got != "the primary's copy" {
-			t.Errorf("the probe after the recovery got %q", got)
+		if got := get(); got != "the replica's copy" {
+			t.Errorf("the request that found the next probe due got %q, want the replica's", got)
 		}
+		synctest.Wait() // the probe finds the primary back
 		if got := get(); got != "the primary's copy" {
 			t.Errorf("after the recovery: %q, want the primary's copy", got)
 		}
-		if n := count(p, mFailovers, 0); n != markDownAfter+1 {
-			t.Errorf("failovers counted %d, want %d", n, markDownAfter+1)
+		if n := count(p, mFailovers, 0); n != markDownAfter {
+			t.Errorf("failovers counted %d, want %d", n, markDownAfter)
 		}
 		for _, want := range []string{"bucket marked down", "bucket back up"} {
 			if n := strings.Count(logs.String(), want); n != 1 {

@@ -28,10 +28,12 @@ type route struct {
 	// virtual-hosted style.
 	uriPrefix string
 	// latency is S3's recent times to first byte for this route, for the
-	// hedge delay; shared by every copy of the route.
+	// hedge delay; each replica has its own (another region answers in
+	// its own time).
 	latency *latencyWindow
-	// signer signs the route's requests when it is not the proxy's SigV4
-	// signer: SigV4A for a Multi-Region Access Point. nil otherwise.
+	// signer signs the route's requests when the S3 client's SigV4 signer
+	// (for -region) does not: SigV4A for a Multi-Region Access Point, SigV4
+	// for a replica's own region. nil otherwise.
 	signer requestSigner
 	// accessPoint is the Multi-Region Access Point's alias (ALIAS.mrap)
 	// when bucket is one's ARN; "" for a bucket.

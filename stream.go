@@ -179,9 +179,9 @@ func (r *resumePlan) rest() *restOfResponse {
 	return &restOfResponse{rangeHeader: rng, etag: r.etag}
 }
 
-// acceptRest checks that S3 answered a restRequest with exactly the bytes
-// asked for: resp is S3's 2xx response, or nil with S3's error status. On
-// success it returns the body to continue with.
+// acceptRest checks that S3 answered the request for rest() with exactly
+// the bytes asked for: resp is S3's 2xx response, or nil with S3's error
+// status. On success it returns the body to continue with.
 func (r *resumePlan) acceptRest(resp *http.Response, status int) (io.ReadCloser, error) {
 	switch {
 	case status == http.StatusPreconditionFailed:

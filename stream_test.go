@@ -80,7 +80,7 @@ func TestProxyResumesMidBody(t *testing.T) {
 	for _, tt := range clientRanges(body, 250999) {
 		t.Run(tt.name, func(t *testing.T) {
 			tp := newTestProxy(t)
-			tp.policy.limit = 10
+			tp.upstream.policy.limit = 10
 			tp.s3.put("v.mp4", body)
 			var cuts atomic.Int64
 			tp.s3.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
@@ -172,7 +172,7 @@ func stallAfter(w http.ResponseWriter, r *http.Request, obj fakeObject, n int) {
 
 func TestProxyStallMidBodyResumes(t *testing.T) {
 	tp := newTestProxy(t)
-	tp.bodyTimeout = 150 * time.Millisecond
+	tp.upstream.timeout = 150 * time.Millisecond
 	body := bytes.Repeat([]byte("0123456789abcdef"), 10_000)
 	tp.s3.put("v.mp4", body)
 	tp.s3.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
@@ -254,10 +254,11 @@ func TestProxySlowReaderIsNotAStall(t *testing.T) {
 				logs := &syncBuffer{}
 				p := benchProxy(nil)
 				p.log = slog.New(slog.NewTextHandler(logs, nil))
+				p.upstream.log = p.log
 				p.accessLog = true
-				p.policy.limit = 3
-				p.bodyTimeout = timeout
-				p.transport = roundTripperFunc(func(r *http.Request) (*http.Response, error) {
+				p.upstream.policy.limit = 3
+				p.upstream.timeout = timeout
+				p.upstream.transport = roundTripperFunc(func(r *http.Request) (*http.Response, error) {
 					upstreamRequests.Add(1)
 					rec := httptest.NewRecorder()
 					rec.Header().Set("Etag", `"v1"`)

@@ -60,8 +60,9 @@ func (b backoff) fullJitter(n int, u float64) time.Duration {
 	return time.Duration(u * float64(b.limit(n)))
 }
 
-// durationText formats a remaining time for logs and health text; zero
-// reads "never" (credentials that never expire, a refresh never planned).
+// durationText formats a time left for logs and health text; zero reads
+// "never" (credentials that never expire, a refresh never planned). It is
+// the one place "never" is written.
 func durationText(d time.Duration) string {
 	if d == 0 {
 		return "never"
@@ -69,19 +70,22 @@ func durationText(d time.Duration) string {
 	return d.Round(time.Second).String()
 }
 
-// expiryText says when credentials expire: "expire in 5h59m54s", or
-// "never expire" for a zero t.
-func expiryText(t, now time.Time) string {
+// timeLeft is t-now; zero for a zero t (never).
+func timeLeft(t, now time.Time) time.Duration {
 	if t.IsZero() {
-		return "never expire"
+		return 0
 	}
-	return "expire in " + durationText(t.Sub(now))
+	return t.Sub(now)
 }
 
 // untilText formats t-now like durationText; a zero t is "never".
-func untilText(t, now time.Time) string {
-	if t.IsZero() {
-		return "never"
+func untilText(t, now time.Time) string { return durationText(timeLeft(t, now)) }
+
+// expiryText says when credentials with d left expire: "expire in
+// 5h59m54s", or "never expire" for zero.
+func expiryText(d time.Duration) string {
+	if d == 0 {
+		return durationText(d) + " expire"
 	}
-	return durationText(t.Sub(now))
+	return "expire in " + durationText(d)
 }

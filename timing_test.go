@@ -66,8 +66,8 @@ func TestDurationTexts(t *testing.T) {
 		{durationText(90*time.Minute + 400*time.Millisecond), "1h30m0s"},
 		{untilText(time.Time{}, now), "never"},
 		{untilText(now.Add(5*time.Hour+59*time.Minute+54*time.Second), now), "5h59m54s"},
-		{expiryText(time.Time{}, now), "never expire"},
-		{expiryText(now.Add(time.Hour), now), "expire in 1h0m0s"},
+		{expiryText(timeLeft(time.Time{}, now)), "never expire"},
+		{expiryText(timeLeft(now.Add(time.Hour), now)), "expire in 1h0m0s"},
 	}
 	for _, tt := range tests {
 		if tt.got != tt.want {

@@ -1,0 +1,329 @@
+package main
+
+// One attempt at S3 and the work around it: signing and sending it and
+// reading what came back as facts, racing a hedge beside it (hedge.go
+// runs the race), keeping it on as its bucket's witness when the client
+// leaves, and the background work (probes, witnesses) Close waits for.
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// attempt signs and sends one request and returns what happened, changing
+// nothing but the clock's and credentials' caches it reads through. The
+// body of a passed-on response is watched for stalls.
+func (c *s3Client) attempt(ctx context.Context, up *upstreamRequest) attemptFacts {
+	actx, cancel := context.WithCancel(ctx)
+	return c.attemptWithin(ctx, actx, cancel, up)
+}
+
+// attemptWithin is attempt sent on actx, a context of its own that cancel
+// ends (the body's close, a stall, or a hedge race); ctx is the request's
+// (or its witness's), which tells a client gone from an attempt cancelled.
+func (c *s3Client) attemptWithin(ctx, actx context.Context, cancel context.CancelFunc, up *upstreamRequest) attemptFacts {
+	now := c.now.read()
+	creds, err := c.creds.Get(ctx, now)
+	if err != nil {
+		cancel()
+		if ctx.Err() != nil {
+			return attemptFacts{err: endedBy(ctx)}
+		}
+		return attemptFacts{err: &proxyError{kind: kindCredentials, err: err}}
+	}
+	f := attemptFacts{creds: creds}
+	req := c.newRequest(actx, up, creds, now)
+	sent := c.now.read()
+	resp, err := c.transport.RoundTrip(req)
+	switch {
+	case ctx.Err() != nil:
+		if resp != nil {
+			resp.Body.Close()
+		}
+		cancel()
+		f.err = endedBy(ctx)
+		return f
+	case err != nil:
+		cancel()
+		f.err = classifyTransport(err)
+		return f
+	}
+	f.ttfb, f.status = c.now.read().Sub(sent), resp.StatusCode
+	if resp.StatusCode < 300 || resp.StatusCode == http.StatusNotModified {
+		resp.Body = watchBody(resp.Body, cancel, c.timeout)
+		f.resp = resp
+		return f
+	}
+	f.s3 = readS3Error(resp)
+	cancel()
+	f.skew = c.clockFix.judge(resp.Header.Get("Date"), f.s3.code, c.now.read())
+	return f
+}
+
+// errWitnessTimeout ends a witness whose attempt waited the whole timeout.
+var errWitnessTimeout = errors.New("S3 sent no response headers within -timeout (the client had left; the attempt stayed on as its bucket's witness)")
+
+// endedBy names why ctx ended an attempt: a witness's own timeout, or the
+// client going away.
+func endedBy(ctx context.Context) *proxyError {
+	if cause := context.Cause(ctx); errors.Is(cause, errWitnessTimeout) {
+		return &proxyError{kind: kindTimeout, err: cause}
+	}
+	return clientGone(ctx.Err())
+}
+
+// race runs one attempt and, when the policy allows and S3 sends no
+// response headers within the hedge delay, a second, freshly signed one
+// on another connection (hedge.go). It records in tr every attempt S3
+// saw, and returns the outcome, what the hedge was paid with, and whether
+// the hedge's answer won.
+func (c *s3Client) race(ctx context.Context, up *upstreamRequest, tr *fetchTrace, tried retryState) (attemptFacts, budgetToken, bool) {
+	delay, ok := c.policy.hedge.delay(up.route.latency)
+	if !ok || !c.policy.mayHedge(up.rest != nil, tr.hedged) {
+		f := c.attempt(ctx, up)
+		c.record(tr, up, &f)
+		return f, budgetToken{}, false
+	}
+	fr, _ := c.races.Get().(*fetchRace)
+	if fr == nil {
+		fr = &fetchRace{}
+	}
+	fr.c, fr.ctx, fr.up, fr.tried = c, ctx, up, tried
+	start := c.now.read()
+	res := fr.race.run(ctx, delay, fr)
+	hedge := fr.hedge
+	fr.c, fr.ctx, fr.up, fr.tried, fr.hedge = nil, nil, nil, retryState{}, budgetToken{} // the pool keeps no request's state
+	c.races.Put(fr)
+	if !res.hedged {
+		c.record(tr, up, &res.outcome)
+		return res.outcome, budgetToken{}, false
+	}
+	tr.hedged = true
+	c.recordOther(tr, up, &res.other, res.cancelled, tried)
+	c.record(tr, up, &res.outcome)
+	if res.winner == 2 {
+		if res.cancelled {
+			// The first attempt was cancelled after waiting at least this
+			// long, which the latency window learns.
+			up.route.latency.observe(c.now.read().Sub(start))
+		}
+		c.metrics.Inc(mHedgesWon)
+	}
+	return res.outcome, hedge, res.winner == 2
+}
+
+// recordOther records the attempt of a hedged pair that did not give the
+// outcome: S3 saw it, and a failure the policy would retry is counted as
+// the fetch loop counts its own; one the race cancelled is neither an
+// answer nor an error.
+func (c *s3Client) recordOther(tr *fetchTrace, up *upstreamRequest, f *attemptFacts, cancelled bool, tried retryState) {
+	if cancelled {
+		c.metrics.Inc(mHedgeCancels)
+		if f.creds != nil {
+			tr.attempts++
+		}
+		return
+	}
+	if d := decide(f, tried); d.verdict == retryLater {
+		c.metrics.UpstreamError(d.err.kind)
+	}
+	c.record(tr, up, f)
+}
+
+// fetchRace is one fetch's attempts as a hedge race runs them, pooled with
+// the race's state.
+type fetchRace struct {
+	race  hedgeRace[attemptFacts]
+	c     *s3Client
+	ctx   context.Context
+	up    *upstreamRequest
+	tried retryState
+	// hedge is what the hedge was paid with, once admitted.
+	hedge budgetToken
+}
+
+// run sends attempt n.
+func (fr *fetchRace) run(actx context.Context, cancel context.CancelFunc, n int) attemptFacts {
+	return fr.c.attemptWithin(fr.ctx, actx, cancel, fr.up)
+}
+
+// commits is the policy's word: an answer that passes on.
+func (fr *fetchRace) commits(f *attemptFacts) bool { return commits(f, fr.tried) }
+
+// admit takes the hedge from the cap and pays for it from the budget.
+func (fr *fetchRace) admit() bool {
+	rp := &fr.c.policy
+	if !rp.hedges.take() {
+		fr.c.metrics.Count(mBudgetRefused, refusedHedgeRate, 1)
+		return false
+	}
+	tok, ok := rp.budget.spend(retryCost)
+	if !ok {
+		rp.hedges.giveBack() // not sent, so not counted against the cap
+		fr.c.metrics.Count(mBudgetRefused, refusedHedge, 1)
+		return false
+	}
+	fr.hedge = tok
+	fr.c.metrics.Inc(mHedges)
+	return true
+}
+
+// discard closes the body of an answer that lost the race.
+func (fr *fetchRace) discard(f *attemptFacts) {
+	if f.resp != nil {
+		f.resp.Body.Close()
+	}
+}
+
+// witness keeps a fetch's attempts running when its client leaves while
+// they wait on S3, so the region's own timeout, not the client's patience,
+// says whether it hangs: a nginx or player that gives up after 3 s would
+// otherwise never let a hanging region be found (-timeout is 5 s). A
+// bucket keeps at most markDownAfter witnesses at once; a fetch that finds
+// no place is cancelled as usual. A nil *witness is a fetch from a bucket
+// without replicas: nothing to witness for.
+type witness struct {
+	c      *s3Client
+	health *bucketHealth
+	wctx   context.Context
+	cancel context.CancelCauseFunc
+
+	mu sync.Mutex // guards the fields below
+	// sent is when the attempt in flight was sent.
+	sent time.Time
+	// kept is set while the fetch stays on for a client that left; ended
+	// once the fetch returned.
+	kept, ended bool
+}
+
+// witness prepares a fetch from a bucket with health to witness: its
+// attempts run on a context the client's leaving does not end by itself.
+func (c *s3Client) witness(ctx context.Context, h *bucketHealth) *witness {
+	if h == nil {
+		return nil
+	}
+	w := &witness{c: c, health: h}
+	w.wctx, w.cancel = context.WithCancelCause(context.WithoutCancel(ctx))
+	context.AfterFunc(ctx, w.clientLeft)
+	return w
+}
+
+// ctx is the context the fetch's attempts run on.
+func (w *witness) ctx(ctx context.Context) context.Context {
+	if w == nil {
+		return ctx
+	}
+	return w.wctx
+}
+
+// attemptSent notes when the attempt in flight was sent.
+func (w *witness) attemptSent(t time.Time) {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	w.sent = t
+	w.mu.Unlock()
+}
+
+// on reports whether the fetch stayed on for a client that left.
+func (w *witness) on() bool {
+	if w == nil {
+		return false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.kept
+}
+
+// clientLeft runs when the request's context ends: the attempts stay on
+// until the timeout if a witness's place is free, and are cancelled
+// otherwise (or once the fetch has returned: a body being read must end
+// with its client).
+func (w *witness) clientLeft() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.ended || w.c.timeout <= 0 || !w.health.takeWitness() {
+		w.cancel(context.Canceled)
+		return
+	}
+	closing, ok := w.c.background.start()
+	if !ok {
+		w.health.endWitness()
+		w.cancel(context.Canceled)
+		return
+	}
+	w.kept = true
+	deadline := time.NewTimer(max(w.c.timeout-w.c.now.read().Sub(w.sent), 0))
+	go func() {
+		defer w.c.background.done()
+		defer deadline.Stop()
+		select {
+		case <-deadline.C:
+			w.cancel(errWitnessTimeout)
+		case <-closing:
+			w.cancel(context.Canceled)
+		case <-w.wctx.Done():
+		}
+	}()
+}
+
+// end marks the fetch returned and frees its witness's place.
+func (w *witness) end() {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.ended = true
+	if w.kept {
+		w.kept = false
+		w.health.endWitness()
+		w.cancel(context.Canceled)
+	}
+}
+
+// backgroundWork counts the goroutines that outlive a request (probes,
+// witnesses' deadlines), so Close can end them and wait. The zero value is
+// ready to use.
+type backgroundWork struct {
+	mu sync.Mutex // guards closed and closing, so no start follows close's wait
+	// closing is closed by close; made on first use.
+	closing chan struct{}
+	closed  bool
+	running sync.WaitGroup
+}
+
+// start counts one goroutine in and returns the channel that tells it to
+// end, or false once close has begun.
+func (b *backgroundWork) start() (<-chan struct{}, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, false
+	}
+	if b.closing == nil {
+		b.closing = make(chan struct{})
+	}
+	b.running.Add(1)
+	return b.closing, true
+}
+
+// done counts one goroutine out.
+func (b *backgroundWork) done() { b.running.Done() }
+
+// close tells every goroutine to end and waits for them.
+func (b *backgroundWork) close() {
+	b.mu.Lock()
+	if !b.closed {
+		b.closed = true
+		if b.closing != nil {
+			close(b.closing)
+		}
+	}
+	b.mu.Unlock()
+	b.running.Wait()
+}

@@ -1,0 +1,422 @@
+package main
+
+// The S3 client below the handler, the way httputil.ReverseProxy sits on a
+// RoundTripper: given an upstream request it signs and sends attempts,
+// races a hedge beside a slow one, retries what the policy and the budget
+// allow, fails over to a replica when a region cannot serve, fetches the
+// rest of a response that broke, and keeps each bucket's health. It
+// returns S3's answer and a trace of what it did, and writes nothing the
+// handler owns.
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// userAgent identifies us in S3 server access logs.
+const userAgent = "s3-helper"
+
+// s3Client talks to S3 for the handler. Its fields must be set before the
+// first fetch and not changed after.
+type s3Client struct {
+	// scheme is the upstream scheme, "https" or "http", of routes that do
+	// not name their own.
+	scheme string
+	signer *Signer
+	creds  credentialGetter
+	// transport sends upstream requests; it must be shared (keep-alive).
+	transport http.RoundTripper
+	// metrics may be nil.
+	metrics *Metrics
+	// log must be set.
+	log *slog.Logger
+	// policy limits and paces retries, resumes and hedges.
+	policy retryPolicy
+	// timeout ends an attempt that waits this long on S3 (a body read; the
+	// transport bounds the wait for headers), and bounds a probe and a
+	// witness; zero means never.
+	timeout time.Duration
+	// now is the clock; nil means time.Now.
+	now clock
+
+	// clockFix corrects the signing time when this host's clock is off.
+	clockFix clockCorrection
+
+	races sync.Pool // *fetchRace
+	// background is the probes and witnesses Close ends.
+	background backgroundWork
+}
+
+// upstreamRequest describes the S3 request of one exchange; every attempt
+// and resume is built from it, and attempts only read it.
+type upstreamRequest struct {
+	route  route
+	method string
+	// client is the inbound request's header, read only: each attempt
+	// copies the forwarded ones from it.
+	client http.Header
+	// key is the client's key, relative to the route (for a replica's uri).
+	key string
+	// uri and query are canonical and are sent exactly as signed.
+	uri   string
+	query string
+	// ifRange is the client's If-Range, which S3 does not evaluate.
+	ifRange ifRange
+	// whole is set when the client's Range must be ignored: its If-Range
+	// does not hold.
+	whole bool
+	// rest is set on a resume: the bytes still owed, pinned to the
+	// object's version. Its Range and If-Match replace the client's.
+	rest *restOfResponse
+}
+
+// resumeOf is the upstream request for the rest of a response.
+func (up *upstreamRequest) resumeOf(rest *restOfResponse) *upstreamRequest {
+	r := *up
+	r.rest = rest
+	return &r
+}
+
+// fetchTrace is what the client did for one fetch, for the handler's
+// record of the exchange.
+type fetchTrace struct {
+	// attempts is how many requests S3 saw, hedges and cancelled ones too.
+	attempts int
+	hedged   bool
+	// status is S3's status on the answer; 0 when none came.
+	status int
+	// s3Code is the last error code S3 gave.
+	s3Code string
+}
+
+// Close ends the probes and witnesses running in the background and waits
+// for them. Fetches may still run; they send no more probes and keep no
+// witness.
+func (c *s3Client) Close() {
+	if c != nil {
+		c.background.close()
+	}
+}
+
+// fetch gets S3's answer to up, deciding the client's If-Range here: S3's
+// GetObject does not evaluate it (RFC 9110 §13.1.5). up.route is left on
+// the copy that answered. The error is set only when no answer can be
+// passed on.
+func (c *s3Client) fetch(ctx context.Context, up *upstreamRequest) (upstreamAnswer, fetchTrace, error) {
+	var tr fetchTrace
+	c.policy.hedges.earn() // once per request: the cap is a share of requests
+	answer, err := c.fetchCopies(ctx, up, &tr, c.policy.budget.firstTry())
+	if err != nil || up.whole || up.ifRange.holds(up.client, answer.statusCode(), answer.header()) {
+		return answer, tr, err
+	}
+	if answer.resp != nil {
+		answer.resp.Body.Close()
+	}
+	up.whole = true
+	answer, err = c.fetchCopies(ctx, up, &tr, c.policy.budget.firstTry())
+	return answer, tr, err
+}
+
+// Errors of a resume that was never sent.
+var (
+	errResumeLimit = errors.New("the response was resumed as often as -retries allows")
+	errNoBudget    = errors.New("the retry budget is empty")
+)
+
+// resume fetches the rest of a response whose body failed after resumes
+// earlier resumes: within the policy's limit and paid from the budget,
+// refunded if S3 serves the rest.
+func (c *s3Client) resume(ctx context.Context, up *upstreamRequest, rest *restOfResponse, resumes int) (upstreamAnswer, fetchTrace, error) {
+	var tr fetchTrace
+	c.metrics.UpstreamError(kindBody)
+	if !c.policy.resume(resumes) {
+		return upstreamAnswer{}, tr, errResumeLimit
+	}
+	tok, ok := c.policy.budget.spend(retryCost)
+	if !ok {
+		c.metrics.Count(mBudgetRefused, refusedResume, 1)
+		return upstreamAnswer{}, tr, errNoBudget
+	}
+	c.metrics.Inc(mResumes)
+	answer, err := c.fetchCopies(ctx, up.resumeOf(rest), &tr, tok)
+	return answer, tr, err
+}
+
+// fetchCopies gets S3's answer from the route's bucket or, when its region
+// cannot serve, from its replicas in order: only for the answer itself (a
+// resume stays with the bucket that started the response: the ETag pins
+// the object there), only after the retry policy gave up, and never for an
+// answer that is S3's word (4xx). A bucket marked down is skipped, and
+// probed in the background when its probe is due.
+func (c *s3Client) fetchCopies(ctx context.Context, up *upstreamRequest, tr *fetchTrace, paid budgetToken) (upstreamAnswer, error) {
+	if up.rest != nil || len(up.route.replicas) == 0 {
+		answer, err, _ := c.fetchFrom(ctx, up, tr, paid)
+		return answer, err
+	}
+	copies := append(make([]route, 0, 1+len(up.route.replicas)), up.route)
+	copies = append(copies, up.route.replicas...)
+	order, due := copiesToTry(copies, c.now.read())
+	for _, rt := range due {
+		c.probe(ctx, rt, up.key)
+	}
+	var answer upstreamAnswer
+	var err error
+	for i, rt := range order {
+		try := *up
+		try.route, try.uri = rt, rt.uri(up.key)
+		var ev evidence
+		answer, err, ev = c.fetchFrom(ctx, &try, tr, paid)
+		c.reportHealth(&rt, ev, false)
+		*up = try
+		paid = c.policy.budget.firstTry()
+		if !failOver(answer, err) || ctx.Err() != nil {
+			return answer, err
+		}
+		if i+1 < len(order) {
+			c.metrics.Inc(mFailovers)
+			c.log.Debug("failing over", "key", up.key, "from", rt.bucket, "to", order[i+1].bucket, "err", err, "status", answer.status)
+		}
+	}
+	return answer, err
+}
+
+// reportHealth records what a fetch or probe said of rt's region and logs
+// a transition.
+func (c *s3Client) reportHealth(rt *route, ev evidence, probe bool) {
+	switch rt.health.report(ev, probe, c.now.read()) {
+	case markedDown:
+		c.log.Warn("bucket marked down: its region keeps failing; requests go to its replica, and a probe in the background tries it again every few seconds",
+			"bucket", rt.bucket, "region", cmp.Or(rt.region, c.signer.Region), "failures", markDownAfter)
+	case cameBack:
+		c.log.Info("bucket back up: it answered a probe; it takes its traffic back", "bucket", rt.bucket, "region", cmp.Or(rt.region, c.signer.Region))
+	}
+}
+
+// probe finds out in the background whether rt, marked down, serves
+// again: one HEAD of key (an object players asked for, so s3:GetObject,
+// which the role has, is all it needs), bounded by the timeout. Any answer
+// but a 5xx brings the bucket back; no request waits on it.
+func (c *s3Client) probe(ctx context.Context, rt route, key string) {
+	closing, ok := c.background.start()
+	if !ok {
+		c.reportHealth(&rt, noEvidence, true) // frees the probe's place
+		return
+	}
+	go func() {
+		defer c.background.done()
+		pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		defer cancel()
+		if c.timeout > 0 {
+			var stop context.CancelFunc
+			pctx, stop = context.WithTimeout(pctx, c.timeout)
+			defer stop()
+		}
+		go func() { // ends with pctx, at the latest when the probe returns
+			select {
+			case <-closing:
+				cancel()
+			case <-pctx.Done():
+			}
+		}()
+		up := upstreamRequest{route: rt, method: http.MethodHead, client: http.Header{}, key: key, uri: rt.uri(key)}
+		f := c.attempt(pctx, &up)
+		if f.resp != nil {
+			f.resp.Body.Close()
+		}
+		ev := evidenceOf(&f)
+		c.log.Debug("probed a bucket marked down", "bucket", rt.bucket, "status", f.status, "err", f.err)
+		c.reportHealth(&rt, ev, true)
+	}()
+}
+
+// fetchFrom sends up until S3 answers for good: each race of an attempt
+// (and a hedge when S3 is slow to answer) returns its facts, decide says
+// what they call for, and fetchFrom applies it (a correction, or a paced
+// retry the policy and the budget allow). paid is what the first attempt
+// was paid with. The error is set only when no answer can be passed on;
+// the evidence is what the fetch says of the region.
+func (c *s3Client) fetchFrom(ctx context.Context, up *upstreamRequest, tr *fetchTrace, paid budgetToken) (upstreamAnswer, error, evidence) {
+	w := c.witness(ctx, up.route.health)
+	defer w.end()
+	tried := retryState{}
+	for {
+		w.attemptSent(c.now.read())
+		f, hedge, won := c.race(w.ctx(ctx), up, tr, tried)
+		switch {
+		case ctx.Err() != nil && w.on():
+			return upstreamAnswer{}, clientGone(ctx.Err()), evidenceOf(&f)
+		case ctx.Err() != nil:
+			return upstreamAnswer{}, clientGone(ctx.Err()), noEvidence
+		}
+		d := decide(&f, tried)
+		switch d.verdict {
+		case passOn:
+			if d.err != nil {
+				return upstreamAnswer{}, d.err, noEvidence
+			}
+			if f.resp != nil {
+				settle(paid, hedge, won)
+			}
+			return f.answer(), nil, regionServed
+		case signAgain:
+			if c.correct(ctx, d.fix, &f, up.key, &tried) {
+				continue
+			}
+			return f.answer(), nil, regionServed
+		}
+		c.metrics.UpstreamError(d.err.kind)
+		if !c.policy.retry(&tried) {
+			answer, err := giveUp(&f, d)
+			return answer, err, regionFailed
+		}
+		tok, ok := c.policy.budget.spend(retryCostOf(d.err))
+		if !ok {
+			c.metrics.Count(mBudgetRefused, refusedRetry, 1)
+			answer, err := giveUp(&f, d)
+			return answer, err, noEvidence
+		}
+		paid = tok
+		c.metrics.Inc(mRetries)
+		c.log.Debug("retrying upstream", "key", up.key, "attempt", tried.retries, "err", d.err, "s3_code", f.s3.code)
+		if err := sleepCtx(ctx, c.policy.wait(tried.retries, d.throttled)); err != nil {
+			return upstreamAnswer{}, clientGone(err), noEvidence
+		}
+	}
+}
+
+// settle refunds what an answer that passed on as a success was paid
+// with: the attempt's token, and a winning hedge's (the hedge was a retry
+// that succeeded); a first try whose hedge won earns nothing more.
+func settle(paid, hedge budgetToken, hedgeWon bool) {
+	if !hedgeWon {
+		paid.release()
+		return
+	}
+	hedge.release()
+	if paid.cost > 0 {
+		paid.release()
+	}
+}
+
+// giveUp is what a failed fetch passes on when it may not retry: S3's own
+// last answer, or the failure.
+func giveUp(f *attemptFacts, d decision) (upstreamAnswer, error) {
+	if f.status != 0 {
+		return f.answer(), nil
+	}
+	return upstreamAnswer{}, d.err
+}
+
+// correct applies the fix a signAgain names and reports whether signing
+// again can help. Each fix is tried once per fetch.
+func (c *s3Client) correct(ctx context.Context, fx fix, f *attemptFacts, key string, tried *retryState) bool {
+	switch fx {
+	case adoptClock:
+		tried.reclocked = true
+		c.clockFix.adopt(f.skew, c.now.read(), c.log)
+		return true
+	case refreshCredentials:
+		tried.refreshed = true
+		if _, err := c.creds.Refresh(ctx, f.creds); err != nil {
+			return false
+		}
+		c.log.Warn("S3 rejected the credentials; retrying with a fresh set", "key", key,
+			"s3_code", f.s3.code, "rejected_access_key_id", f.creds.AccessKeyID)
+		return true
+	}
+	return false
+}
+
+// record adds one attempt's facts to the trace, the TTFB histogram and
+// the route's latency window; rest marks a resume, whose 206 is not the
+// client's status.
+func (c *s3Client) record(tr *fetchTrace, up *upstreamRequest, f *attemptFacts) {
+	if f.creds == nil {
+		return // nothing was sent
+	}
+	tr.attempts++
+	if f.err == nil {
+		c.metrics.Observe(mUpstreamTTFB, f.ttfb)
+		up.route.latency.observe(f.ttfb)
+		tr.status = f.status
+	}
+	if f.s3.code != "" {
+		tr.s3Code = f.s3.code
+	}
+	if f.skew.implausible {
+		reportImplausible(f.skew, c.log)
+	}
+}
+
+// newRequest builds one signed attempt.
+func (c *s3Client) newRequest(ctx context.Context, up *upstreamRequest, creds *Credentials, now time.Time) *http.Request {
+	h := make(http.Header, len(forwardedRequestHeaders)+5)
+	copyRequestHeaders(h, up.client)
+	switch {
+	case up.rest != nil:
+		h["Range"] = []string{up.rest.rangeHeader}
+		h["If-Match"] = []string{up.rest.etag}
+	case up.whole:
+		delete(h, "Range")
+	default:
+		up.ifRange.condition(h)
+	}
+	h["User-Agent"] = []string{userAgent}
+	req := &http.Request{
+		Method:     up.method,
+		URL:        upstreamURL(cmp.Or(up.route.scheme, c.scheme), up.route.host, up.uri, up.query),
+		Proto:      "HTTP/1.1",
+		ProtoMajor: 1,
+		ProtoMinor: 1,
+		Header:     h,
+		Host:       up.route.host,
+	}
+	req = req.WithContext(ctx)
+	in := signingRequest{method: up.method, host: up.route.host, uri: up.uri, query: up.query}
+	if v4a := up.route.signer; v4a != nil {
+		// Through the interface the request escapes to the heap: only
+		// access points pay for that, SigV4 keeps its concrete call.
+		escaping := in
+		v4a.Sign(h, &escaping, creds, c.clockFix.apply(now))
+	} else {
+		c.signer.Sign(h, &in, creds, c.clockFix.apply(now))
+	}
+	return req
+}
+
+// send signs up with the current credentials and makes one round trip,
+// for -check: no retry, no hedge, no health.
+func (c *s3Client) send(ctx context.Context, up *upstreamRequest) (*http.Response, error) {
+	now := c.now.read()
+	creds, err := c.creds.Get(ctx, now)
+	if err != nil {
+		return nil, err
+	}
+	return c.transport.RoundTrip(c.newRequest(ctx, up, creds, now))
+}
+
+// presign is a presigned GET URL of key in rt, signed as the proxy would
+// sign it.
+func (c *s3Client) presign(ctx context.Context, rt route, key string, expires time.Duration) (string, error) {
+	now := c.now.read()
+	creds, err := c.creds.Get(ctx, now)
+	if err != nil {
+		return "", fmt.Errorf("presign: %w", err)
+	}
+	uri := rt.uri(key)
+	var signer requestSigner = c.signer
+	if rt.signer != nil {
+		signer = rt.signer
+	}
+	query, err := signer.Presign(signingRequest{method: http.MethodGet, host: rt.host, uri: uri}, creds, now, expires)
+	if err != nil {
+		return "", fmt.Errorf("presign: %w", err)
+	}
+	return cmp.Or(rt.scheme, c.scheme) + "://" + rt.host + uri + "?" + query, nil
+}

@@ -1,0 +1,278 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// setPause makes every retry pause d.
+func setPause(p *Proxy, d time.Duration) {
+	p.upstream.policy.pause = func(int) time.Duration { return d }
+}
+
+// emptyBudget leaves p a retry budget that cannot pay for one retry.
+func emptyBudget(p *Proxy) {
+	p.upstream.policy.budget = newRetryBudget(1, slog.New(slog.DiscardHandler))
+}
+
+// budgetTokens is what the proxy's retry budget holds.
+func budgetTokens(p *Proxy) int64 { return p.upstream.policy.budget.Tokens() }
+
+// bucketIsUp reports whether bucket is up in p's health.
+func bucketIsUp(t *testing.T, p *Proxy, bucket string) bool {
+	t.Helper()
+	states, _ := p.bucketStates()
+	for _, s := range states {
+		if s.bucket == bucket {
+			return s.up
+		}
+	}
+	t.Fatalf("bucket %s has no health", bucket)
+	return false
+}
+
+// impatient is a GET whose client gives up after patience.
+func impatient(patience time.Duration) *http.Request {
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	time.AfterFunc(patience+time.Second, cancel)
+	return httptest.NewRequest("GET", "/k", nil).WithContext(ctx)
+}
+
+// hangingPrimary is S3 whose primary region accepts every request and
+// never answers while hung is set; the replica serves.
+func hangingPrimary(hung func() bool) *scriptedS3 {
+	return &scriptedS3{answer: func(n int, r *http.Request) (*http.Response, error) {
+		if strings.HasPrefix(r.Host, "media-west.") {
+			return objectAnswer(r, []byte("the replica's copy"), `"west"`), nil
+		}
+		if hung() {
+			<-r.Context().Done()
+			return nil, r.Context().Err()
+		}
+		return objectAnswer(r, []byte("the primary's copy"), `"east"`), nil
+	}}
+}
+
+// TestHangingRegionMarkedDownWhateverTheClientsPatience: the primary
+// accepts and never answers; clients give up after 3 s, sooner than the
+// 5 s timeout. The first clients fail, but the region is marked down as
+// surely as one that refuses, and the next client gets the replica's copy
+// at once.
+func TestHangingRegionMarkedDownWhateverTheClientsPatience(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := hangingPrimary(func() bool { return true })
+		p, logs := replicaProxy(s)
+		defer p.Close()
+		var wg sync.WaitGroup
+		for range markDownAfter {
+			wg.Go(func() { serveOne(p, impatient(3*time.Second)) })
+		}
+		wg.Wait()
+		time.Sleep(5 * time.Second)
+		start := time.Now()
+		w := serveOne(p, impatient(3*time.Second))
+		if w.Body.String() != "the replica's copy" || time.Since(start) != 0 {
+			t.Errorf("after %d clients gave up on a hanging region: %d %q after %v, want the replica's copy at once\n%s",
+				markDownAfter, w.Code, w.Body, time.Since(start), logs)
+		}
+		if bucketIsUp(t, p, "media-bucket") {
+			t.Error("the hanging primary is still up")
+		}
+	})
+}
+
+// TestLeavingClientsAreNoEvidence: clients that leave a healthy but slow
+// region (answers in 2 s, clients patient 1 s, the timeout 5 s) never mark
+// it down, and a client that leaves never marks a dead region back up.
+func TestLeavingClientsAreNoEvidence(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := &scriptedS3{answer: func(n int, r *http.Request) (*http.Response, error) {
+			if !hold(r, 2*time.Second) {
+				return nil, r.Context().Err()
+			}
+			return objectAnswer(r, []byte("slow"), `"east"`), nil
+		}}
+		p, _ := replicaProxy(s)
+		for range 2 * markDownAfter {
+			serveOne(p, impatient(time.Second))
+			time.Sleep(2 * time.Second)
+		}
+		if !bucketIsUp(t, p, "media-bucket") {
+			t.Error("a slow region whose clients left was marked down")
+		}
+	})
+}
+
+// TestBackgroundProbesBringEveryCopyBack: both copies fail until they are
+// marked down, then both heal. Each is probed in the background and comes
+// back, so when the primary fails again the replica serves at once.
+func TestBackgroundProbesBringEveryCopyBack(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		primaryOK, replicaOK := false, false
+		s := &scriptedS3{answer: func(n int, r *http.Request) (*http.Response, error) {
+			mu.Lock()
+			ok, copyName := primaryOK, "the primary's copy"
+			if strings.HasPrefix(r.Host, "media-west.") {
+				ok, copyName = replicaOK, "the replica's copy"
+			}
+			mu.Unlock()
+			if !ok {
+				return errorAnswer(503, "ServiceUnavailable", time.Time{}), nil
+			}
+			return objectAnswer(r, []byte(copyName), `"v"`), nil
+		}}
+		p, _ := replicaProxy(s)
+		for range markDownAfter {
+			serveOne(p, httptest.NewRequest("GET", "/k", nil))
+		}
+		if bucketIsUp(t, p, "media-bucket") || bucketIsUp(t, p, "media-west") {
+			t.Fatal("both copies failing: want both marked down")
+		}
+		mu.Lock()
+		primaryOK, replicaOK = true, true
+		mu.Unlock()
+		for range 4 {
+			time.Sleep(probeInterval)
+			serveOne(p, httptest.NewRequest("GET", "/k", nil))
+			synctest.Wait()
+		}
+		if !bucketIsUp(t, p, "media-bucket") || !bucketIsUp(t, p, "media-west") {
+			t.Fatalf("both healed 40 s ago: primary up %v, replica up %v", bucketIsUp(t, p, "media-bucket"), bucketIsUp(t, p, "media-west"))
+		}
+		mu.Lock()
+		primaryOK = false
+		mu.Unlock()
+		if w := serveOne(p, httptest.NewRequest("GET", "/k", nil)); w.Code != 200 || w.Body.String() != "the replica's copy" {
+			t.Errorf("the primary failing again: %d %q, want the replica's copy", w.Code, w.Body)
+		}
+	})
+}
+
+// TestProbeNeverHoldsARequest: the primary is marked down and still hangs
+// when its probe is due; the request that finds the probe due is served by
+// the replica at once, never made to wait on the probe.
+func TestProbeNeverHoldsARequest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := hangingPrimary(func() bool { return true })
+		p, _ := replicaProxy(s)
+		defer p.Close()
+		var wg sync.WaitGroup
+		for range markDownAfter {
+			wg.Go(func() { serveOne(p, impatient(3*time.Second)) })
+		}
+		wg.Wait()
+		time.Sleep(2 * probeInterval)
+		for range 3 {
+			start := time.Now()
+			w := serveOne(p, impatient(3*time.Second))
+			if w.Body.String() != "the replica's copy" || time.Since(start) != 0 {
+				t.Errorf("with a probe due: %d %q after %v, want the replica's copy at once", w.Code, w.Body, time.Since(start))
+			}
+		}
+	})
+}
+
+// TestBudgetRefusalIsNoEvidence: with the retry budget empty, a primary
+// answering 503 fails over to the replica on every request, but a fetch
+// the budget cut short says nothing of the region, so the primary is
+// never marked down on it.
+func TestBudgetRefusalIsNoEvidence(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := &scriptedS3{answer: func(n int, r *http.Request) (*http.Response, error) {
+			if strings.HasPrefix(r.Host, "media-west.") {
+				return objectAnswer(r, []byte("the replica's copy"), `"west"`), nil
+			}
+			return errorAnswer(503, "SlowDown", time.Time{}), nil
+		}}
+		p, _ := replicaProxy(s)
+		emptyBudget(p)
+		for range 2 * markDownAfter {
+			if w := serveOne(p, httptest.NewRequest("GET", "/k", nil)); w.Body.String() != "the replica's copy" {
+				t.Fatalf("client got %d %q, want the replica's copy", w.Code, w.Body)
+			}
+		}
+		if !bucketIsUp(t, p, "media-bucket") {
+			t.Error("fetches the budget refused marked the primary down")
+		}
+	})
+}
+
+// objectAt is S3's answer for body under etag, last modified at modified:
+// Range, If-Match and If-Unmodified-Since as S3 applies them. Like S3's
+// GetObject, it ignores If-Range (s3-helper never sends it).
+func objectAt(r *http.Request, body []byte, etag string, modified time.Time) *http.Response {
+	rec := httptest.NewRecorder()
+	rec.Header().Set("Etag", etag)
+	req := r.Clone(r.Context())
+	req.Header.Del("If-Range")
+	http.ServeContent(rec, req, "", modified, strings.NewReader(string(body)))
+	return rec.Result()
+}
+
+// TestIfRange: RFC 9110 §13.1.5. S3's GetObject does not evaluate
+// If-Range, so s3-helper does: a validator that still matches gets the
+// range, a stale one (or a weak tag, or a date that is not exactly the
+// object's) gets the whole object as 200, and If-Range without Range is
+// ignored. The client's own If-Match still decides.
+func TestIfRange(t *testing.T) {
+	body := []byte("0123456789abcdef")
+	modified := time.Date(2026, 11, 2, 3, 4, 5, 0, time.UTC)
+	date := func(t time.Time) string { return t.Format(http.TimeFormat) }
+	for _, tt := range []struct {
+		name   string
+		header http.Header
+		status int
+		body   string
+	}{
+		{"the entity tag matches", http.Header{"Range": {"bytes=0-3"}, "If-Range": {`"v2"`}}, 206, "0123"},
+		{"a stale entity tag", http.Header{"Range": {"bytes=0-3"}, "If-Range": {`"v1"`}}, 200, string(body)},
+		{"a weak entity tag never matches", http.Header{"Range": {"bytes=0-3"}, "If-Range": {`W/"v2"`}}, 200, string(body)},
+		{"the date matches", http.Header{"Range": {"bytes=4-7"}, "If-Range": {date(modified)}}, 206, "4567"},
+		{"an older date", http.Header{"Range": {"bytes=4-7"}, "If-Range": {date(modified.Add(-time.Hour))}}, 200, string(body)},
+		{"a later date is no exact match", http.Header{"Range": {"bytes=4-7"}, "If-Range": {date(modified.Add(time.Hour))}}, 200, string(body)},
+		{"a date that is not one", http.Header{"Range": {"bytes=4-7"}, "If-Range": {"yesterday"}}, 200, string(body)},
+		{"without Range it is ignored", http.Header{"If-Range": {`"v1"`}}, 200, string(body)},
+		{"the client's own If-Match decides", http.Header{"Range": {"bytes=0-3"}, "If-Range": {`"v1"`}, "If-Match": {`"v1"`}}, 412, ""},
+	} {
+		for _, hedged := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s hedged %v", tt.name, hedged), func(t *testing.T) {
+				synctest.Test(t, func(t *testing.T) {
+					s := &scriptedS3{answer: func(n int, r *http.Request) (*http.Response, error) {
+						if hedged && n == 1 && !hold(r, time.Second) {
+							return nil, r.Context().Err()
+						}
+						if r.Header.Get("If-Range") != "" {
+							return nil, errors.New("If-Range reached S3")
+						}
+						return objectAt(r, body, `"v2"`, modified), nil
+					}}
+					hedge := hedgePolicy{mode: hedgeOff}
+					if hedged {
+						hedge = hedgePolicy{mode: hedgeFixed, fixed: 50 * time.Millisecond}
+					}
+					p := scriptedProxy(s, hedge, &syncBuffer{})
+					r := httptest.NewRequest("GET", "/k", nil)
+					maps.Copy(r.Header, tt.header)
+					w := serveOne(p, r)
+					if w.Code != tt.status || tt.body != "" && w.Body.String() != tt.body {
+						t.Errorf("client got %d %q, want %d %q", w.Code, w.Body, tt.status, tt.body)
+					}
+					if tt.status == 200 && (w.Header().Get("Content-Range") != "" || w.Header().Get("Etag") != `"v2"`) {
+						t.Errorf("the whole object came with Content-Range %q, ETag %q", w.Header().Get("Content-Range"), w.Header().Get("Etag"))
+					}
+				})
+			})
+		}
+	}
+}
