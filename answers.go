@@ -88,22 +88,26 @@ func answerFor(err error, cutting bool, bytes int64) clientAnswer {
 	return clientAnswer{http.StatusBadGateway, "InternalError", "s3-helper could not get S3's answer.", err}
 }
 
-// rejection answers a request s3-helper refused, generically: the message
-// never echoes the client's input.
+// rejections answer the requests s3-helper refuses, by cause, generically:
+// a message never echoes the client's input.
+var rejections = [...]struct {
+	cause error
+	clientAnswer
+}{
+	{errMethodNotAllowed, clientAnswer{status: http.StatusMethodNotAllowed, code: "MethodNotAllowed", message: "The specified method is not allowed against this resource."}},
+	{errHeaderTooLarge, clientAnswer{status: http.StatusRequestHeaderFieldsTooLarge, code: "RequestHeaderSectionTooLarge", message: "Your request header section exceeds the maximum allowed size."}},
+	{errNoKey, clientAnswer{status: http.StatusNotFound, code: "NoSuchKey", message: "The specified key does not exist."}},
+	{errInvalidKey, clientAnswer{status: http.StatusBadRequest, code: "InvalidArgument", message: "Invalid object key."}},
+	{errBadQuery, clientAnswer{status: http.StatusBadRequest, code: "InvalidArgument", message: "Invalid query string."}},
+	{errBadRequestHeader, clientAnswer{status: http.StatusBadRequest, code: "InvalidArgument", message: "Invalid request header."}},
+}
+
+// rejection answers a request s3-helper refused.
 func rejection(err error) clientAnswer {
-	switch {
-	case errors.Is(err, errMethodNotAllowed):
-		return clientAnswer{status: http.StatusMethodNotAllowed, code: "MethodNotAllowed", message: "The specified method is not allowed against this resource."}
-	case errors.Is(err, errHeaderTooLarge):
-		return clientAnswer{status: http.StatusRequestHeaderFieldsTooLarge, code: "RequestHeaderSectionTooLarge", message: "Your request header section exceeds the maximum allowed size."}
-	case errors.Is(err, errNoKey):
-		return clientAnswer{status: http.StatusNotFound, code: "NoSuchKey", message: "The specified key does not exist."}
-	case errors.Is(err, errInvalidKey):
-		return clientAnswer{status: http.StatusBadRequest, code: "InvalidArgument", message: "Invalid object key."}
-	case errors.Is(err, errBadQuery):
-		return clientAnswer{status: http.StatusBadRequest, code: "InvalidArgument", message: "Invalid query string."}
-	case errors.Is(err, errBadRequestHeader):
-		return clientAnswer{status: http.StatusBadRequest, code: "InvalidArgument", message: "Invalid request header."}
+	for _, r := range rejections {
+		if errors.Is(err, r.cause) {
+			return r.clientAnswer
+		}
 	}
 	return clientAnswer{status: http.StatusBadRequest, code: "InvalidRequest", message: "Request not allowed."}
 }

@@ -91,11 +91,11 @@ func (c *s3Client) race(ctx context.Context, up *upstreamRequest, tr *fetchTrace
 	if fr == nil {
 		fr = &fetchRace{}
 	}
-	fr.c, fr.ctx, fr.up, fr.tried = c, ctx, up, tried
+	fr.c, fr.ctx, fr.up, fr.tried = c, ctx, *up, tried
 	start := c.now.read()
 	res := fr.race.run(ctx, delay, fr)
 	hedge := fr.hedge
-	fr.c, fr.ctx, fr.up, fr.tried, fr.hedge = nil, nil, nil, retryState{}, budgetToken{} // the pool keeps no request's state
+	fr.c, fr.ctx, fr.up, fr.tried, fr.hedge = nil, nil, upstreamRequest{}, retryState{}, budgetToken{} // the pool keeps no request's state
 	c.races.Put(fr)
 	if !res.hedged {
 		c.record(tr, up, &res.outcome)
@@ -136,10 +136,12 @@ func (c *s3Client) recordOther(tr *fetchTrace, up *upstreamRequest, f *attemptFa
 // fetchRace is one fetch's attempts as a hedge race runs them, pooled with
 // the race's state.
 type fetchRace struct {
-	race  hedgeRace[attemptFacts]
-	c     *s3Client
-	ctx   context.Context
-	up    *upstreamRequest
+	race hedgeRace[attemptFacts]
+	c    *s3Client
+	ctx  context.Context
+	// up is a copy of the fetch's upstream request: a pointer kept here
+	// would move every request's to the heap.
+	up    upstreamRequest
 	tried retryState
 	// hedge is what the hedge was paid with, once admitted.
 	hedge budgetToken
@@ -147,11 +149,11 @@ type fetchRace struct {
 
 // run sends attempt n.
 func (fr *fetchRace) run(actx context.Context, cancel context.CancelFunc, n int) attemptFacts {
-	return fr.c.attemptWithin(fr.ctx, actx, cancel, fr.up)
+	return fr.c.attemptWithin(fr.ctx, actx, cancel, &fr.up)
 }
 
 // commits is the policy's word: an answer that passes on.
-func (fr *fetchRace) commits(f *attemptFacts) bool { return commits(f, fr.tried) }
+func (fr *fetchRace) commits(f attemptFacts) bool { return commits(&f, fr.tried) }
 
 // admit takes the hedge from the cap and pays for it from the budget.
 func (fr *fetchRace) admit() bool {
@@ -172,7 +174,7 @@ func (fr *fetchRace) admit() bool {
 }
 
 // discard closes the body of an answer that lost the race.
-func (fr *fetchRace) discard(f *attemptFacts) {
+func (fr *fetchRace) discard(f attemptFacts) {
 	if f.resp != nil {
 		f.resp.Body.Close()
 	}

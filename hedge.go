@@ -22,13 +22,14 @@ type racers[T any] interface {
 	// ends. From then on run owns cancel: an outcome that outlives run (a
 	// body still to read) must call it when done.
 	run(actx context.Context, cancel context.CancelFunc, n int) T
-	// commits reports whether an outcome ends the race.
-	commits(*T) bool
+	// commits reports whether an outcome ends the race. Outcomes pass by
+	// value: a pointer through the interface would move each to the heap.
+	commits(T) bool
 	// admit is asked once the delay passed with the first attempt still
 	// in flight; false means no hedge (a cap or a budget refused it).
 	admit() bool
 	// discard releases what a committed outcome that lost the race holds.
-	discard(*T)
+	discard(T)
 }
 
 // raceResult is how a race ended.
@@ -96,7 +97,7 @@ func (r *hedgeRace[T]) run(ctx context.Context, delay time.Duration, rs racers[T
 	r.mu.Unlock()
 	r.timer.Reset(delay)
 	first := rs.run(actx, cancel, 1)
-	r.end(0, rs.commits(&first))
+	r.end(0, rs.commits(first))
 	if !r.timer.Stop() {
 		<-r.fired // fire ran: a hedge was started, or not
 	}
@@ -114,12 +115,12 @@ func (r *hedgeRace[T]) run(ctx context.Context, delay time.Duration, rs racers[T
 	case r.winner == 2:
 		res.outcome, res.other = hedge, first
 		if r.committed[0] {
-			rs.discard(&first)
+			rs.discard(first)
 		}
 	case r.winner == 1:
 		res.outcome, res.other = first, hedge
 		if r.committed[1] {
-			rs.discard(&hedge)
+			rs.discard(hedge)
 		}
 	case r.last == 2:
 		res.outcome, res.other = hedge, first
@@ -159,7 +160,7 @@ func (r *hedgeRace[T]) fire() {
 	rs := r.rs
 	go func() {
 		hedge := rs.run(hctx, cancel, 2)
-		r.end(1, rs.commits(&hedge))
+		r.end(1, rs.commits(hedge))
 		r.hedgeDone <- hedge
 	}()
 }

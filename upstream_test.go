@@ -48,6 +48,16 @@ func impatient(patience time.Duration) *http.Request {
 	return httptest.NewRequest("GET", "/k", nil).WithContext(ctx)
 }
 
+// clientsGiveUp sends n GETs at once whose clients give up after patience,
+// and waits until their handlers returned.
+func clientsGiveUp(p *Proxy, n int, patience time.Duration) {
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() { serveOne(p, impatient(patience)) })
+	}
+	wg.Wait()
+}
+
 // hangingPrimary is S3 whose primary region accepts every request and
 // never answers while hung is set; the replica serves.
 func hangingPrimary(hung func() bool) *scriptedS3 {
@@ -70,14 +80,9 @@ func hangingPrimary(hung func() bool) *scriptedS3 {
 // at once.
 func TestHangingRegionMarkedDownWhateverTheClientsPatience(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		s := hangingPrimary(func() bool { return true })
-		p, logs := replicaProxy(s)
+		p, logs := replicaProxy(hangingPrimary(func() bool { return true }))
 		defer p.Close()
-		var wg sync.WaitGroup
-		for range markDownAfter {
-			wg.Go(func() { serveOne(p, impatient(3*time.Second)) })
-		}
-		wg.Wait()
+		clientsGiveUp(p, markDownAfter, 3*time.Second)
 		time.Sleep(5 * time.Second)
 		start := time.Now()
 		w := serveOne(p, impatient(3*time.Second))
@@ -164,14 +169,9 @@ func TestBackgroundProbesBringEveryCopyBack(t *testing.T) {
 // the replica at once, never made to wait on the probe.
 func TestProbeNeverHoldsARequest(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		s := hangingPrimary(func() bool { return true })
-		p, _ := replicaProxy(s)
+		p, _ := replicaProxy(hangingPrimary(func() bool { return true }))
 		defer p.Close()
-		var wg sync.WaitGroup
-		for range markDownAfter {
-			wg.Go(func() { serveOne(p, impatient(3*time.Second)) })
-		}
-		wg.Wait()
+		clientsGiveUp(p, markDownAfter, 3*time.Second)
 		time.Sleep(2 * probeInterval)
 		for range 3 {
 			start := time.Now()
