@@ -1,17 +1,154 @@
 package main
 
-// One attempt at S3 and the work around it: signing and sending it and
-// reading what came back as facts, racing a hedge beside it (hedge.go
-// runs the race), keeping it on as its bucket's witness when the client
-// leaves, and the background work (probes, witnesses) Close waits for.
+// The S3 client's ground floor: its type, the upstream request and the
+// trace a fetch keeps, and one attempt at S3 with the work around it:
+// building and signing it, sending it and reading what came back as facts,
+// racing a hedge beside it (hedge.go runs the race), keeping it on as its
+// bucket's witness when the client leaves, and the background work
+// (probes, witnesses) Close waits for. upstream.go's loop is above it.
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
 	"sync"
 	"time"
 )
+
+// userAgent identifies us in S3 server access logs.
+const userAgent = "s3-helper"
+
+// s3Client talks to S3 for the handler. Its fields must be set before the
+// first fetch and not changed after.
+type s3Client struct {
+	// scheme is the upstream scheme, "https" or "http", of routes that do
+	// not name their own.
+	scheme string
+	signer *Signer
+	creds  credentialGetter
+	// transport sends upstream requests; it must be shared (keep-alive).
+	transport http.RoundTripper
+	// metrics may be nil.
+	metrics *Metrics
+	// log must be set.
+	log *slog.Logger
+	// policy limits and paces retries, resumes and hedges.
+	policy retryPolicy
+	// timeout ends an attempt that waits this long on S3 (a body read; the
+	// transport bounds the wait for headers), and bounds a probe and a
+	// witness; zero means never.
+	timeout time.Duration
+	// now is the clock; nil means time.Now.
+	now clock
+
+	// clockFix corrects the signing time when this host's clock is off.
+	clockFix clockCorrection
+
+	races sync.Pool // *fetchRace
+	// background is the probes and witnesses Close ends.
+	background backgroundWork
+}
+
+// upstreamRequest describes the S3 request of one exchange; every attempt
+// and resume is built from it, and attempts only read it.
+type upstreamRequest struct {
+	route  route
+	method string
+	// client is the inbound request's header, read only: each attempt
+	// copies the forwarded ones from it.
+	client http.Header
+	// key is the client's key, relative to the route (for a replica's uri).
+	key string
+	// uri and query are canonical and are sent exactly as signed.
+	uri   string
+	query string
+	// ifRange is the client's If-Range, which S3 does not evaluate.
+	ifRange ifRange
+	// whole is set when the client's Range must be ignored: its If-Range
+	// does not hold.
+	whole bool
+	// rest is set on a resume: the bytes still owed, pinned to the
+	// object's version. Its Range and If-Match replace the client's.
+	rest *restOfResponse
+}
+
+// resumeOf is the upstream request for the rest of a response.
+func (up *upstreamRequest) resumeOf(rest *restOfResponse) *upstreamRequest {
+	r := *up
+	r.rest = rest
+	return &r
+}
+
+// fetchTrace is what the client did for one fetch, for the handler's
+// record of the exchange.
+type fetchTrace struct {
+	// attempts is how many requests S3 saw, hedges and cancelled ones too.
+	attempts int
+	hedged   bool
+	// status is S3's status on the answer; 0 when none came.
+	status int
+	// s3Code is the last error code S3 gave.
+	s3Code string
+}
+
+// record adds one attempt's facts to the trace, the TTFB histogram and
+// the route's latency window; rest marks a resume, whose 206 is not the
+// client's status.
+func (c *s3Client) record(tr *fetchTrace, up *upstreamRequest, f *attemptFacts) {
+	if f.creds == nil {
+		return // nothing was sent
+	}
+	tr.attempts++
+	if f.err == nil {
+		c.metrics.Observe(mUpstreamTTFB, f.ttfb)
+		up.route.latency.observe(f.ttfb)
+		tr.status = f.status
+	}
+	if f.s3.code != "" {
+		tr.s3Code = f.s3.code
+	}
+	if f.skew.implausible {
+		reportImplausible(f.skew, c.log)
+	}
+}
+
+// newRequest builds one signed attempt.
+func (c *s3Client) newRequest(ctx context.Context, up *upstreamRequest, creds *Credentials, now time.Time) *http.Request {
+	h := make(http.Header, len(forwardedRequestHeaders)+5)
+	copyRequestHeaders(h, up.client)
+	switch {
+	case up.rest != nil:
+		h["Range"] = []string{up.rest.rangeHeader}
+		h["If-Match"] = []string{up.rest.etag}
+	case up.whole:
+		delete(h, "Range")
+	default:
+		up.ifRange.condition(h)
+	}
+	h["User-Agent"] = []string{userAgent}
+	req := &http.Request{
+		Method:     up.method,
+		URL:        upstreamURL(cmp.Or(up.route.scheme, c.scheme), up.route.host, up.uri, up.query),
+		Proto:      "HTTP/1.1",
+		ProtoMajor: 1,
+		ProtoMinor: 1,
+		Header:     h,
+		Host:       up.route.host,
+	}
+	req = req.WithContext(ctx)
+	in := signingRequest{method: up.method, host: up.route.host, uri: up.uri, query: up.query}
+	if v4a := up.route.signer; v4a != nil {
+		// Through the interface the request escapes to the heap: only
+		// access points pay for that, SigV4 keeps its concrete call.
+		escaping := in
+		v4a.Sign(h, &escaping, creds, c.clockFix.apply(now))
+	} else {
+		c.signer.Sign(h, &in, creds, c.clockFix.apply(now))
+	}
+	return req
+}
 
 // attempt signs and sends one request and returns what happened, changing
 // nothing but the clock's and credentials' caches it reads through. The
@@ -93,7 +230,7 @@ func (c *s3Client) race(ctx context.Context, up *upstreamRequest, tr *fetchTrace
 	}
 	fr.c, fr.ctx, fr.up, fr.tried = c, ctx, *up, tried
 	start := c.now.read()
-	res := fr.race.run(ctx, delay, fr)
+	res := fr.race.runHedged(ctx, delay, fr)
 	hedge := fr.hedge
 	fr.c, fr.ctx, fr.up, fr.tried, fr.hedge = nil, nil, upstreamRequest{}, retryState{}, budgetToken{} // the pool keeps no request's state
 	c.races.Put(fr)
@@ -147,16 +284,16 @@ type fetchRace struct {
 	hedge budgetToken
 }
 
-// run sends attempt n.
-func (fr *fetchRace) run(actx context.Context, cancel context.CancelFunc, n int) attemptFacts {
+// sendAttempt sends attempt n.
+func (fr *fetchRace) sendAttempt(actx context.Context, cancel context.CancelFunc, n int) attemptFacts {
 	return fr.c.attemptWithin(fr.ctx, actx, cancel, &fr.up)
 }
 
-// commits is the policy's word: an answer that passes on.
-func (fr *fetchRace) commits(f attemptFacts) bool { return commits(&f, fr.tried) }
+// wins is the policy's word: an answer that passes on.
+func (fr *fetchRace) wins(f attemptFacts) bool { return commits(&f, fr.tried) }
 
-// admit takes the hedge from the cap and pays for it from the budget.
-func (fr *fetchRace) admit() bool {
+// allowHedge takes the hedge from the cap and pays for it from the budget.
+func (fr *fetchRace) allowHedge() bool {
 	rp := &fr.c.policy
 	if !rp.hedges.take() {
 		fr.c.metrics.Count(mBudgetRefused, refusedHedgeRate, 1)
@@ -173,8 +310,8 @@ func (fr *fetchRace) admit() bool {
 	return true
 }
 
-// discard closes the body of an answer that lost the race.
-func (fr *fetchRace) discard(f attemptFacts) {
+// drop closes the body of an answer that lost the race.
+func (fr *fetchRace) drop(f attemptFacts) {
 	if f.resp != nil {
 		f.resp.Body.Close()
 	}

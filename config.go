@@ -7,13 +7,12 @@ package main
 // -check.
 
 import (
+	"cmp"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"slices"
@@ -29,12 +28,6 @@ const (
 	readHeaderTimeout = 10 * time.Second
 	// regionTimeout bounds the IMDS region lookup at start-up.
 	regionTimeout = 10 * time.Second
-	// Upstream connection pool: nginx-vod-module keeps hundreds of ranges
-	// in flight per host, so Go's default of 2 idle connections per host
-	// would make most requests open a new TLS connection.
-	maxIdleConns        = 1024
-	maxIdleConnsPerHost = 512
-	upstreamIdleTimeout = 90 * time.Second
 )
 
 // config is the whole configuration: the flags as given (parseConfig sets
@@ -207,7 +200,7 @@ func (c *config) resolveRouting(p *problems, getenv func(string) string) {
 			c.routeSpecs = append(c.routeSpecs, spec)
 		}
 	}
-	c.region = firstNonEmpty(c.region, getenv("AWS_REGION"), getenv("AWS_DEFAULT_REGION"))
+	c.region = cmp.Or(c.region, getenv("AWS_REGION"), getenv("AWS_DEFAULT_REGION"))
 	if c.region != "" && !isRegionName(c.region) {
 		p.bad("region", c.region, "must look like us-east-1 (lower-case letters, digits and '-')")
 	}
@@ -375,7 +368,7 @@ func (c *config) resolveCredentialSource(p *problems, getenv func(string) string
 	}
 	checkSourceVariables(p, choice.name, getenv)
 	// IMDS is the source or, without -region, where the region comes from.
-	c.imdsURL = strings.TrimRight(firstNonEmpty(c.imdsEndpoint, getenv("AWS_EC2_METADATA_SERVICE_ENDPOINT"), defaultIMDSEndpoint), "/")
+	c.imdsURL = strings.TrimRight(cmp.Or(c.imdsEndpoint, getenv("AWS_EC2_METADATA_SERVICE_ENDPOINT"), defaultIMDSEndpoint), "/")
 	if u, err := url.Parse(c.imdsURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		p.bad("imds-endpoint", c.imdsURL, "must be an http:// or https:// URL with a host")
 	}
@@ -424,7 +417,7 @@ func (c *config) checkAssumeRole(p *problems, getenv func(string) string) {
 	if (c.externalID != "" || c.roleSessionName != "") && c.assumeRole == "" {
 		p.bad("assume-role", "", "needed by -external-id and -role-session-name")
 	}
-	if v := firstNonEmpty(c.stsEndpoint, getenv("AWS_ENDPOINT_URL_STS"), getenv("AWS_ENDPOINT_URL")); v != "" {
+	if v := cmp.Or(c.stsEndpoint, getenv("AWS_ENDPOINT_URL_STS"), getenv("AWS_ENDPOINT_URL")); v != "" {
 		u, err := parseEndpoint(v)
 		if err != nil {
 			p.bad("sts-endpoint", v, err.Error())
@@ -448,16 +441,6 @@ func checkPresignKey(prefix, key string) error {
 		return err
 	}
 	return validateKey(prefix + key)
-}
-
-// firstNonEmpty returns the first non-empty value, or "".
-func firstNonEmpty(vs ...string) string {
-	for _, v := range vs {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
 }
 
 // checkListenAddr requires HOST:PORT on a loopback host unless allowRemote.
@@ -505,24 +488,6 @@ func parseEndpoint(v string) (*url.URL, error) {
 	return &url.URL{Scheme: u.Scheme, Host: host}, nil
 }
 
-// newUpstreamTransport is the one keep-alive Transport all S3 requests
-// share. Its proxy function stays nil: S3 is reached directly, and a stray
-// HTTPS_PROXY must never see signed requests.
-func newUpstreamTransport(timeout time.Duration) *http.Transport {
-	return &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext,
-		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
-		TLSHandshakeTimeout:   timeout,
-		ResponseHeaderTimeout: timeout,
-		MaxIdleConns:          maxIdleConns,
-		MaxIdleConnsPerHost:   maxIdleConnsPerHost,
-		IdleConnTimeout:       upstreamIdleTimeout,
-		// Otherwise net/http adds Accept-Encoding: gzip to non-Range GETs
-		// and silently decodes the body, changing its length.
-		DisableCompression: true,
-	}
-}
-
 // newCredentialCaches builds the chosen source behind a cache and, with
 // -assume-role, the assumed role behind a second cache on top of it. The
 // last cache returned is the one that signs S3 requests.
@@ -540,7 +505,7 @@ func newCredentialCaches(cfg config, getenv func(string) string, log *slog.Logge
 		base = staticProvider{cfg.static}
 	case sourceWebIdentity:
 		base = &webIdentityProvider{sts: sts, roleARN: getenv("AWS_ROLE_ARN"), tokenFile: getenv("AWS_WEB_IDENTITY_TOKEN_FILE"),
-			sessionName: firstNonEmpty(getenv("AWS_ROLE_SESSION_NAME"), defaultSessionName(time.Now()))}
+			sessionName: cmp.Or(getenv("AWS_ROLE_SESSION_NAME"), defaultSessionName(time.Now()))}
 	case sourceContainer:
 		u := getenv("AWS_CONTAINER_CREDENTIALS_FULL_URI")
 		if rel := getenv("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"); rel != "" {
@@ -555,7 +520,7 @@ func newCredentialCaches(cfg config, getenv func(string) string, log *slog.Logge
 	if cfg.assumeRole != "" {
 		caches = append(caches, newCache(&assumeRoleProvider{sts: sts, base: caches[0],
 			signer: &Signer{Region: cfg.region, Service: serviceSTS}, roleARN: cfg.assumeRole, externalID: cfg.externalID,
-			sessionName: firstNonEmpty(cfg.roleSessionName, defaultSessionName(time.Now()))}))
+			sessionName: cmp.Or(cfg.roleSessionName, defaultSessionName(time.Now()))}))
 	}
 	return caches
 }

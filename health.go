@@ -38,6 +38,21 @@ const (
 	probeInterval = 10 * time.Second
 )
 
+// evidence is what a fetch says of its bucket's region.
+type evidence int
+
+const (
+	// noEvidence: the client went away (and no witness stayed), there were
+	// no credentials, the budget refused a retry, or the race cancelled
+	// the attempt: nothing the region did.
+	noEvidence evidence = iota
+	// regionServed: S3 answered, with the object or its own 4xx word.
+	regionServed
+	// regionFailed: a connect error, a timeout or a transport failure, or
+	// a 500, 502, 503 or 504 once the retries were spent.
+	regionFailed
+)
+
 // healthChange is what a report changed.
 type healthChange int
 

@@ -18,18 +18,18 @@ import (
 
 // racers are the attempts of one race, as the caller defines them.
 type racers[T any] interface {
-	// run sends attempt n (1, or 2 for the hedge) on actx, which cancel
-	// ends. From then on run owns cancel: an outcome that outlives run (a
-	// body still to read) must call it when done.
-	run(actx context.Context, cancel context.CancelFunc, n int) T
-	// commits reports whether an outcome ends the race. Outcomes pass by
+	// sendAttempt sends attempt n (1, or 2 for the hedge) on actx, which
+	// cancel ends. From then on it owns cancel: an outcome that outlives
+	// it (a body still to read) must call cancel when done.
+	sendAttempt(actx context.Context, cancel context.CancelFunc, n int) T
+	// wins reports whether an outcome commits the race. Outcomes pass by
 	// value: a pointer through the interface would move each to the heap.
-	commits(T) bool
-	// admit is asked once the delay passed with the first attempt still
-	// in flight; false means no hedge (a cap or a budget refused it).
-	admit() bool
-	// discard releases what a committed outcome that lost the race holds.
-	discard(T)
+	wins(T) bool
+	// allowHedge is asked once the delay passed with the first attempt
+	// still in flight; false means no hedge (a cap or a budget refused it).
+	allowHedge() bool
+	// drop releases what a committed outcome that lost the race holds.
+	drop(T)
 }
 
 // raceResult is how a race ended.
@@ -76,8 +76,8 @@ type hedgeRace[T any] struct {
 	cancel    [2]context.CancelFunc
 }
 
-// init makes the timer and channels once.
-func (r *hedgeRace[T]) init() {
+// prepare makes the timer and channels once.
+func (r *hedgeRace[T]) prepare() {
 	if r.timer != nil {
 		return
 	}
@@ -86,18 +86,18 @@ func (r *hedgeRace[T]) init() {
 	r.timer.Stop()
 }
 
-// run races rs's attempts on ctx, the hedge after delay. Both attempts
+// runHedged races rs's attempts on ctx, the hedge after delay. Both attempts
 // have ended when it returns; a winner's body may still be read.
-func (r *hedgeRace[T]) run(ctx context.Context, delay time.Duration, rs racers[T]) raceResult[T] {
-	r.init()
-	defer r.clear()
+func (r *hedgeRace[T]) runHedged(ctx context.Context, delay time.Duration, rs racers[T]) raceResult[T] {
+	r.prepare()
+	defer r.reset()
 	actx, cancel := context.WithCancel(ctx)
 	r.mu.Lock()
 	r.ctx, r.rs, r.cancel[0] = ctx, rs, cancel
 	r.mu.Unlock()
 	r.timer.Reset(delay)
-	first := rs.run(actx, cancel, 1)
-	r.end(0, rs.commits(first))
+	first := rs.sendAttempt(actx, cancel, 1)
+	r.attemptEnded(0, rs.wins(first))
 	if !r.timer.Stop() {
 		<-r.fired // fire ran: a hedge was started, or not
 	}
@@ -115,12 +115,12 @@ func (r *hedgeRace[T]) run(ctx context.Context, delay time.Duration, rs racers[T
 	case r.winner == 2:
 		res.outcome, res.other = hedge, first
 		if r.committed[0] {
-			rs.discard(first)
+			rs.drop(first)
 		}
 	case r.winner == 1:
 		res.outcome, res.other = first, hedge
 		if r.committed[1] {
-			rs.discard(hedge)
+			rs.drop(hedge)
 		}
 	case r.last == 2:
 		res.outcome, res.other = hedge, first
@@ -130,9 +130,9 @@ func (r *hedgeRace[T]) run(ctx context.Context, delay time.Duration, rs racers[T
 	return res
 }
 
-// end records that attempt i (0 or 1) ended; a committed outcome wins when
+// attemptEnded records that attempt i (0 or 1) ended; a committed outcome wins when
 // none has and cancels the other attempt if it is still in flight.
-func (r *hedgeRace[T]) end(i int, committed bool) {
+func (r *hedgeRace[T]) attemptEnded(i int, committed bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.ended[i], r.committed[i], r.last = true, committed, i+1
@@ -152,22 +152,22 @@ func (r *hedgeRace[T]) fire() {
 	defer func() { r.fired <- struct{}{} }()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.ended[0] || !r.rs.admit() {
+	if r.ended[0] || !r.rs.allowHedge() {
 		return
 	}
 	hctx, cancel := context.WithCancel(r.ctx)
 	r.cancel[1], r.started = cancel, true
 	rs := r.rs
 	go func() {
-		hedge := rs.run(hctx, cancel, 2)
-		r.end(1, rs.commits(hedge))
+		hedge := rs.sendAttempt(hctx, cancel, 2)
+		r.attemptEnded(1, rs.wins(hedge))
 		r.hedgeDone <- hedge
 	}()
 }
 
-// clear resets the race for its next use, dropping the request's context
+// reset readies the race for its next use, dropping the request's context
 // and the caller's attempts so the pool holds neither.
-func (r *hedgeRace[T]) clear() {
+func (r *hedgeRace[T]) reset() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.ctx, r.rs = nil, nil

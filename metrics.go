@@ -136,7 +136,7 @@ var metricTable = [metricCount]metricDef{
 	mHedges: {name: "upstream.hedges", prom: "upstream_hedges_total", kind: counterKind, outputs: allOutputs,
 		help: "Hedges sent: a second attempt beside one that had no response headers within the hedge delay."},
 	mHedgesWon: {name: "upstream.hedges_won", prom: "upstream_hedges_won_total", kind: counterKind, outputs: allOutputs,
-		help: "Hedges whose answer won the race (the first answer that passes on; a failure lets the other attempt run on)."},
+		help: "Hedges whose answer won the race (the first answer that passes on; a failure lets the other attempt go on)."},
 	mHedgeCancels: {name: "upstream.hedge_cancels", prom: "upstream_hedge_cancels_total", kind: counterKind, outputs: allOutputs,
 		help: "Attempts cancelled in flight because the other of a hedged pair won with an answer; each closes a connection that must be dialled (with TLS, handshaken) again."},
 	mBudgetRefused: {name: "upstream.budget_refused", prom: "upstream_budget_refused_total", kind: counterKind, outputs: allOutputs, labels: []labelDim{refusedDim},

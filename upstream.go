@@ -1,99 +1,23 @@
 package main
 
 // The S3 client below the handler, the way httputil.ReverseProxy sits on a
-// RoundTripper: given an upstream request it signs and sends attempts,
-// races a hedge beside a slow one, retries what the policy and the budget
-// allow, fails over to a replica when a region cannot serve, fetches the
-// rest of a response that broke, and keeps each bucket's health. It
-// returns S3's answer and a trace of what it did, and writes nothing the
-// handler owns.
+// RoundTripper: given an upstream request it sends attempts (attempt.go),
+// retries what the policy and the budget allow, fails over to a replica
+// when a region cannot serve, fetches the rest of a response that broke,
+// probes a bucket marked down and keeps each bucket's health. It returns
+// S3's answer and a trace of what it did, and writes nothing the handler
+// owns.
 
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
-	"log/slog"
+	"net"
 	"net/http"
-	"sync"
 	"time"
 )
-
-// userAgent identifies us in S3 server access logs.
-const userAgent = "s3-helper"
-
-// s3Client talks to S3 for the handler. Its fields must be set before the
-// first fetch and not changed after.
-type s3Client struct {
-	// scheme is the upstream scheme, "https" or "http", of routes that do
-	// not name their own.
-	scheme string
-	signer *Signer
-	creds  credentialGetter
-	// transport sends upstream requests; it must be shared (keep-alive).
-	transport http.RoundTripper
-	// metrics may be nil.
-	metrics *Metrics
-	// log must be set.
-	log *slog.Logger
-	// policy limits and paces retries, resumes and hedges.
-	policy retryPolicy
-	// timeout ends an attempt that waits this long on S3 (a body read; the
-	// transport bounds the wait for headers), and bounds a probe and a
-	// witness; zero means never.
-	timeout time.Duration
-	// now is the clock; nil means time.Now.
-	now clock
-
-	// clockFix corrects the signing time when this host's clock is off.
-	clockFix clockCorrection
-
-	races sync.Pool // *fetchRace
-	// background is the probes and witnesses Close ends.
-	background backgroundWork
-}
-
-// upstreamRequest describes the S3 request of one exchange; every attempt
-// and resume is built from it, and attempts only read it.
-type upstreamRequest struct {
-	route  route
-	method string
-	// client is the inbound request's header, read only: each attempt
-	// copies the forwarded ones from it.
-	client http.Header
-	// key is the client's key, relative to the route (for a replica's uri).
-	key string
-	// uri and query are canonical and are sent exactly as signed.
-	uri   string
-	query string
-	// ifRange is the client's If-Range, which S3 does not evaluate.
-	ifRange ifRange
-	// whole is set when the client's Range must be ignored: its If-Range
-	// does not hold.
-	whole bool
-	// rest is set on a resume: the bytes still owed, pinned to the
-	// object's version. Its Range and If-Match replace the client's.
-	rest *restOfResponse
-}
-
-// resumeOf is the upstream request for the rest of a response.
-func (up *upstreamRequest) resumeOf(rest *restOfResponse) *upstreamRequest {
-	r := *up
-	r.rest = rest
-	return &r
-}
-
-// fetchTrace is what the client did for one fetch, for the handler's
-// record of the exchange.
-type fetchTrace struct {
-	// attempts is how many requests S3 saw, hedges and cancelled ones too.
-	attempts int
-	hedged   bool
-	// status is S3's status on the answer; 0 when none came.
-	status int
-	// s3Code is the last error code S3 gave.
-	s3Code string
-}
 
 // Close ends the probes and witnesses running in the background and waits
 // for them. Fetches may still run; they send no more probes and keep no
@@ -333,63 +257,6 @@ func (c *s3Client) correct(ctx context.Context, fx fix, f *attemptFacts, key str
 	return false
 }
 
-// record adds one attempt's facts to the trace, the TTFB histogram and
-// the route's latency window; rest marks a resume, whose 206 is not the
-// client's status.
-func (c *s3Client) record(tr *fetchTrace, up *upstreamRequest, f *attemptFacts) {
-	if f.creds == nil {
-		return // nothing was sent
-	}
-	tr.attempts++
-	if f.err == nil {
-		c.metrics.Observe(mUpstreamTTFB, f.ttfb)
-		up.route.latency.observe(f.ttfb)
-		tr.status = f.status
-	}
-	if f.s3.code != "" {
-		tr.s3Code = f.s3.code
-	}
-	if f.skew.implausible {
-		reportImplausible(f.skew, c.log)
-	}
-}
-
-// newRequest builds one signed attempt.
-func (c *s3Client) newRequest(ctx context.Context, up *upstreamRequest, creds *Credentials, now time.Time) *http.Request {
-	h := make(http.Header, len(forwardedRequestHeaders)+5)
-	copyRequestHeaders(h, up.client)
-	switch {
-	case up.rest != nil:
-		h["Range"] = []string{up.rest.rangeHeader}
-		h["If-Match"] = []string{up.rest.etag}
-	case up.whole:
-		delete(h, "Range")
-	default:
-		up.ifRange.condition(h)
-	}
-	h["User-Agent"] = []string{userAgent}
-	req := &http.Request{
-		Method:     up.method,
-		URL:        upstreamURL(cmp.Or(up.route.scheme, c.scheme), up.route.host, up.uri, up.query),
-		Proto:      "HTTP/1.1",
-		ProtoMajor: 1,
-		ProtoMinor: 1,
-		Header:     h,
-		Host:       up.route.host,
-	}
-	req = req.WithContext(ctx)
-	in := signingRequest{method: up.method, host: up.route.host, uri: up.uri, query: up.query}
-	if v4a := up.route.signer; v4a != nil {
-		// Through the interface the request escapes to the heap: only
-		// access points pay for that, SigV4 keeps its concrete call.
-		escaping := in
-		v4a.Sign(h, &escaping, creds, c.clockFix.apply(now))
-	} else {
-		c.signer.Sign(h, &in, creds, c.clockFix.apply(now))
-	}
-	return req
-}
-
 // send signs up with the current credentials and makes one round trip,
 // for -check: no retry, no hedge, no health.
 func (c *s3Client) send(ctx context.Context, up *upstreamRequest) (*http.Response, error) {
@@ -419,4 +286,31 @@ func (c *s3Client) presign(ctx context.Context, rt route, key string, expires ti
 		return "", fmt.Errorf("presign: %w", err)
 	}
 	return cmp.Or(rt.scheme, c.scheme) + "://" + rt.host + uri + "?" + query, nil
+}
+
+// The upstream connection pool: nginx-vod-module keeps hundreds of ranges
+// in flight per host, so Go's default of 2 idle connections per host would
+// make most requests open a new TLS connection.
+const (
+	maxIdleConns        = 1024
+	maxIdleConnsPerHost = 512
+	upstreamIdleTimeout = 90 * time.Second
+)
+
+// newUpstreamTransport is the one keep-alive Transport all S3 requests
+// share. Its proxy function stays nil: S3 is reached directly, and a stray
+// HTTPS_PROXY must never see signed requests.
+func newUpstreamTransport(timeout time.Duration) *http.Transport {
+	return &http.Transport{
+		DialContext:           (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout:   timeout,
+		ResponseHeaderTimeout: timeout,
+		MaxIdleConns:          maxIdleConns,
+		MaxIdleConnsPerHost:   maxIdleConnsPerHost,
+		IdleConnTimeout:       upstreamIdleTimeout,
+		// Otherwise net/http adds Accept-Encoding: gzip to non-Range GETs
+		// and silently decodes the body, changing its length.
+		DisableCompression: true,
+	}
 }
