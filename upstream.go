@@ -80,7 +80,7 @@ func (c *s3Client) resume(ctx context.Context, up *upstreamRequest, rest *restOf
 // probed in the background when its probe is due.
 func (c *s3Client) fetchCopies(ctx context.Context, up *upstreamRequest, tr *fetchTrace, paid budgetToken) (upstreamAnswer, error) {
 	if up.rest != nil || len(up.route.replicas) == 0 {
-		answer, err, _ := c.fetchFrom(ctx, up, tr, paid)
+		answer, _, err := c.fetchFrom(ctx, up, tr, paid)
 		return answer, err
 	}
 	copies := append(make([]route, 0, 1+len(up.route.replicas)), up.route)
@@ -95,7 +95,7 @@ func (c *s3Client) fetchCopies(ctx context.Context, up *upstreamRequest, tr *fet
 		try := *up
 		try.route, try.uri = rt, rt.uri(up.key)
 		var ev evidence
-		answer, err, ev = c.fetchFrom(ctx, &try, tr, paid)
+		answer, ev, err = c.fetchFrom(ctx, &try, tr, paid)
 		c.reportHealth(&rt, ev, false)
 		*up = try
 		paid = c.policy.budget.firstTry()
@@ -165,51 +165,55 @@ func (c *s3Client) probe(ctx context.Context, rt route, key string) {
 // retry the policy and the budget allow). paid is what the first attempt
 // was paid with. The error is set only when no answer can be passed on;
 // the evidence is what the fetch says of the region.
-func (c *s3Client) fetchFrom(ctx context.Context, up *upstreamRequest, tr *fetchTrace, paid budgetToken) (upstreamAnswer, error, evidence) {
+func (c *s3Client) fetchFrom(ctx context.Context, up *upstreamRequest, tr *fetchTrace, paid budgetToken) (upstreamAnswer, evidence, error) {
 	w := c.witness(ctx, up.route.health)
 	defer w.end()
 	tried := retryState{}
 	for {
 		w.attemptSent(c.now.read())
 		f, hedge, won := c.race(w.ctx(ctx), up, tr, tried)
-		switch {
-		case ctx.Err() != nil && w.on():
-			return upstreamAnswer{}, clientGone(ctx.Err()), evidenceOf(&f)
-		case ctx.Err() != nil:
-			return upstreamAnswer{}, clientGone(ctx.Err()), noEvidence
+		if ctx.Err() != nil { // the client left: nothing to pass on
+			if f.resp != nil {
+				f.resp.Body.Close()
+			}
+			ev := noEvidence
+			if w.on() {
+				ev = evidenceOf(&f)
+			}
+			return upstreamAnswer{}, ev, clientGone(ctx.Err())
 		}
 		d := decide(&f, tried)
 		switch d.verdict {
 		case passOn:
 			if d.err != nil {
-				return upstreamAnswer{}, d.err, noEvidence
+				return upstreamAnswer{}, noEvidence, d.err
 			}
 			if f.resp != nil {
 				settle(paid, hedge, won)
 			}
-			return f.answer(), nil, regionServed
+			return f.answer(), regionServed, nil
 		case signAgain:
 			if c.correct(ctx, d.fix, &f, up.key, &tried) {
 				continue
 			}
-			return f.answer(), nil, regionServed
+			return f.answer(), regionServed, nil
 		}
 		c.metrics.UpstreamError(d.err.kind)
 		if !c.policy.retry(&tried) {
 			answer, err := giveUp(&f, d)
-			return answer, err, regionFailed
+			return answer, regionFailed, err
 		}
 		tok, ok := c.policy.budget.spend(retryCostOf(d.err))
 		if !ok {
 			c.metrics.Count(mBudgetRefused, refusedRetry, 1)
 			answer, err := giveUp(&f, d)
-			return answer, err, noEvidence
+			return answer, noEvidence, err
 		}
 		paid = tok
 		c.metrics.Inc(mRetries)
 		c.log.Debug("retrying upstream", "key", up.key, "attempt", tried.retries, "err", d.err, "s3_code", f.s3.code)
 		if err := sleepCtx(ctx, c.policy.wait(tried.retries, d.throttled)); err != nil {
-			return upstreamAnswer{}, clientGone(err), noEvidence
+			return upstreamAnswer{}, noEvidence, clientGone(err)
 		}
 	}
 }
