@@ -219,6 +219,9 @@ func (c *config) resolveRouting(p *problems, getenv func(string) string) {
 		c.endpointURL = u
 	}
 	c.resolveReplicas(p)
+	for _, z := range zoneProblems(c.routeSpecs, c.region, c.replicaSpecs) {
+		p.bad(z.flag, z.value, z.err.Error())
+	}
 }
 
 // resolveReplicas checks -replica and -region-endpoint: each replica names
@@ -564,12 +567,21 @@ func (c *config) discoverRegion(ctx context.Context) error {
 	return nil
 }
 
-// newProxy builds the request handler from the configuration.
+// newProxy builds the request handler from the configuration. Routes to
+// directory buckets reach their zonal endpoints, dialled where -endpoint
+// says (express.go).
 func newProxy(cfg config, creds credentialGetter, metrics *Metrics, log *slog.Logger) *Proxy {
+	routes := withReplicas(buildRoutes(cfg.routeSpecs, cfg.endpointURL, cfg.pathStyle, cfg.endpoint != ""), cfg.replicaSpecs, cfg.regionEndpointURLs, cfg.pathStyle)
+	var custom *url.URL
+	if cfg.endpoint != "" {
+		custom = cfg.endpointURL
+	}
+	routes = withDirectoryBuckets(routes, cfg.region, custom, cfg.regionEndpointURLs)
+	transport := withDialAddrs(newUpstreamTransport(cfg.timeout), routes)
 	return &Proxy{
-		routes: withReplicas(buildRoutes(cfg.routeSpecs, cfg.endpointURL, cfg.pathStyle, cfg.endpoint != ""), cfg.replicaSpecs, cfg.regionEndpointURLs, cfg.pathStyle),
+		routes: routes,
 		scheme: cfg.endpointURL.Scheme,
-		signer: &Signer{Region: cfg.region}, creds: creds, transport: newUpstreamTransport(cfg.timeout),
+		signer: &Signer{Region: cfg.region}, creds: creds, transport: transport,
 		metrics: metrics, log: log, accessLog: cfg.accessLog, bodyTimeout: cfg.timeout, idle: make(chan struct{}, 1),
 		policy: retryPolicy{limit: cfg.retries, budget: newRetryBudget(int64(cfg.retryBudget), log), hedge: cfg.hedgePolicy, hedges: newHedgeAllowance()},
 	}

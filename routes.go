@@ -44,6 +44,14 @@ type route struct {
 	// replicas and on each replica.
 	replicas []route
 	health   *bucketHealth
+	// directory is the S3 Express One Zone directory bucket's name taken
+	// apart when bucket is one (directorybucket.go); nil otherwise.
+	directory *directoryBucket
+	// dialAddr is the address (HOST:PORT) dialled for host when host must
+	// stay a name that is not where to connect: a directory bucket behind
+	// an -endpoint other than a zonal endpoint (an IP address). "" means
+	// host itself.
+	dialAddr string
 }
 
 // withReplicas gives each route the -replica copies of its bucket: same
@@ -216,6 +224,9 @@ type routeSpec struct {
 // us-east-1 names (upper case, '_'), which then use path style.
 func checkBucket(b string) error {
 	if _, ok, err := mrapAlias(b); ok {
+		return err
+	}
+	if _, ok, err := parseDirectoryBucket(b); ok {
 		return err
 	}
 	if len(b) < 3 || len(b) > 255 {
