@@ -569,7 +569,7 @@ func (c *config) discoverRegion(ctx context.Context) error {
 
 // newProxy builds the request handler from the configuration. Routes to
 // directory buckets reach their zonal endpoints, dialled where -endpoint
-// says (express.go).
+// says, and get their bucket's session cache (express.go).
 func newProxy(cfg config, creds credentialGetter, metrics *Metrics, log *slog.Logger) *Proxy {
 	routes := withReplicas(buildRoutes(cfg.routeSpecs, cfg.endpointURL, cfg.pathStyle, cfg.endpoint != ""), cfg.replicaSpecs, cfg.regionEndpointURLs, cfg.pathStyle)
 	var custom *url.URL
@@ -578,6 +578,7 @@ func newProxy(cfg config, creds credentialGetter, metrics *Metrics, log *slog.Lo
 	}
 	routes = withDirectoryBuckets(routes, cfg.region, custom, cfg.regionEndpointURLs)
 	transport := withDialAddrs(newUpstreamTransport(cfg.timeout), routes)
+	routes = withSessions(routes, creds, transport, metrics, log)
 	return &Proxy{
 		routes: routes,
 		scheme: cfg.endpointURL.Scheme,

@@ -4,7 +4,8 @@ package main
 // zone it names and its region, the bucket's zonal endpoint and what
 // -endpoint means for one, and the signer of its data requests (SigV4 for
 // service s3express with a session's keys, the session token in
-// x-amz-s3session-token). express.go puts them on the routes.
+// x-amz-s3session-token). express.go puts them on the routes; sessions.go
+// makes the sessions.
 // https://docs.aws.amazon.com/AmazonS3/latest/userguide/directory-bucket-naming-rules.html
 // https://docs.aws.amazon.com/AmazonS3/latest/userguide/s3-express-networking.html
 

@@ -1,12 +1,13 @@
 package main
 
 // S3 Express One Zone on the routes: a route (or replica) to a directory
-// bucket reaches its zonal endpoint, dialled where -endpoint says, and is
-// signed for s3express; and the configuration's directory buckets are
-// checked against their regions.
+// bucket reaches its zonal endpoint, dialled where -endpoint says, is
+// signed for s3express and gets its bucket's session cache; and the
+// configuration's directory buckets are checked against their regions.
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -108,4 +109,42 @@ func withDialAddrs(t *http.Transport, routes []route) *http.Transport {
 		return dial(ctx, network, addr)
 	}
 	return clone
+}
+
+// withSessions gives every route (and replica) to a directory bucket the
+// session cache of its bucket, made with base's credentials and sent over
+// transport; routes to one bucket share it. The request loop signs such a
+// route's requests with route.creds instead of the proxy's credentials.
+func withSessions(routes []route, base credentialGetter, transport http.RoundTripper, metrics *Metrics, log *slog.Logger) []route {
+	caches := map[string]*sessionCache{}
+	attach := func(r *route) {
+		if r.directory == nil {
+			return
+		}
+		if caches[r.bucket] == nil {
+			signer := r.signer.(*expressSigner)
+			caches[r.bucket] = &sessionCache{bucket: *r.directory, region: signer.Region, host: r.host, scheme: r.scheme,
+				base: base, transport: transport, metrics: metrics, log: log}
+		}
+		r.creds = caches[r.bucket]
+	}
+	for i := range routes {
+		attach(&routes[i])
+		for j := range routes[i].replicas {
+			attach(&routes[i].replicas[j])
+		}
+	}
+	return routes
+}
+
+// closeSessions stops every session cache of routes and waits for the
+// CreateSession calls in flight.
+func closeSessions(routes []route) {
+	for _, r := range routes {
+		for _, c := range append([]route{r}, r.replicas...) {
+			if sc, ok := c.creds.(*sessionCache); ok {
+				sc.Close()
+			}
+		}
+	}
 }

@@ -1,22 +1,264 @@
 package main
 
-// An independent SigV4 verifier for S3 Express One Zone's requests: its own
-// canonical request, string to sign and key derivation, written from the
-// AWS documentation apart from sigv4.go.
+// An S3 Express One Zone stand-in: no open-source S3 server implements
+// CreateSession, so the tests use this one. It checks every request by the
+// spec with expressVerify, a SigV4 verifier written here apart from
+// sigv4.go (its own canonical request, string to sign and key derivation).
 
 import (
+	"bytes"
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
+
+// fakeExpress stands in for one directory bucket's zonal endpoint. It
+// answers CreateSession (GET /?session, SigV4 for s3express with base
+// credentials it knows, read-only) with sessions of life, checks each data
+// request's session signature (x-amz-s3session-token signed, no
+// x-amz-security-token, the session unexpired), and serves objects (GET,
+// Range, HEAD, 404) with random ETags, as S3 Express's are no MD5s.
+type fakeExpress struct {
+	host, region string
+	// baseSecrets are the base credentials CreateSession accepts, by
+	// access key ID.
+	baseSecrets map[string]string
+	// life is how long a session lasts; zero means 5 minutes.
+	life time.Duration
+	// now is the stand-in's clock; nil means time.Now.
+	now clock
+
+	mu      sync.Mutex // guards every field below
+	objects map[string]fakeObject
+	// sessions are every session handed out, by access key ID.
+	sessions map[string]fakeSession
+	creates  []fakeCreate
+	// refuse, when set, is the error code CreateSession answers with
+	// (AccessDenied is a 403, others a 400 or, for InternalError, a 500).
+	refuse string
+	// gate, when set, holds each CreateSession until it is closed (or
+	// the request is cancelled).
+	gate chan struct{}
+	// revoked sessions are answered ExpiredToken before their Expiration.
+	revoked map[string]bool
+	// dataRequests counts data requests whose signature verified;
+	// minLeft is the least session time left at one's X-Amz-Date; and
+	// rejected says why each refused data request was refused.
+	dataRequests int
+	minLeft      time.Duration
+	rejected     []string
+}
+
+// fakeSession is one session the stand-in handed out.
+type fakeSession struct {
+	secret, token string
+	expires       time.Time
+}
+
+// fakeCreate is one CreateSession the stand-in received.
+type fakeCreate struct {
+	at     time.Time
+	baseID string
+	status int
+}
+
+// newFakeExpress serves bucket in region to the base credentials AKIDs
+// given as akid, secret pairs.
+func newFakeExpress(bucket, region string, baseKeys ...string) *fakeExpress {
+	d, _, _ := parseDirectoryBucket(bucket)
+	f := &fakeExpress{host: zonalHost(d, region), region: region, baseSecrets: map[string]string{},
+		objects: map[string]fakeObject{}, sessions: map[string]fakeSession{}, revoked: map[string]bool{}, minLeft: time.Duration(1<<63 - 1)}
+	for i := 0; i+1 < len(baseKeys); i += 2 {
+		f.baseSecrets[baseKeys[i]] = baseKeys[i+1]
+	}
+	return f
+}
+
+func (f *fakeExpress) put(key string, body []byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.objects[key] = fakeObject{body: body, etag: fmt.Sprintf(`"%016x%016x"`, rand.Uint64(), rand.Uint64())}
+}
+
+// set changes the stand-in's behaviour under its lock.
+func (f *fakeExpress) set(fn func(f *fakeExpress)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn(f)
+}
+
+// createCount is how many CreateSessions arrived.
+func (f *fakeExpress) createCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.creates)
+}
+
+func (f *fakeExpress) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Date", f.now.read().UTC().Format(http.TimeFormat))
+	w.Header().Set("Server", "AmazonS3")
+	if r.Host != f.host {
+		s3Error(w, http.StatusNotFound, "NoSuchBucket", "The specified bucket does not exist.")
+		return
+	}
+	path, query, _ := strings.Cut(r.RequestURI, "?")
+	switch {
+	case r.Method == http.MethodGet && path == "/" && query == "session":
+		f.createSession(w, r)
+	case r.Method == http.MethodGet || r.Method == http.MethodHead:
+		f.serveObject(w, r, path)
+	default:
+		s3Error(w, http.StatusMethodNotAllowed, "MethodNotAllowed", "The specified method is not allowed against this resource.")
+	}
+}
+
+// createSession answers CreateSession.
+func (f *fakeExpress) createSession(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	gate := f.gate
+	f.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-r.Context().Done():
+			return
+		}
+	}
+	now := f.now.read()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	create := fakeCreate{at: now}
+	status, code, msg := f.checkCreateSession(r, &create)
+	if status == 0 && f.refuse != "" {
+		status, code, msg = http.StatusBadRequest, f.refuse, "refused by the test"
+		switch f.refuse {
+		case "AccessDenied":
+			status = http.StatusForbidden
+		case "InternalError":
+			status = http.StatusInternalServerError
+		}
+	}
+	create.status = cmpOr(status, http.StatusOK)
+	f.creates = append(f.creates, create)
+	if status != 0 {
+		s3Error(w, status, code, msg)
+		return
+	}
+	n := len(f.sessions) + 1
+	akid := fmt.Sprintf("ASIAEXPRESS%09d", n)
+	life := cmpOr(f.life, 5*time.Minute)
+	s := fakeSession{secret: fmt.Sprintf("express/secret+%d/%x", n, rand.Uint64()),
+		token:   fmt.Sprintf("S3EXPRESS-%d-", n) + strings.Repeat("IQoJb3JpZ2luX2VjE", 40),
+		expires: now.Add(life).Truncate(time.Second)}
+	f.sessions[akid] = s
+	w.Header().Set("Content-Type", "application/xml")
+	fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?>
+<CreateSessionResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Credentials><SessionToken>%s</SessionToken><SecretAccessKey>%s</SecretAccessKey><AccessKeyId>%s</AccessKeyId><Expiration>%s</Expiration></Credentials></CreateSessionResult>`,
+		s.token, s.secret, akid, s.expires.UTC().Format(time.RFC3339))
+}
+
+// checkCreateSession checks a CreateSession as S3 would; status 0 means
+// it passed. f.mu must be held.
+func (f *fakeExpress) checkCreateSession(r *http.Request, create *fakeCreate) (int, string, string) {
+	if r.Header.Get(headerS3SessionToken) != "" {
+		return http.StatusBadRequest, "InvalidRequest", "CreateSession takes no session token"
+	}
+	if mode := r.Header.Get("X-Amz-Create-Session-Mode"); mode != "ReadOnly" {
+		return http.StatusBadRequest, "InvalidArgument", "s3-helper asks for ReadOnly sessions, got " + mode
+	}
+	unknown := false
+	akid, signed, err := expressVerify(r, "s3express", f.region, func(id string) (string, bool) {
+		secret, ok := f.baseSecrets[id]
+		unknown = !ok
+		return secret, ok
+	}, f.now.read())
+	create.baseID = akid
+	if unknown {
+		return http.StatusForbidden, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records."
+	}
+	if err != nil {
+		return http.StatusForbidden, "SignatureDoesNotMatch", err.Error()
+	}
+	must := []string{"host", "x-amz-content-sha256", "x-amz-create-session-mode", "x-amz-date"}
+	if r.Header.Get("X-Amz-Security-Token") != "" {
+		must = append(must, "x-amz-security-token")
+	}
+	for _, name := range must {
+		if !slices.Contains(signed, name) {
+			return http.StatusForbidden, "AccessDenied", name + " is not signed"
+		}
+	}
+	return 0, "", ""
+}
+
+// serveObject answers a data request signed with a session.
+func (f *fakeExpress) serveObject(w http.ResponseWriter, r *http.Request, path string) {
+	now := f.now.read()
+	f.mu.Lock()
+	status, code, msg := f.checkData(r, now)
+	if status != 0 {
+		f.rejected = append(f.rejected, code+": "+msg)
+	}
+	key, err := url.PathUnescape(strings.TrimPrefix(path, "/"))
+	obj, ok := f.objects[key]
+	f.mu.Unlock()
+	switch {
+	case status != 0:
+		s3Error(w, status, code, msg)
+	case err != nil:
+		s3Error(w, http.StatusBadRequest, "InvalidURI", err.Error())
+	case !ok:
+		s3Error(w, http.StatusNotFound, "NoSuchKey", "The specified key does not exist.")
+	default:
+		w.Header().Set("Etag", obj.etag)
+		w.Header().Set("X-Amz-Storage-Class", "EXPRESS_ONEZONE")
+		http.ServeContent(w, r, "", time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), bytes.NewReader(obj.body))
+	}
+}
+
+// checkData checks a data request's session signature; status 0 means it
+// passed. f.mu must be held.
+func (f *fakeExpress) checkData(r *http.Request, now time.Time) (int, string, string) {
+	if r.Header.Get("X-Amz-Security-Token") != "" || r.URL.Query().Get("X-Amz-Security-Token") != "" {
+		return http.StatusBadRequest, "InvalidRequest", "x-amz-security-token is not accepted with a session"
+	}
+	akid, signed, err := expressVerify(r, "s3express", f.region, func(id string) (string, bool) {
+		s, ok := f.sessions[id]
+		return s.secret, ok
+	}, now)
+	if err != nil {
+		return http.StatusForbidden, "SignatureDoesNotMatch", err.Error()
+	}
+	s := f.sessions[akid]
+	token := r.Header.Get(headerS3SessionToken)
+	if r.Header.Get("Authorization") == "" {
+		token = r.URL.Query().Get(headerS3SessionToken)
+	} else if !slices.Contains(signed, lowerS3SessionToken) {
+		return http.StatusForbidden, "AccessDenied", "x-amz-s3session-token is not signed"
+	}
+	if token != s.token {
+		return http.StatusBadRequest, "InvalidToken", "The provided token is malformed or otherwise invalid."
+	}
+	signedAt, _ := time.Parse(amzDateFormat, cmpOr(r.Header.Get("X-Amz-Date"), r.URL.Query().Get("X-Amz-Date")))
+	if !now.Before(s.expires) || f.revoked[akid] {
+		return http.StatusBadRequest, "ExpiredToken", "The provided token has expired."
+	}
+	f.dataRequests++
+	f.minLeft = min(f.minLeft, s.expires.Sub(signedAt))
+	return 0, "", ""
+}
 
 // cmpOr is cmp.Or, spelled out so this file reads on its own.
 func cmpOr[T comparable](v, otherwise T) T {
@@ -138,4 +380,59 @@ func specEncode(s string) string {
 		}
 	}
 	return b.String()
+}
+
+// handlerTransport sends requests to a handler in memory, as a server
+// would receive them (RequestURI, Host), so tests under testing/synctest
+// need no sockets.
+type handlerTransport struct{ h http.Handler }
+
+func (t handlerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	sr := req.Clone(req.Context())
+	sr.RequestURI = req.URL.RequestURI()
+	u, err := url.ParseRequestURI(sr.RequestURI)
+	if err != nil {
+		return nil, err
+	}
+	sr.URL, sr.Host = u, cmpOr(req.Host, req.URL.Host)
+	rec := httptest.NewRecorder()
+	t.h.ServeHTTP(rec, sr)
+	if err := req.Context().Err(); err != nil {
+		return nil, err
+	}
+	resp := rec.Result()
+	resp.Request = req
+	return resp, nil
+}
+
+// staticBase is a credentialGetter whose set the test swaps (a rotation);
+// Refresh hands out next, when set.
+type staticBase struct {
+	mu        sync.Mutex // guards every field below
+	cur       *Credentials
+	next      *Credentials
+	refreshes int
+}
+
+func (b *staticBase) Get(context.Context, time.Time) (*Credentials, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.cur, nil
+}
+
+func (b *staticBase) Refresh(_ context.Context, dead *Credentials) (*Credentials, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.refreshes++
+	if b.next == nil || b.cur != dead {
+		return b.cur, nil
+	}
+	b.cur, b.next = b.next, nil
+	return b.cur, nil
+}
+
+func (b *staticBase) rotate(to *Credentials) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.cur = to
 }

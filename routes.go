@@ -47,6 +47,10 @@ type route struct {
 	// directory is the S3 Express One Zone directory bucket's name taken
 	// apart when bucket is one (directorybucket.go); nil otherwise.
 	directory *directoryBucket
+	// creds gives the route's requests their credentials when they are
+	// not the proxy's: a directory bucket's session cache. nil means the
+	// proxy's credentials.
+	creds credentialGetter
 	// dialAddr is the address (HOST:PORT) dialled for host when host must
 	// stay a name that is not where to connect: a directory bucket behind
 	// an -endpoint other than a zonal endpoint (an IP address). "" means
