@@ -330,6 +330,62 @@ func BenchmarkSignExpress(b *testing.B) {
 	}
 }
 
+// TestCheckDirectoryBucket: -check makes a session (naming the permission
+// to add when CreateSession is refused), probes the bucket with it and
+// HEADs -check-key with it.
+func TestCheckDirectoryBucket(t *testing.T) {
+	tests := []struct {
+		name     string
+		setup    func(f *fakeExpress)
+		checkKey string
+		wantErr  bool
+		want     []string
+	}{
+		{"healthy", nil, "/videos/hello.txt", false, []string{
+			"PASS  session for " + testDirectoryBucket + ": CreateSession (ReadOnly) at http://" + testZonalHost + " (dialled at 127.0.0.1:",
+			"PASS  bucket " + testDirectoryBucket + ": exists in zone use1-az4 and accepts the session's signature",
+			"PASS  clock: within",
+			"PASS  read /videos/hello.txt: HEAD s3://" + testDirectoryBucket + "/videos/hello.txt answered 200 (with a session)",
+		}},
+		{"CreateSession refused", func(f *fakeExpress) { f.refuse = "AccessDenied" }, "", true, []string{
+			"FAIL  session for " + testDirectoryBucket + ": CreateSession for " + testDirectoryBucket + ": S3 answered 403 AccessDenied",
+			`fix: add to the role's policy {"Effect": "Allow", "Action": "s3express:CreateSession", "Resource": "arn:aws:s3express:us-east-1:ACCOUNT:bucket/` + testDirectoryBucket + `"}`,
+		}},
+		{"missing key", nil, "/videos/nope.mp4", true, []string{
+			"PASS  bucket " + testDirectoryBucket + ": exists in zone use1-az4",
+			"FAIL  read /videos/nope.mp4: s3://" + testDirectoryBucket + "/videos/nope.mp4 does not exist (HEAD 404)",
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFakeExpress(testDirectoryBucket, "us-east-1", testAKID, testSecret)
+			f.put("videos/hello.txt", []byte("hello"))
+			if tt.setup != nil {
+				tt.setup(f)
+			}
+			srv := httptest.NewServer(f)
+			defer srv.Close()
+			args := []string{"-check", "-bucket", testDirectoryBucket, "-region", "us-east-1", "-endpoint", srv.URL, "-listen", "127.0.0.1:0"}
+			if tt.checkKey != "" {
+				args = append(args, "-check-key", tt.checkKey)
+			}
+			var out bytes.Buffer
+			err := run(t.Context(), args, envFrom(staticEnv()), &out, &bytes.Buffer{})
+			if (err != nil) != tt.wantErr || err != nil && !errors.Is(err, errCheckFailed) {
+				t.Errorf("run -check = %v, want failure %v\n%s", err, tt.wantErr, out.String())
+			}
+			for _, want := range tt.want {
+				if !strings.Contains(out.String(), want) {
+					t.Errorf("output lacks %q:\n%s", want, out.String())
+				}
+			}
+			if strings.Contains(out.String(), testSecret) || strings.Contains(out.String(), testToken) || strings.Contains(out.String(), "S3EXPRESS-") {
+				t.Error("the output contains a secret")
+			}
+		})
+	}
+}
+
 // newExpressProxy is the proxy newProxy builds for -bucket
 // testDirectoryBucket, sending to f in memory (requests and CreateSession
 // alike), with aggregated metrics, for tests under testing/synctest.
