@@ -372,6 +372,16 @@ func (s *sessionCache) createSession(ctx context.Context, base *Credentials) (*C
 	})
 }
 
+// zoneCannotServe reports whether err, from a session cache's Get, says
+// that the bucket's zonal endpoint could not answer CreateSession (a
+// network error, a timeout, a 5xx or SlowDown) rather than that S3 refused
+// it: for failing over to a replica, that is a request the zone could not
+// serve, not a want of credentials.
+func zoneCannotServe(err error) bool {
+	var te transientError
+	return errors.As(err, &te)
+}
+
 // createSessionResult is the part of CreateSession's answer s3-helper
 // uses: <CreateSessionResult><Credentials>…</Credentials></CreateSessionResult>.
 type createSessionResult struct {

@@ -154,8 +154,8 @@ func TestSessionExpiryEdge(t *testing.T) {
 			}
 			time.Sleep(time.Nanosecond)
 			got, err := sc.Get(t.Context(), time.Now())
-			if got != nil || !errors.Is(err, errCredentialsUnavailable) || !strings.Contains(err.Error(), "500 InternalError") {
-				t.Errorf("Get at expires−5 s = %v, %v; want no session, naming CreateSession's failure", got, err)
+			if got != nil || !errors.Is(err, errCredentialsUnavailable) || !strings.Contains(err.Error(), "500 InternalError") || !zoneCannotServe(err) {
+				t.Errorf("Get at expires−5 s = %v, %v; want no session, naming CreateSession's failure, the zone's", got, err)
 			}
 		})
 	})
@@ -237,6 +237,9 @@ func TestSessionRefusedCreateSession(t *testing.T) {
 			!strings.Contains(refusal.Error(), "S3 answered 403 AccessDenied") ||
 			!strings.Contains(refusal.Error(), "the role needs s3express:CreateSession on arn:aws:s3express:us-east-1:ACCOUNT:bucket/"+testDirectoryBucket) {
 			t.Fatalf("Get = %v; want a refusal naming s3express:CreateSession on the bucket's ARN", refusal)
+		}
+		if zoneCannotServe(refusal) {
+			t.Errorf("zoneCannotServe(%v) = true, want false: S3 answered, and refused", refusal)
 		}
 		for range 100 {
 			sc.Get(t.Context(), time.Now())
@@ -436,6 +439,27 @@ func TestSessionsUnderLoad(t *testing.T) {
 		}
 		if f.minLeft < sessionRefreshLead-time.Second {
 			t.Errorf("a request was signed with %v of its session left, want at least the refresh lead", f.minLeft)
+		}
+	})
+}
+
+// unreachable is a transport to a zone that cannot be reached.
+type unreachable struct{}
+
+func (unreachable) RoundTrip(*http.Request) (*http.Response, error) {
+	return nil, errors.New("dial tcp 10.0.0.5:443: connect: connection refused")
+}
+
+// TestSessionZoneUnreachable: CreateSession that cannot reach the zonal
+// endpoint is tried three times, then fails as the zone's failure, not a
+// refusal.
+func TestSessionZoneUnreachable(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sc := newTestSessions(t, newTestExpress(0), &staticBase{cur: baseCreds(baseA)}, 0.5, &syncBuffer{})
+		sc.transport = unreachable{}
+		_, err := sc.Get(t.Context(), time.Now())
+		if !errors.Is(err, errCredentialsUnavailable) || !zoneCannotServe(err) || !strings.Contains(err.Error(), "connection refused") {
+			t.Errorf("Get = %v; want the zone's failure, named", err)
 		}
 	})
 }
