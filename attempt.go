@@ -150,6 +150,15 @@ func (c *s3Client) newRequest(ctx context.Context, up *upstreamRequest, creds *C
 	return req
 }
 
+// credsFor is where rt's requests get their credentials: a directory
+// bucket's session cache (express.go), or the role's.
+func (c *s3Client) credsFor(rt *route) credentialGetter {
+	if rt.creds != nil {
+		return rt.creds
+	}
+	return c.creds
+}
+
 // attempt signs and sends one request and returns what happened, changing
 // nothing but the clock's and credentials' caches it reads through. The
 // body of a passed-on response is watched for stalls.
@@ -163,12 +172,18 @@ func (c *s3Client) attempt(ctx context.Context, up *upstreamRequest) attemptFact
 // (or its witness's), which tells a client gone from an attempt cancelled.
 func (c *s3Client) attemptWithin(ctx, actx context.Context, cancel context.CancelFunc, up *upstreamRequest) attemptFacts {
 	now := c.now.read()
-	creds, err := c.creds.Get(ctx, now)
-	if err != nil {
+	creds, err := c.credsFor(&up.route).Get(ctx, now)
+	switch {
+	case err != nil && ctx.Err() != nil:
 		cancel()
-		if ctx.Err() != nil {
-			return attemptFacts{err: endedBy(ctx)}
-		}
+		return attemptFacts{err: endedBy(ctx)}
+	case err != nil && zoneCannotServe(err):
+		// A directory bucket's zone did not answer CreateSession: the zone
+		// failing, retried and failed over like any transport failure.
+		cancel()
+		return attemptFacts{err: &proxyError{kind: kindTransport, err: err}}
+	case err != nil:
+		cancel()
 		return attemptFacts{err: &proxyError{kind: kindCredentials, err: err}}
 	}
 	f := attemptFacts{creds: creds}

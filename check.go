@@ -86,13 +86,22 @@ func runCheck(ctx context.Context, out io.Writer, cfg config, problems []error, 
 		return errCheckFailed
 	}
 	discard := slog.New(slog.DiscardHandler)
+	cached := &credentialCache{provider: staticProvider{creds}, log: discard}
 	routes := newRoutes(cfg)
-	s3 := newS3Client(cfg, &credentialCache{provider: staticProvider{creds}, log: discard}, nil, discard)
+	s3 := newS3Client(cfg, routes, cached, nil, discard)
+	routes = withSessions(routes, cached, s3.transport, nil, discard)
+	defer closeSessions(routes)
 	clockChecked := false
 	for i := len(routes) - 1; i >= 0; i-- { // the default route, "/", first
 		// Each replica is checked like its primary: it must serve alone.
 		for _, rt := range append([]route{routes[i]}, routes[i].replicas...) {
-			probe, ok := c.checkBucket(ctx, s3, rt, cmp.Or(rt.region, cfg.region))
+			var probe bucketProbe
+			var ok bool
+			if rt.directory != nil {
+				probe, ok = c.checkDirectoryBucket(ctx, s3, rt)
+			} else {
+				probe, ok = c.checkBucket(ctx, s3, rt, cmp.Or(rt.region, cfg.region))
+			}
 			if !ok {
 				continue
 			}
@@ -100,7 +109,9 @@ func runCheck(ctx context.Context, out io.Writer, cfg config, problems []error, 
 				clockChecked = true
 				c.checkClock(probe)
 			}
-			c.checkListBucket(rt, probe)
+			if rt.directory == nil {
+				c.checkListBucket(rt, probe)
+			}
 		}
 	}
 	if cfg.checkKey != "" {
@@ -328,16 +339,29 @@ func (c *checker) checkKey(ctx context.Context, s3 *s3Client, routes []route, pa
 // checkKeyAt HEADs key (relative to rt) in rt's bucket.
 func (c *checker) checkKeyAt(ctx context.Context, s3 *s3Client, rt route, key, step string) {
 	pr, err := c.probe(ctx, s3, rt, http.MethodHead, key)
+	if errors.Is(err, errCredentialsUnavailable) { // a directory bucket without a session, said above
+		c.fail(step, "not tried: nothing to sign it with", "")
+		return
+	}
 	if err != nil {
 		c.fail(step, "S3 did not answer: "+err.Error(), "check -endpoint")
 		return
 	}
 	switch pr.status {
 	case http.StatusOK, http.StatusPartialContent:
-		c.pass(step, fmt.Sprintf("HEAD s3://%s/%s%s answered %d (s3:GetObject is granted)", rt.bucket, rt.keyPrefix, key, pr.status))
+		granted := "s3:GetObject is granted"
+		if rt.directory != nil {
+			granted = "with a session"
+		}
+		c.pass(step, fmt.Sprintf("HEAD s3://%s/%s%s answered %d (%s)", rt.bucket, rt.keyPrefix, key, pr.status, granted))
 	case http.StatusNotFound:
 		c.fail(step, fmt.Sprintf("s3://%s/%s%s does not exist (HEAD 404)", rt.bucket, rt.keyPrefix, key), "check -check-key, -prefix and the -route key prefix")
 	case http.StatusForbidden:
+		if rt.directory != nil {
+			c.fail(step, fmt.Sprintf("HEAD s3://%s/%s%s answered 403 with a session: the session may not read it", rt.bucket, rt.keyPrefix, key),
+				"a directory bucket's reads are granted by s3express:CreateSession alone: check the bucket policy for a Deny or an s3express:SessionMode condition")
+			return
+		}
 		c.fail(step, fmt.Sprintf("HEAD s3://%s/%s%s answered 403: s3:GetObject is not granted", rt.bucket, rt.keyPrefix, key),
 			fmt.Sprintf(`add to the role's policy {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::%s/%s*"}`, rt.bucket, rt.keyPrefix))
 	default:
@@ -350,4 +374,64 @@ func randomHex() string {
 	b := make([]byte, 8)
 	rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// checkDirectoryBucket checks a directory bucket as its requests will
+// reach it: a session first (CreateSession, which names the permission
+// to add when it is refused), then a one-byte GET of a key that cannot
+// exist signed with that session: 404 means the bucket exists in its
+// zone and accepts the session's signature.
+func (c *checker) checkDirectoryBucket(ctx context.Context, s3 *s3Client, rt route) (bucketProbe, bool) {
+	step := "bucket " + rt.bucket
+	if rt.pathPrefix != "/" {
+		step += " (route " + rt.pathPrefix + ")"
+	}
+	if rt.region != "" {
+		step += " (replica in " + rt.region + ")"
+	}
+	endpoint := cmp.Or(rt.scheme, s3.scheme) + "://" + rt.host
+	if rt.dialAddr != "" {
+		endpoint += " (dialled at " + rt.dialAddr + ")"
+	}
+	sctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	session, err := rt.creds.Get(sctx, time.Now())
+	cancel()
+	if err != nil {
+		c.fail("session for "+rt.bucket, strings.TrimPrefix(err.Error(), errCredentialsUnavailable.Error()+": "), sessionFix(err, rt))
+		return bucketProbe{}, false
+	}
+	c.pass("session for "+rt.bucket, fmt.Sprintf("CreateSession (%s) at %s: access key %s, %s",
+		createSessionMode, endpoint, session.AccessKeyID, expiryText(timeLeft(session.Expires, time.Now()))))
+	pr, err := c.probe(ctx, s3, rt, http.MethodGet, "s3-helper-check/"+randomHex()+"/no-such-key")
+	if err != nil {
+		c.fail(step, "S3 at "+endpoint+" did not answer: "+err.Error(), "check -endpoint, DNS and outbound HTTPS from this host")
+		return pr, false
+	}
+	switch d := pr.details; {
+	case pr.status == http.StatusNotFound && d.code != "NoSuchBucket":
+		c.pass(step, fmt.Sprintf("exists in zone %s and accepts the session's signature at %s", rt.directory.zone, endpoint))
+		return pr, true
+	case d.code == "RequestTimeTooSkewed":
+		c.checkClock(pr)
+	case d.code == "NoSuchBucket":
+		c.fail(step, "S3 answered 404 NoSuchBucket at "+endpoint, "check the bucket's name (its zone ID) and -region")
+	case credentialsRejected(d.code):
+		c.fail(step, "S3 answered "+d.code+" to a request signed with a session it has just made", "check this host's clock (NTP): a session lasts only minutes")
+	default:
+		c.fail(step, fmt.Sprintf("unexpected answer %d %s to a request signed with a session", pr.status, d.code), "check -endpoint and -region")
+	}
+	return pr, false
+}
+
+// sessionFix is the remedy for a failed CreateSession: the policy
+// statement to add when S3 refused it, else where to look.
+func sessionFix(err error, rt route) string {
+	var cerr *createSessionError
+	switch {
+	case errors.As(err, &cerr) && cerr.accessDenied():
+		return fmt.Sprintf(`add to the role's policy {"Effect": "Allow", "Action": "s3express:CreateSession", "Resource": "%s"} with the bucket owner's account ID for ACCOUNT`, cerr.bucketARN())
+	case errors.As(err, &cerr):
+		return "check the bucket's name (its zone ID), -region and the credential source"
+	}
+	return "check DNS and outbound HTTPS to " + rt.host + " (in a VPC: a gateway endpoint for S3 Express One Zone, or a NAT), or -endpoint"
 }

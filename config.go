@@ -212,6 +212,9 @@ func (c *config) resolveRouting(p *problems, getenv func(string) string) {
 		c.endpointURL = u
 	}
 	c.resolveReplicas(p)
+	for _, z := range zoneProblems(c.routeSpecs, c.region, c.replicaSpecs) {
+		p.bad(z.flag, z.value, z.err.Error())
+	}
 }
 
 // resolveReplicas checks -replica and -region-endpoint: each replica names
@@ -467,27 +470,6 @@ func isLoopbackHost(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// parseEndpoint accepts http(s)://HOST[:PORT] with no path, query or user,
-// and drops a default port so the signed Host matches what S3 sees.
-func parseEndpoint(v string) (*url.URL, error) {
-	u, err := url.Parse(v)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, errors.New("must be an http:// or https:// URL with a host")
-	}
-	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-		return nil, errors.New("must have no path, query or user info")
-	}
-	host := u.Host
-	if h, port, err := net.SplitHostPort(host); err == nil &&
-		(u.Scheme == "https" && port == "443" || u.Scheme == "http" && port == "80") {
-		host = h
-		if strings.Contains(h, ":") {
-			host = "[" + h + "]"
-		}
-	}
-	return &url.URL{Scheme: u.Scheme, Host: host}, nil
-}
-
 // newCredentialCaches builds the chosen source behind a cache and, with
 // -assume-role, the assumed role behind a second cache on top of it. The
 // last cache returned is the one that signs S3 requests.
@@ -543,25 +525,36 @@ func (c *config) discoverRegion(ctx context.Context) error {
 	return nil
 }
 
-// newRoutes builds the routes, with their replicas, from the configuration.
+// newRoutes builds the routes from the configuration: buckets, their
+// replicas, and directory buckets at their zonal endpoints.
 func newRoutes(cfg config) []route {
-	return withReplicas(buildRoutes(cfg.routeSpecs, cfg.endpointURL, cfg.pathStyle, cfg.endpoint != ""), cfg.replicaSpecs, cfg.regionEndpointURLs, cfg.pathStyle)
+	routes := withReplicas(buildRoutes(cfg.routeSpecs, cfg.endpointURL, cfg.pathStyle, cfg.endpoint != ""), cfg.replicaSpecs, cfg.regionEndpointURLs, cfg.pathStyle)
+	var custom *url.URL
+	if cfg.endpoint != "" {
+		custom = cfg.endpointURL
+	}
+	return withDirectoryBuckets(routes, cfg.region, custom, cfg.regionEndpointURLs)
 }
 
-// newS3Client builds the S3 client from the configuration.
-func newS3Client(cfg config, creds credentialGetter, metrics *Metrics, log *slog.Logger) *s3Client {
+// newS3Client builds the S3 client from the configuration; its transport
+// dials each directory bucket where -endpoint says.
+func newS3Client(cfg config, routes []route, creds credentialGetter, metrics *Metrics, log *slog.Logger) *s3Client {
 	return &s3Client{
 		scheme: cfg.endpointURL.Scheme,
-		signer: &Signer{Region: cfg.region}, creds: creds, transport: newUpstreamTransport(cfg.timeout),
+		signer: &Signer{Region: cfg.region}, creds: creds, transport: withDialAddrs(newUpstreamTransport(cfg.timeout), routes),
 		metrics: metrics, log: log, timeout: cfg.timeout,
 		policy: retryPolicy{limit: cfg.retries, budget: newRetryBudget(int64(cfg.retryBudget), log), hedge: cfg.hedgePolicy, hedges: newHedgeAllowance()},
 	}
 }
 
-// newProxy builds the request handler from the configuration.
+// newProxy builds the request handler from the configuration. Routes to
+// directory buckets get their bucket's session cache (express.go).
 func newProxy(cfg config, creds credentialGetter, metrics *Metrics, log *slog.Logger) *Proxy {
+	routes := newRoutes(cfg)
+	s3 := newS3Client(cfg, routes, creds, metrics, log)
+	routes = withSessions(routes, creds, s3.transport, metrics, log)
 	return &Proxy{
-		routes: newRoutes(cfg), upstream: newS3Client(cfg, creds, metrics, log),
+		routes: routes, upstream: s3,
 		metrics: metrics, log: log, accessLog: cfg.accessLog, idle: make(chan struct{}, 1),
 	}
 }

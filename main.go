@@ -111,7 +111,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	cache := caches[len(caches)-1] // the one that signs S3 requests
 
 	if cfg.presignRequested {
-		return printPresignedURL(ctx, stdout, newS3Client(cfg, cache, metrics, log), newRoutes(cfg), cfg)
+		routes := newRoutes(cfg)
+		s3 := newS3Client(cfg, routes, cache, metrics, log)
+		routes = withSessions(routes, cache, s3.transport, metrics, log)
+		defer closeSessions(routes)
+		return printPresignedURL(ctx, stdout, s3, routes, cfg)
 	}
 	proxy := newProxy(cfg, cache, metrics, log)
 	defer proxy.Close()

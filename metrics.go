@@ -40,6 +40,8 @@ const (
 	mCredentialFailures
 	mCredentialExtensions
 	mCredentialTTL
+	mExpressSessions
+	mExpressSessionFailures
 	mInFlight
 	mClockOffset
 	mStatsdDropped
@@ -155,6 +157,10 @@ var metricTable = [metricCount]metricDef{
 		help: "Expired credential sets kept in use while no new one could be fetched."},
 	mCredentialTTL: {name: "credentials.seconds_to_expiry", prom: "credential_expiry_seconds", kind: gaugeKind, outputs: allOutputs,
 		help: "Seconds until the credentials in use expire (0: they never do)."},
+	mExpressSessions: {name: "express.sessions", prom: "express_sessions_total", kind: counterKind, outputs: allOutputs,
+		help: "S3 Express One Zone sessions made (CreateSession), one per directory bucket before the last one runs out."},
+	mExpressSessionFailures: {name: "express.session_failures", prom: "express_session_failures_total", kind: counterKind, outputs: allOutputs,
+		help: "CreateSession calls that failed (refused, unreachable or a bad answer); the log names the cause and the fix."},
 	mInFlight: {name: "in_flight", prom: "requests_in_flight", kind: gaugeKind, outputs: allOutputs,
 		help: "Requests being served."},
 	mClockOffset: {name: "clock.offset_seconds", prom: "clock_offset_seconds", kind: gaugeKind, outputs: allOutputs,

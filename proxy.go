@@ -106,8 +106,12 @@ func (p *Proxy) BudgetTokens() (func() int64, bool) {
 // applies it.
 func (p *Proxy) ClockOffset(now time.Time) time.Duration { return p.upstream.clockFix.Offset(now) }
 
-// Close ends the S3 client's background work (probes, witnesses).
-func (p *Proxy) Close() { p.upstream.Close() }
+// Close ends the S3 client's background work (probes, witnesses) and the
+// directory buckets' session refreshes.
+func (p *Proxy) Close() {
+	p.upstream.Close()
+	closeSessions(p.routes)
+}
 
 // bucketState is one configured bucket with replicas, or a replica, for
 // /healthz and the bucket_up gauge.

@@ -46,6 +46,18 @@ type route struct {
 	// replicas and on each replica.
 	replicas []route
 	health   *bucketHealth
+	// directory is the S3 Express One Zone directory bucket's name taken
+	// apart when bucket is one (directorybucket.go); nil otherwise.
+	directory *directoryBucket
+	// creds gives the route's requests their credentials when they are
+	// not the proxy's: a directory bucket's session cache. nil means the
+	// proxy's credentials.
+	creds credentialGetter
+	// dialAddr is the address (HOST:PORT) dialled for host when host must
+	// stay a name that is not where to connect: a directory bucket behind
+	// an -endpoint other than a zonal endpoint (an IP address). "" means
+	// host itself.
+	dialAddr string
 }
 
 // withReplicas gives each route the -replica copies of its bucket: same
@@ -79,6 +91,27 @@ func withReplicas(routes []route, specs map[string][]replicaSpec, regionEndpoint
 // defaultEndpoint is S3's regional endpoint.
 func defaultEndpoint(region string) *url.URL {
 	return &url.URL{Scheme: "https", Host: "s3." + region + ".amazonaws.com"}
+}
+
+// parseEndpoint accepts http(s)://HOST[:PORT] with no path, query or user,
+// and drops a default port so the signed Host matches what S3 sees.
+func parseEndpoint(v string) (*url.URL, error) {
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, errors.New("must be an http:// or https:// URL with a host")
+	}
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return nil, errors.New("must have no path, query or user info")
+	}
+	host := u.Host
+	if h, port, err := net.SplitHostPort(host); err == nil &&
+		(u.Scheme == "https" && port == "443" || u.Scheme == "http" && port == "80") {
+		host = h
+		if strings.Contains(h, ":") {
+			host = "[" + h + "]"
+		}
+	}
+	return &url.URL{Scheme: u.Scheme, Host: host}, nil
 }
 
 // requestSigner signs one upstream request or presigns a URL: SigV4 for a
@@ -218,6 +251,9 @@ type routeSpec struct {
 // us-east-1 names (upper case, '_'), which then use path style.
 func checkBucket(b string) error {
 	if _, ok, err := mrapAlias(b); ok {
+		return err
+	}
+	if _, ok, err := parseDirectoryBucket(b); ok {
 		return err
 	}
 	if len(b) < 3 || len(b) > 255 {

@@ -55,6 +55,11 @@ const (
 	lowerAmzDate        = "x-amz-date"
 	lowerContentSHA256  = "x-amz-content-sha256"
 	lowerSecurityToken  = "x-amz-security-token"
+	// headerS3SessionToken carries an S3 Express One Zone session's token
+	// on a data request (signed) and, as a query parameter, in a presigned
+	// URL; such a request must not carry X-Amz-Security-Token.
+	headerS3SessionToken = "X-Amz-S3session-Token"
+	lowerS3SessionToken  = "x-amz-s3session-token"
 	// inlineSignedHeaders is how many signed headers fit without an
 	// allocation: S3 requests sign four.
 	inlineSignedHeaders = 16
@@ -108,6 +113,12 @@ type Signer struct {
 	// Service is the signing name; empty means "s3". STS's signer (for
 	// AssumeRole) and the AWS test vectors use another.
 	Service string
+	// SessionTokenHeader names the header, in canonical form, that
+	// carries the session token (signed), and its query parameter in a
+	// presigned URL; empty means X-Amz-Security-Token. A directory
+	// bucket's data requests use headerS3SessionToken and must not carry
+	// X-Amz-Security-Token at all, so Sign then removes it.
+	SessionTokenHeader string
 
 	// keyCache holds the most recent derived signing key. Keys change once
 	// a day or when credentials rotate, so one entry, swapped atomically,
@@ -248,12 +259,28 @@ func (s *Signer) Sign(h http.Header, in *signingRequest, creds *Credentials, t t
 	} else {
 		h[headerContentSHA256] = vals[2:3:3]
 	}
-	if creds.SessionToken != "" {
-		h[headerSecurityToken] = creds.tokenHeader()
-	} else {
+	tokenHeader := headerSecurityToken
+	if s.SessionTokenHeader != "" {
+		tokenHeader = s.SessionTokenHeader
 		delete(h, headerSecurityToken)
 	}
+	if creds.SessionToken != "" {
+		h[tokenHeader] = creds.tokenHeader()
+	} else {
+		delete(h, tokenHeader)
+	}
 	s.bufs.Put(b)
+}
+
+// lowerTokenHeader is the signed name of the session token's header.
+func (s *Signer) lowerTokenHeader() string {
+	switch s.SessionTokenHeader {
+	case "":
+		return lowerSecurityToken
+	case headerS3SessionToken:
+		return lowerS3SessionToken
+	}
+	return strings.ToLower(s.SessionTokenHeader)
 }
 
 // explain signs like Sign but returns every stage; for tests and -presign.
@@ -393,7 +420,7 @@ func (s *Signer) collectFields(f *signedFields, in *signingRequest, creds *Crede
 		}
 		f.add(lowerAmzDate, amzDate, true)
 		if creds.SessionToken != "" {
-			f.add(lowerSecurityToken, creds.SessionToken, s.tokenIsCanonical(creds))
+			f.add(s.lowerTokenHeader(), creds.SessionToken, s.tokenIsCanonical(creds))
 		}
 	}
 	for _, h := range in.headers {
@@ -549,6 +576,10 @@ func (s *Signer) explainPresign(in *signingRequest, own url.Values, creds *Crede
 	var f signedFields
 	s.collectFields(&f, in, creds, "", false)
 	params := presignParams(signingAlgorithm, string(s.appendScope(nil, date)), &f, creds, t, expires, own)
+	if s.SessionTokenHeader != "" && creds.SessionToken != "" {
+		params.Del("X-Amz-Security-Token")
+		params.Set(s.SessionTokenHeader, creds.SessionToken)
+	}
 	withAuth := *in
 	withAuth.query = canonicalQuery(params)
 	sig := s.explain(&withAuth, creds, t, false)

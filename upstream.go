@@ -193,7 +193,7 @@ func (c *s3Client) fetchFrom(ctx context.Context, up *upstreamRequest, tr *fetch
 			}
 			return f.answer(), regionServed, nil
 		case signAgain:
-			if c.correct(ctx, d.fix, &f, up.key, &tried) {
+			if c.correct(ctx, d.fix, &f, up, &tried) {
 				continue
 			}
 			return f.answer(), regionServed, nil
@@ -243,7 +243,7 @@ func giveUp(f *attemptFacts, d decision) (upstreamAnswer, error) {
 
 // correct applies the fix a signAgain names and reports whether signing
 // again can help. Each fix is tried once per fetch.
-func (c *s3Client) correct(ctx context.Context, fx fix, f *attemptFacts, key string, tried *retryState) bool {
+func (c *s3Client) correct(ctx context.Context, fx fix, f *attemptFacts, up *upstreamRequest, tried *retryState) bool {
 	switch fx {
 	case adoptClock:
 		tried.reclocked = true
@@ -251,10 +251,10 @@ func (c *s3Client) correct(ctx context.Context, fx fix, f *attemptFacts, key str
 		return true
 	case refreshCredentials:
 		tried.refreshed = true
-		if _, err := c.creds.Refresh(ctx, f.creds); err != nil {
+		if _, err := c.credsFor(&up.route).Refresh(ctx, f.creds); err != nil {
 			return false
 		}
-		c.log.Warn("S3 rejected the credentials; retrying with a fresh set", "key", key,
+		c.log.Warn("S3 rejected the credentials; retrying with a fresh set", "key", up.key,
 			"s3_code", f.s3.code, "rejected_access_key_id", f.creds.AccessKeyID)
 		return true
 	}
@@ -265,7 +265,7 @@ func (c *s3Client) correct(ctx context.Context, fx fix, f *attemptFacts, key str
 // for -check: no retry, no hedge, no health.
 func (c *s3Client) send(ctx context.Context, up *upstreamRequest) (*http.Response, error) {
 	now := c.now.read()
-	creds, err := c.creds.Get(ctx, now)
+	creds, err := c.credsFor(&up.route).Get(ctx, now)
 	if err != nil {
 		return nil, err
 	}
@@ -276,7 +276,7 @@ func (c *s3Client) send(ctx context.Context, up *upstreamRequest) (*http.Respons
 // sign it.
 func (c *s3Client) presign(ctx context.Context, rt route, key string, expires time.Duration) (string, error) {
 	now := c.now.read()
-	creds, err := c.creds.Get(ctx, now)
+	creds, err := c.credsFor(&rt).Get(ctx, now)
 	if err != nil {
 		return "", fmt.Errorf("presign: %w", err)
 	}
