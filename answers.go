@@ -133,7 +133,6 @@ var s3Messages = map[string]string{
 	"InvalidToken":                 "S3 refused s3-helper's credentials.",
 	"RequestTimeTooSkewed":         "S3 refused s3-helper's clock.",
 	"AuthorizationHeaderMalformed": "The bucket is not in s3-helper's signing region.",
-	"PermanentRedirect":            "The bucket is not in s3-helper's region.",
 }
 
 // codeForStatus is S3's code for an error answer that came without one (a
@@ -150,14 +149,14 @@ var codeForStatus = map[int]string{
 
 // s3Answer passes S3's error answer on with S3's status and code, but for
 // a redirect: S3 sends one when the bucket is in another region, which is
-// s3-helper's misconfiguration and nothing nginx can follow, so a 502.
+// s3-helper's misconfiguration and nothing nginx can follow, so a 502
+// InternalError. Not S3's PermanentRedirect: botocore's region redirector
+// would take it for its own bucket's and look for the bucket's region
+// through s3-helper on every try.
 func s3Answer(e *s3Refusal) clientAnswer {
 	a := clientAnswer{status: e.status, code: e.s3.code, cause: e}
 	if a.status < 400 { // 301 PermanentRedirect, 307 TemporaryRedirect
-		a.status = http.StatusBadGateway
-		if a.code == "" {
-			a.code = "PermanentRedirect"
-		}
+		return clientAnswer{http.StatusBadGateway, "InternalError", "s3-helper is misconfigured: S3 redirected it (the bucket is in another region, or -endpoint is wrong).", e}
 	}
 	if a.code == "" {
 		a.code = codeForStatus[a.status]

@@ -94,8 +94,7 @@ type fetchTrace struct {
 }
 
 // record adds one attempt's facts to the trace, the TTFB histogram and
-// the route's latency window; rest marks a resume, whose 206 is not the
-// client's status.
+// the route's latency window.
 func (c *s3Client) record(tr *fetchTrace, up *upstreamRequest, f *attemptFacts) {
 	if f.creds == nil {
 		return // nothing was sent
@@ -215,13 +214,14 @@ func (c *s3Client) attemptWithin(ctx, actx context.Context, cancel context.Cance
 	return f
 }
 
-// errWitnessTimeout ends a witness whose attempt waited the whole timeout.
-var errWitnessTimeout = errors.New("S3 sent no response headers within -timeout (the client had left; the attempt stayed on as its bucket's witness)")
+// errOwnTimeout ends a witness or a probe whose attempt waited the whole
+// timeout: s3-helper's own, not a client's patience.
+var errOwnTimeout = errors.New("S3 sent no response headers within -timeout")
 
-// endedBy names why ctx ended an attempt: a witness's own timeout, or the
-// client going away.
+// endedBy names why ctx ended an attempt: s3-helper's own timeout (a
+// witness's, a probe's), or the client going away.
 func endedBy(ctx context.Context) *proxyError {
-	if cause := context.Cause(ctx); errors.Is(cause, errWitnessTimeout) {
+	if cause := context.Cause(ctx); errors.Is(cause, errOwnTimeout) {
 		return &proxyError{kind: kindTimeout, err: cause}
 	}
 	return clientGone(ctx.Err())
@@ -348,6 +348,8 @@ type witness struct {
 	mu sync.Mutex // guards the fields below
 	// sent is when the attempt in flight was sent.
 	sent time.Time
+	// deadline ends a kept fetch's attempt -timeout after it was sent.
+	deadline *time.Timer
 	// kept is set while the fetch stays on for a client that left; ended
 	// once the fetch returned.
 	kept, ended bool
@@ -373,14 +375,18 @@ func (w *witness) ctx(ctx context.Context) context.Context {
 	return w.wctx
 }
 
-// attemptSent notes when the attempt in flight was sent.
+// attemptSent notes when the attempt in flight was sent; a kept fetch's
+// deadline then runs from it.
 func (w *witness) attemptSent(t time.Time) {
 	if w == nil {
 		return
 	}
 	w.mu.Lock()
+	defer w.mu.Unlock()
 	w.sent = t
-	w.mu.Unlock()
+	if w.deadline != nil {
+		w.deadline.Reset(w.c.timeout)
+	}
 }
 
 // on reports whether the fetch stayed on for a client that left.
@@ -411,13 +417,17 @@ func (w *witness) clientLeft() {
 		return
 	}
 	w.kept = true
-	deadline := time.NewTimer(max(w.c.timeout-w.c.now.read().Sub(w.sent), 0))
+	left := w.c.timeout
+	if !w.sent.IsZero() { // else no attempt was sent yet: it will be now
+		left = max(left-w.c.now.read().Sub(w.sent), 0)
+	}
+	w.deadline = time.NewTimer(left)
+	deadline := w.deadline.C
 	go func() {
 		defer w.c.background.done()
-		defer deadline.Stop()
 		select {
-		case <-deadline.C:
-			w.cancel(errWitnessTimeout)
+		case <-deadline:
+			w.cancel(errOwnTimeout)
 		case <-closing:
 			w.cancel(context.Canceled)
 		case <-w.wctx.Done():
@@ -435,6 +445,7 @@ func (w *witness) end() {
 	w.ended = true
 	if w.kept {
 		w.kept = false
+		w.deadline.Stop()
 		w.health.endWitness()
 		w.cancel(context.Canceled)
 	}

@@ -220,33 +220,38 @@ func parseIfRange(h http.Header) (ir ifRange, whole bool) {
 
 // condition adds to h, the upstream request's header, the precondition
 // under which S3 answers the range: If-Match for a tag, If-Unmodified-Since
-// for a date. When the client sent that header itself, its own condition
-// stands and holds checks the answer instead.
+// for a date; see ours.
 func (ir ifRange) condition(h http.Header) {
 	switch {
-	case ir.etag != "" && len(h["If-Match"]) == 0:
+	case !ir.ours(h):
+	case ir.etag != "":
 		h["If-Match"] = []string{ir.etag}
-	case !ir.date.IsZero() && len(h["If-Unmodified-Since"]) == 0:
+	case !ir.date.IsZero():
 		h["If-Unmodified-Since"] = []string{ir.date.UTC().Format(http.TimeFormat)}
 	}
 }
 
+// ours reports whether s3-helper adds If-Range's precondition to a request
+// with the client's header h: only when the client sent neither If-Match
+// nor If-Unmodified-Since. S3 (RFC 9110 §13.2.2) ignores
+// If-Unmodified-Since beside If-Match, so either one of ours would switch
+// off, or be switched off by, the client's own; then the client's decides
+// a 412, and holds checks a 206's validator instead.
+func (ir ifRange) ours(h http.Header) bool {
+	return (ir.etag != "" || !ir.date.IsZero()) && len(h["If-Match"]) == 0 && len(h["If-Unmodified-Since"]) == 0
+}
+
 // holds reports whether S3's answer to the ranged request passes on: the
 // validator matched. status is S3's; header is its response's, nil for an
-// error answer. A 412 to the precondition condition added means the
-// validator did not match; so does a 206 whose ETag, or Last-Modified, is
-// not exactly the validator (If-Unmodified-Since also passes an older
-// object).
+// error answer. A 412 to the precondition ours added means the validator
+// did not match; so does a 206 whose ETag, or Last-Modified, is not
+// exactly the validator (If-Unmodified-Since also passes an older object).
 func (ir ifRange) holds(client http.Header, status int, header http.Header) bool {
 	switch {
 	case ir.etag == "" && ir.date.IsZero():
 		return true
 	case status == http.StatusPreconditionFailed:
-		own := client["If-Match"]
-		if ir.etag == "" {
-			own = client["If-Unmodified-Since"]
-		}
-		return len(own) > 0 // the client's own condition failed: its 412
+		return !ir.ours(client) // the client's own condition failed: its 412
 	case status != http.StatusPartialContent:
 		return true
 	case ir.etag != "":

@@ -43,13 +43,13 @@ type evidence int
 
 const (
 	// noEvidence: the client went away (and no witness stayed), there were
-	// no credentials, the budget refused a retry, or the race cancelled
-	// the attempt: nothing the region did.
+	// no credentials, the budget refused the retry of a 5xx, or the race
+	// cancelled the attempt: nothing the region did.
 	noEvidence evidence = iota
 	// regionServed: S3 answered, with the object or its own 4xx word.
 	regionServed
 	// regionFailed: a connect error, a timeout or a transport failure, or
-	// a 500, 502, 503 or 504 once the retries were spent.
+	// a 500, 502, 503 or 504 once the retries were spent (or at a probe).
 	regionFailed
 )
 

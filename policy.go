@@ -452,7 +452,7 @@ func (a *hedgeAllowance) take() bool {
 }
 
 // proxyError is a failure of the S3 conversation, or of the client's
-// request, named by its kind; proxy.go's clientAnswer chooses the status
+// request, named by its kind; answers.go's answerFor chooses the status
 // and body the client gets from it, in one place.
 type proxyError struct {
 	// kind names the failure class in logs and metrics (the error kinds
@@ -524,16 +524,26 @@ func failedForRegion(kind string) bool {
 	return kind == kindConnect || kind == kindTimeout || kind == kindTransport
 }
 
-// evidenceOf is what one attempt's facts say of the region, taken alone
-// (a probe's, a witness's): any answer but a 5xx means it serves.
+// evidenceOf is what a probe's one attempt says of the region: any answer
+// but a 5xx means it serves.
 func evidenceOf(f *attemptFacts) evidence {
+	if f.err == nil && retryableStatus(f.status) {
+		return regionFailed // a 5xx: the probe is the region's one chance
+	}
+	return hangEvidence(f)
+}
+
+// hangEvidence is what one attempt says of the region when no retry
+// followed it (its client left and it stayed on as a witness, or the
+// budget refused the retry): a connect error, a timeout or a reset fails
+// the region; a 5xx says nothing, since the retry S3 might have served was
+// never sent; any other answer means it serves.
+func hangEvidence(f *attemptFacts) evidence {
 	switch {
 	case f.err != nil && failedForRegion(f.err.kind):
 		return regionFailed
-	case f.err != nil:
+	case f.err != nil, retryableStatus(f.status):
 		return noEvidence
-	case retryableStatus(f.status):
-		return regionFailed
 	}
 	return regionServed
 }

@@ -35,7 +35,7 @@ const (
 type Proxy struct {
 	// routes is ordered longest pathPrefix first.
 	routes []route
-	// s3 gets S3's answers; it must be set.
+	// upstream gets S3's answers; it must be set.
 	upstream *s3Client
 	// metrics may be nil.
 	metrics *Metrics
@@ -97,14 +97,11 @@ func (p *Proxy) InFlight() int64 { return p.inFlight.Load() }
 
 // BudgetTokens returns what the retry budget holds; false when there is
 // no budget.
-func (p *Proxy) BudgetTokens() (func() int64, bool) {
-	b := p.upstream.policy.budget
-	return b.Tokens, b != nil
-}
+func (p *Proxy) BudgetTokens() (func() int64, bool) { return p.upstream.budgetTokens() }
 
 // ClockOffset is how far S3's clock is ahead of this host's, as signing
 // applies it.
-func (p *Proxy) ClockOffset(now time.Time) time.Duration { return p.upstream.clockFix.Offset(now) }
+func (p *Proxy) ClockOffset(now time.Time) time.Duration { return p.upstream.clockOffset(now) }
 
 // Close ends the S3 client's background work (probes, witnesses) and the
 // directory buckets' session refreshes.
@@ -134,11 +131,7 @@ func (p *Proxy) bucketStates() (states []bucketState, noCopyUp bool) {
 			anyUp = anyUp || up
 			if !listed[c.health] {
 				listed[c.health] = true
-				region := c.region
-				if region == "" {
-					region = p.upstream.signer.Region
-				}
-				states = append(states, bucketState{c.bucket, region, up})
+				states = append(states, bucketState{c.bucket, p.upstream.regionOf(&c), up})
 			}
 		}
 		noCopyUp = noCopyUp || !anyUp

@@ -28,6 +28,20 @@ func (c *s3Client) Close() {
 	}
 }
 
+// budgetTokens returns what the retry budget holds; false when there is
+// no budget.
+func (c *s3Client) budgetTokens() (func() int64, bool) {
+	b := c.policy.budget
+	return b.Tokens, b != nil
+}
+
+// clockOffset is how far S3's clock is ahead of this host's, as signing
+// applies it.
+func (c *s3Client) clockOffset(now time.Time) time.Duration { return c.clockFix.Offset(now) }
+
+// regionOf is the region rt is signed for.
+func (c *s3Client) regionOf(rt *route) string { return cmp.Or(rt.region, c.signer.Region) }
+
 // fetch gets S3's answer to up, deciding the client's If-Range here: S3's
 // GetObject does not evaluate it (RFC 9110 §13.1.5). up.route is left on
 // the copy that answered. The error is set only when no answer can be
@@ -42,7 +56,7 @@ func (c *s3Client) fetch(ctx context.Context, up *upstreamRequest) (upstreamAnsw
 	if answer.resp != nil {
 		answer.resp.Body.Close()
 	}
-	up.whole = true
+	up.whole, tr.s3Code = true, "" // the whole object's answer is the client's
 	answer, err = c.fetchCopies(ctx, up, &tr, c.policy.budget.firstTry())
 	return answer, tr, err
 }
@@ -53,9 +67,9 @@ var (
 	errNoBudget    = errors.New("the retry budget is empty")
 )
 
-// resume fetches the rest of a response whose body failed after resumes
-// earlier resumes: within the policy's limit and paid from the budget,
-// refunded if S3 serves the rest.
+// resume fetches the rest of a response whose body failed, given how
+// often it was resumed already: within the policy's limit and paid from
+// the budget, refunded if S3 serves the rest.
 func (c *s3Client) resume(ctx context.Context, up *upstreamRequest, rest *restOfResponse, resumes int) (upstreamAnswer, fetchTrace, error) {
 	var tr fetchTrace
 	c.metrics.UpstreamError(kindBody)
@@ -75,8 +89,8 @@ func (c *s3Client) resume(ctx context.Context, up *upstreamRequest, rest *restOf
 // fetchCopies gets S3's answer from the route's bucket or, when its region
 // cannot serve, from its replicas in order: only for the answer itself (a
 // resume stays with the bucket that started the response: the ETag pins
-// the object there), only after the retry policy gave up, and never for an
-// answer that is S3's word (4xx). A bucket marked down is skipped, and
+// the object there), only once the retry policy gave up or the budget
+// refused a retry, and never for an answer that is S3's word (4xx). A bucket marked down is skipped, and
 // probed in the background when its probe is due.
 func (c *s3Client) fetchCopies(ctx context.Context, up *upstreamRequest, tr *fetchTrace, paid budgetToken) (upstreamAnswer, error) {
 	if up.rest != nil || len(up.route.replicas) == 0 {
@@ -116,9 +130,9 @@ func (c *s3Client) reportHealth(rt *route, ev evidence, probe bool) {
 	switch rt.health.report(ev, probe, c.now.read()) {
 	case markedDown:
 		c.log.Warn("bucket marked down: its region keeps failing; requests go to its replica, and a probe in the background tries it again every few seconds",
-			"bucket", rt.bucket, "region", cmp.Or(rt.region, c.signer.Region), "failures", markDownAfter)
+			"bucket", rt.bucket, "region", c.regionOf(rt), "failures", markDownAfter)
 	case cameBack:
-		c.log.Info("bucket back up: it answered a probe; it takes its traffic back", "bucket", rt.bucket, "region", cmp.Or(rt.region, c.signer.Region))
+		c.log.Info("bucket back up: it answered a probe; it takes its traffic back", "bucket", rt.bucket, "region", c.regionOf(rt))
 	}
 }
 
@@ -138,7 +152,7 @@ func (c *s3Client) probe(ctx context.Context, rt route, key string) {
 		defer cancel()
 		if c.timeout > 0 {
 			var stop context.CancelFunc
-			pctx, stop = context.WithTimeout(pctx, c.timeout)
+			pctx, stop = context.WithTimeoutCause(pctx, c.timeout, errOwnTimeout)
 			defer stop()
 		}
 		go func() { // ends with pctx, at the latest when the probe returns
@@ -166,10 +180,17 @@ func (c *s3Client) probe(ctx context.Context, rt route, key string) {
 // was paid with. The error is set only when no answer can be passed on;
 // the evidence is what the fetch says of the region.
 func (c *s3Client) fetchFrom(ctx context.Context, up *upstreamRequest, tr *fetchTrace, paid budgetToken) (upstreamAnswer, evidence, error) {
-	w := c.witness(ctx, up.route.health)
+	health := up.route.health
+	if up.rest != nil {
+		health = nil // a resume's outcome is not the answer's: no witness
+	}
+	w := c.witness(ctx, health)
 	defer w.end()
 	tried := retryState{}
 	for {
+		if ctx.Err() != nil { // the client left before another attempt
+			return upstreamAnswer{}, noEvidence, clientGone(ctx.Err())
+		}
 		w.attemptSent(c.now.read())
 		f, hedge, won := c.race(w.ctx(ctx), up, tr, tried)
 		if ctx.Err() != nil { // the client left: nothing to pass on
@@ -178,7 +199,7 @@ func (c *s3Client) fetchFrom(ctx context.Context, up *upstreamRequest, tr *fetch
 			}
 			ev := noEvidence
 			if w.on() {
-				ev = evidenceOf(&f)
+				ev = hangEvidence(&f)
 			}
 			return upstreamAnswer{}, ev, clientGone(ctx.Err())
 		}
@@ -207,7 +228,7 @@ func (c *s3Client) fetchFrom(ctx context.Context, up *upstreamRequest, tr *fetch
 		if !ok {
 			c.metrics.Count(mBudgetRefused, refusedRetry, 1)
 			answer, err := giveUp(&f, d)
-			return answer, noEvidence, err
+			return answer, hangEvidence(&f), err
 		}
 		paid = tok
 		c.metrics.Inc(mRetries)

@@ -244,6 +244,10 @@ func TestIfRange(t *testing.T) {
 		{"a date that is not one", http.Header{"Range": {"bytes=4-7"}, "If-Range": {"yesterday"}}, 200, string(body)},
 		{"without Range it is ignored", http.Header{"If-Range": {`"v1"`}}, 200, string(body)},
 		{"the client's own If-Match decides", http.Header{"Range": {"bytes=0-3"}, "If-Range": {`"v1"`}, "If-Match": {`"v1"`}}, 412, ""},
+		{"the client's own If-Unmodified-Since decides", http.Header{"Range": {"bytes=0-3"}, "If-Range": {`"v2"`}, "If-Unmodified-Since": {date(modified.Add(-time.Hour))}}, 412, ""},
+		{"a stale tag beside the client's own condition that holds", http.Header{"Range": {"bytes=0-3"}, "If-Range": {`"v1"`}, "If-Unmodified-Since": {date(modified.Add(time.Hour))}}, 200, string(body)},
+		{"a date beside the client's own If-Match that holds", http.Header{"Range": {"bytes=4-7"}, "If-Range": {date(modified)}, "If-Match": {`"v2"`}}, 206, "4567"},
+		{"a stale date beside the client's own If-Match that holds", http.Header{"Range": {"bytes=4-7"}, "If-Range": {date(modified.Add(-time.Hour))}, "If-Match": {`"v2"`}}, 200, string(body)},
 	} {
 		for _, hedged := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s hedged %v", tt.name, hedged), func(t *testing.T) {
@@ -274,5 +278,117 @@ func TestIfRange(t *testing.T) {
 				})
 			})
 		}
+	}
+}
+
+// headerTimeout is the transport's own timeout awaiting S3's headers.
+type headerTimeout struct{}
+
+func (headerTimeout) Error() string   { return "net/http: timeout awaiting response headers" }
+func (headerTimeout) Timeout() bool   { return true }
+func (headerTimeout) Temporary() bool { return true }
+
+// TestBudgetRefusalAfterATimeoutIsEvidence: with the budget empty, a
+// primary whose every attempt times out (clients patient enough to wait,
+// so no witness) is marked down all the same: a timeout is the region's
+// doing whether or not a retry followed it.
+func TestBudgetRefusalAfterATimeoutIsEvidence(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := &scriptedS3{answer: func(n int, r *http.Request) (*http.Response, error) {
+			if strings.HasPrefix(r.Host, "media-west.") {
+				return objectAnswer(r, []byte("the replica's copy"), `"west"`), nil
+			}
+			if !hold(r, 5*time.Second) {
+				return nil, r.Context().Err()
+			}
+			return nil, headerTimeout{}
+		}}
+		p, _ := replicaProxy(s)
+		emptyBudget(p)
+		for range markDownAfter {
+			serveOne(p, httptest.NewRequest("GET", "/k", nil))
+		}
+		if bucketIsUp(t, p, "media-bucket") {
+			t.Fatal("three timeouts with the budget empty left the primary up")
+		}
+		start := time.Now()
+		if w := serveOne(p, httptest.NewRequest("GET", "/k", nil)); w.Body.String() != "the replica's copy" || time.Since(start) != 0 {
+			t.Errorf("after the mark-down: %q after %v, want the replica's copy at once", w.Body, time.Since(start))
+		}
+	})
+}
+
+// TestWitnessesWeighNo5xx: S3 answers each first attempt 503 after 1.5 s
+// and its retry at once; clients leave after 1 s. A witness sees only the
+// 503, never the retry S3 would have served, so it is no evidence: the
+// primary stays up.
+func TestWitnessesWeighNo5xx(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		tries := map[string]int{}
+		s := &scriptedS3{answer: func(n int, r *http.Request) (*http.Response, error) {
+			mu.Lock()
+			tries[r.URL.Opaque]++
+			first := tries[r.URL.Opaque] == 1
+			mu.Unlock()
+			if first {
+				if !hold(r, 1500*time.Millisecond) {
+					return nil, r.Context().Err()
+				}
+				return errorAnswer(503, "SlowDown", time.Time{}), nil
+			}
+			return objectAnswer(r, []byte("ok"), `"v"`), nil
+		}}
+		p, _ := replicaProxy(s)
+		defer p.Close()
+		for i := range 2 * markDownAfter {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			serveOne(p, httptest.NewRequest("GET", fmt.Sprintf("/k%d", i), nil).WithContext(ctx))
+			cancel()
+		}
+		if !bucketIsUp(t, p, "media-bucket") {
+			t.Error("503s that a retry would have served, seen only by witnesses, marked the primary down")
+		}
+	})
+}
+
+// TestWitnessDeadlineFromItsAttempt: a client gone before its fetch sent
+// anything leaves a witness whose deadline runs from the attempt that is
+// sent, not from the zero time, so the region is not failed at once.
+func TestWitnessDeadlineFromItsAttempt(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p, _ := replicaProxy(hangingPrimary(func() bool { return true }))
+		defer p.Close()
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		w := p.upstream.witness(ctx, p.routes[0].health)
+		defer w.end()
+		synctest.Wait() // clientLeft has run
+		w.attemptSent(time.Now())
+		time.Sleep(p.upstream.timeout - time.Millisecond)
+		if cause := context.Cause(w.wctx); cause != nil {
+			t.Fatalf("the witness ended %v after its attempt was sent: %v", p.upstream.timeout-time.Millisecond, cause)
+		}
+		time.Sleep(time.Millisecond)
+		synctest.Wait()
+		if cause := context.Cause(w.wctx); !errors.Is(cause, errOwnTimeout) {
+			t.Errorf("at the timeout the witness ended with %v, want errOwnTimeout", cause)
+		}
+	})
+}
+
+// TestOwnTimeoutIsATimeout: an attempt ended by s3-helper's own timeout (a
+// probe's, a witness's) is a timeout, not a client gone.
+func TestOwnTimeoutIsATimeout(t *testing.T) {
+	ctx, cancel := context.WithTimeoutCause(context.Background(), 0, errOwnTimeout)
+	defer cancel()
+	<-ctx.Done()
+	if e := endedBy(ctx); e.kind != kindTimeout {
+		t.Errorf("endedBy(own timeout) = %s, want %s", e.kind, kindTimeout)
+	}
+	gone, cancelGone := context.WithCancel(context.Background())
+	cancelGone()
+	if e := endedBy(gone); e.kind != kindClientGone {
+		t.Errorf("endedBy(a client gone) = %s, want %s", e.kind, kindClientGone)
 	}
 }
