@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -28,8 +29,12 @@ type s3Client struct {
 	scheme string
 	signer *Signer
 	creds  credentialGetter
-	// transport sends upstream requests; it must be shared (keep-alive).
+	// transport sends upstream requests to a host without front ends of
+	// its own; it must be shared (keep-alive).
 	transport http.RoundTripper
+	// fronts spreads requests over S3's front-end addresses; nil means
+	// none: transport dials every host.
+	fronts *frontDoor
 	// metrics may be nil.
 	metrics *Metrics
 	// log must be set.
@@ -158,37 +163,46 @@ func (c *s3Client) credsFor(rt *route) credentialGetter {
 	return c.creds
 }
 
-// attempt signs and sends one request and returns what happened, changing
-// nothing but the clock's and credentials' caches it reads through. The
-// body of a passed-on response is watched for stalls.
-func (c *s3Client) attempt(ctx context.Context, up *upstreamRequest) attemptFacts {
+// attempt signs and sends one request, to a front end other than avoid
+// when there is one, and returns what happened, changing nothing but the
+// clock's, credentials' and front ends' state it goes through. The body
+// of a passed-on response is watched for stalls.
+func (c *s3Client) attempt(ctx context.Context, up *upstreamRequest, avoid *frontEnd) attemptFacts {
 	actx, cancel := context.WithCancel(ctx)
-	return c.attemptWithin(ctx, actx, cancel, up)
+	return c.attemptWithin(ctx, actx, cancel, up, c.pickFront(ctx, up, avoid))
 }
 
-// attemptWithin is attempt sent on actx, a context of its own that cancel
-// ends (the body's close, a stall, or a hedge race); ctx is the request's
-// (or its witness's), which tells a client gone from an attempt cancelled.
-func (c *s3Client) attemptWithin(ctx, actx context.Context, cancel context.CancelFunc, up *upstreamRequest) attemptFacts {
+// pickFront is the front end (frontends.go) an attempt at up goes to,
+// other than avoid when there is one; nil when the route's host has none
+// of its own (an address, a directory bucket dialled where -endpoint
+// says, no front ends at all): the shared transport dials it.
+func (c *s3Client) pickFront(ctx context.Context, up *upstreamRequest, avoid *frontEnd) *frontEnd {
+	if up.route.dialAddr != "" {
+		return nil
+	}
+	return c.fronts.pick(ctx, cmp.Or(up.route.scheme, c.scheme), up.route.host, avoid)
+}
+
+// attemptWithin is attempt sent to fe (nil: the shared transport) on
+// actx, a context of its own that cancel ends (the body's close, a stall,
+// or a hedge race); ctx is the request's (or its witness's), which tells a
+// client gone from an attempt cancelled. fe hears the outcome.
+func (c *s3Client) attemptWithin(ctx, actx context.Context, cancel context.CancelFunc, up *upstreamRequest, fe *frontEnd) attemptFacts {
 	now := c.now.read()
 	creds, err := c.credsFor(&up.route).Get(ctx, now)
-	switch {
-	case err != nil && ctx.Err() != nil:
+	if err != nil {
 		cancel()
-		return attemptFacts{err: endedBy(ctx)}
-	case err != nil && zoneCannotServe(err):
-		// A directory bucket's zone did not answer CreateSession: the zone
-		// failing, retried and failed over like any transport failure.
-		cancel()
-		return attemptFacts{err: &proxyError{kind: kindTransport, err: err}}
-	case err != nil:
-		cancel()
-		return attemptFacts{err: &proxyError{kind: kindCredentials, err: err}}
+		fe.report(unjudged, 0)
+		return attemptFacts{err: credentialsFailure(ctx, err)}
 	}
-	f := attemptFacts{creds: creds}
+	f := attemptFacts{creds: creds, front: fe}
 	req := c.newRequest(actx, up, creds, now)
+	transport := c.transport
+	if fe != nil {
+		transport = fe.transport
+	}
 	sent := c.now.read()
-	resp, err := c.transport.RoundTrip(req)
+	resp, err := transport.RoundTrip(req)
 	switch {
 	case ctx.Err() != nil:
 		if resp != nil {
@@ -196,13 +210,23 @@ func (c *s3Client) attemptWithin(ctx, actx context.Context, cancel context.Cance
 		}
 		cancel()
 		f.err = endedBy(ctx)
+		fe.report(unjudged, 0)
+		return f
+	case err != nil && actx.Err() != nil:
+		// The hedge race cancelled it: its wait is a lower bound of its
+		// time to first byte.
+		cancel()
+		f.err = classifyTransport(err)
+		fe.report(outraced, c.now.read().Sub(sent))
 		return f
 	case err != nil:
 		cancel()
 		f.err = classifyTransport(err)
+		fe.report(failed, 0)
 		return f
 	}
 	f.ttfb, f.status = c.now.read().Sub(sent), resp.StatusCode
+	fe.report(answered, f.ttfb)
 	if resp.StatusCode < 300 || resp.StatusCode == http.StatusNotModified {
 		resp.Body = watchBody(resp.Body, cancel, c.timeout)
 		f.resp = resp
@@ -212,6 +236,20 @@ func (c *s3Client) attemptWithin(ctx, actx context.Context, cancel context.Cance
 	cancel()
 	f.skew = c.clockFix.judge(resp.Header.Get("Date"), f.s3.code, c.now.read())
 	return f
+}
+
+// credentialsFailure names why an attempt had no credentials: the client
+// went away, a directory bucket's zone did not answer CreateSession (the
+// zone failing, retried and failed over like any transport failure), or
+// none could be had.
+func credentialsFailure(ctx context.Context, err error) *proxyError {
+	switch {
+	case ctx.Err() != nil:
+		return endedBy(ctx)
+	case zoneCannotServe(err):
+		return &proxyError{kind: kindTransport, err: err}
+	}
+	return &proxyError{kind: kindCredentials, err: err}
 }
 
 // errOwnTimeout ends a witness or a probe whose attempt waited the whole
@@ -232,10 +270,10 @@ func endedBy(ctx context.Context) *proxyError {
 // on another connection (hedge.go). It records in tr every attempt S3
 // saw, and returns the outcome, what the hedge was paid with, and whether
 // the hedge's answer won.
-func (c *s3Client) race(ctx context.Context, up *upstreamRequest, tr *fetchTrace, tried retryState) (attemptFacts, budgetToken, bool) {
+func (c *s3Client) race(ctx context.Context, up *upstreamRequest, tr *fetchTrace, tried retryState, avoid *frontEnd) (attemptFacts, budgetToken, bool) {
 	delay, ok := c.policy.hedge.delay(up.route.latency)
 	if !ok || !c.policy.mayHedge(up.rest != nil, tr.hedged) {
-		f := c.attempt(ctx, up)
+		f := c.attempt(ctx, up, avoid)
 		c.record(tr, up, &f)
 		return f, budgetToken{}, false
 	}
@@ -243,11 +281,12 @@ func (c *s3Client) race(ctx context.Context, up *upstreamRequest, tr *fetchTrace
 	if fr == nil {
 		fr = &fetchRace{}
 	}
-	fr.c, fr.ctx, fr.up, fr.tried = c, ctx, *up, tried
+	fr.c, fr.ctx, fr.up, fr.tried, fr.avoid = c, ctx, *up, tried, avoid
 	start := c.now.read()
 	res := fr.race.runHedged(ctx, delay, fr)
 	hedge := fr.hedge
-	fr.c, fr.ctx, fr.up, fr.tried, fr.hedge = nil, nil, upstreamRequest{}, retryState{}, budgetToken{} // the pool keeps no request's state
+	fr.c, fr.ctx, fr.up, fr.tried, fr.hedge, fr.avoid = nil, nil, upstreamRequest{}, retryState{}, budgetToken{}, nil // the pool keeps no request's state
+	fr.first.Store(nil)
 	c.races.Put(fr)
 	if !res.hedged {
 		c.record(tr, up, &res.outcome)
@@ -297,11 +336,24 @@ type fetchRace struct {
 	tried retryState
 	// hedge is what the hedge was paid with, once admitted.
 	hedge budgetToken
+	// avoid is the front end the attempt before the race went to; first
+	// the one the race's first attempt went to, which the hedge avoids.
+	avoid *frontEnd
+	first atomic.Pointer[frontEnd]
 }
 
-// sendAttempt sends attempt n.
+// sendAttempt sends attempt n: the first to another front end than the
+// attempt before the race, the hedge to another than the first.
 func (fr *fetchRace) sendAttempt(actx context.Context, cancel context.CancelFunc, n int) attemptFacts {
-	return fr.c.attemptWithin(fr.ctx, actx, cancel, &fr.up)
+	avoid := fr.avoid
+	if n == 2 {
+		avoid = fr.first.Load()
+	}
+	fe := fr.c.pickFront(fr.ctx, &fr.up, avoid)
+	if n == 1 {
+		fr.first.Store(fe)
+	}
+	return fr.c.attemptWithin(fr.ctx, actx, cancel, &fr.up, fe)
 }
 
 // wins is the policy's word: an answer that passes on.
@@ -449,46 +501,4 @@ func (w *witness) end() {
 		w.health.endWitness()
 		w.cancel(context.Canceled)
 	}
-}
-
-// backgroundWork counts the goroutines that outlive a request (probes,
-// witnesses' deadlines), so Close can end them and wait. The zero value is
-// ready to use.
-type backgroundWork struct {
-	mu sync.Mutex // guards closed and closing, so no start follows close's wait
-	// closing is closed by close; made on first use.
-	closing chan struct{}
-	closed  bool
-	running sync.WaitGroup
-}
-
-// start counts one goroutine in and returns the channel that tells it to
-// end, or false once close has begun.
-func (b *backgroundWork) start() (<-chan struct{}, bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return nil, false
-	}
-	if b.closing == nil {
-		b.closing = make(chan struct{})
-	}
-	b.running.Add(1)
-	return b.closing, true
-}
-
-// done counts one goroutine out.
-func (b *backgroundWork) done() { b.running.Done() }
-
-// close tells every goroutine to end and waits for them.
-func (b *backgroundWork) close() {
-	b.mu.Lock()
-	if !b.closed {
-		b.closed = true
-		if b.closing != nil {
-			close(b.closing)
-		}
-	}
-	b.mu.Unlock()
-	b.running.Wait()
 }

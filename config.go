@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"slices"
@@ -536,15 +538,20 @@ func newRoutes(cfg config) []route {
 	return withDirectoryBuckets(routes, cfg.region, custom, cfg.regionEndpointURLs)
 }
 
-// newS3Client builds the S3 client from the configuration; its transport
-// dials each directory bucket where -endpoint says.
+// newS3Client builds the S3 client from the configuration: requests to a
+// name go to its front-end addresses, each over a pool of its own; the
+// shared transport dials an address endpoint, and each directory bucket
+// where -endpoint says.
 func newS3Client(cfg config, routes []route, creds credentialGetter, metrics *Metrics, log *slog.Logger) *s3Client {
-	return &s3Client{
+	c := &s3Client{
 		scheme: cfg.endpointURL.Scheme,
 		signer: &Signer{Region: cfg.region}, creds: creds, transport: withDialAddrs(newUpstreamTransport(cfg.timeout), routes),
 		metrics: metrics, log: log, timeout: cfg.timeout,
 		policy: retryPolicy{limit: cfg.retries, budget: newRetryBudget(int64(cfg.retryBudget), log), hedge: cfg.hedgePolicy, hedges: newHedgeAllowance()},
 	}
+	c.fronts = &frontDoor{newTransport: func(addr netip.AddrPort) *http.Transport { return frontEndTransport(cfg.timeout, addr) },
+		log: log.With("component", "front-ends"), metrics: metrics, background: &c.background}
+	return c
 }
 
 // newProxy builds the request handler from the configuration. Routes to

@@ -394,7 +394,7 @@ func newExpressProxy(t *testing.T, f *fakeExpress) *Proxy {
 	cfg := testExpressConfig(t, "-bucket", testDirectoryBucket)
 	log := slog.New(slog.DiscardHandler)
 	p := newProxy(cfg, &staticBase{cur: baseCreds(baseA)}, newMetrics(nil, true), log)
-	p.upstream.transport = handlerTransport{f}
+	p.upstream.transport, p.upstream.fronts = handlerTransport{f}, nil // the stand-in in memory, not its name's addresses
 	p.upstream.policy.pause = func(int) time.Duration { return 0 }
 	sc := p.routes[0].creds.(*sessionCache)
 	sc.transport, sc.rand = handlerTransport{f}, rand.New(rand.NewPCG(26, 1)).Float64

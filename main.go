@@ -263,6 +263,14 @@ func registerGauges(metrics *Metrics, proxy *Proxy, cache *credentialCache, stat
 			return 0
 		})
 	}
+	if buckets, sets := proxy.bucketFrontEnds(); len(buckets) > 0 {
+		count := func(pick func(known, inUse, leftOut int) int) func(i int) int64 {
+			return func(i int) int64 { return int64(pick(sets[i].counts())) }
+		}
+		metrics.GaugeSet(mFrontEnds, buckets, count(func(known, _, _ int) int { return known }))
+		metrics.GaugeSet(mFrontEndsInUse, buckets, count(func(_, inUse, _ int) int { return inUse }))
+		metrics.GaugeSet(mFrontEndsResting, buckets, count(func(_, _, leftOut int) int { return leftOut }))
+	}
 	if tokens, ok := proxy.BudgetTokens(); ok {
 		metrics.Gauge(mRetryBudgetTokens, tokens)
 	}
@@ -462,6 +470,9 @@ func adminHandler(cache *credentialCache, metrics *Metrics, source string, withP
 				state = "down"
 			}
 			fmt.Fprintf(w, "bucket %s (%s): %s\n", b.bucket, b.region, state)
+		}
+		for _, line := range proxy.frontEndLines() {
+			fmt.Fprintln(w, line)
 		}
 	})
 	if withPprof {

@@ -36,6 +36,10 @@ const (
 	mRetryBudgetTokens
 	mFailovers
 	mBucketUp
+	mFrontEnds
+	mFrontEndsInUse
+	mFrontEndsResting
+	mFrontEndsLeftOut
 	mCredentialRefreshes
 	mCredentialFailures
 	mCredentialExtensions
@@ -149,6 +153,14 @@ var metricTable = [metricCount]metricDef{
 		help: "Fetches sent on to a replica because a bucket's region could not serve (connect errors, timeouts, 5xx after the retries)."},
 	mBucketUp: {name: "upstream.bucket_up", prom: "bucket_up", kind: gaugeKind, outputs: allOutputs, labels: []labelDim{{name: "bucket"}},
 		help: "1 while a bucket with replicas, or a replica, is up; 0 while it is marked down (one series per configured bucket)."},
+	mFrontEnds: {name: "upstream.front_ends", prom: "front_ends", kind: gaugeKind, outputs: allOutputs, labels: []labelDim{{name: "bucket"}},
+		help: "Addresses S3's DNS names for a bucket's endpoint (its front-end hosts), as last resolved."},
+	mFrontEndsInUse: {name: "upstream.front_ends_in_use", prom: "front_ends_in_use", kind: gaugeKind, outputs: allOutputs, labels: []labelDim{{name: "bucket"}},
+		help: "Addresses of a bucket's endpoint that requests are spread over."},
+	mFrontEndsResting: {name: "upstream.front_ends_left_out", prom: "front_ends_left_out", kind: gaugeKind, outputs: allOutputs, labels: []labelDim{{name: "bucket"}},
+		help: "Addresses of a bucket's endpoint left out for now: clearly slower than the others, or failing to connect or answer."},
+	mFrontEndsLeftOut: {name: "upstream.front_end_leave_outs", prom: "front_end_leave_outs_total", kind: counterKind, outputs: allOutputs,
+		help: "Times an address was left out (each is logged with the address and the reason)."},
 	mCredentialRefreshes: {name: "credentials.refreshes", prom: "credential_refreshes_total", kind: counterKind, outputs: allOutputs,
 		help: "New credential sets fetched."},
 	mCredentialFailures: {name: "credentials.failures", prom: "credential_failures_total", kind: counterKind, outputs: allOutputs,

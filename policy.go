@@ -50,6 +50,8 @@ type attemptFacts struct {
 	err *proxyError
 	// creds signed the attempt; nil when none could be had.
 	creds *Credentials
+	// front is the front end it went to; nil for the shared transport.
+	front *frontEnd
 }
 
 // answer is what the facts give the client when they are passed on.

@@ -122,7 +122,7 @@ func TestTwoAttemptsInFlight(t *testing.T) {
 	facts := make([]attemptFacts, 2)
 	var done sync.WaitGroup
 	for i := range facts {
-		done.Go(func() { facts[i] = tp.upstream.attempt(t.Context(), &up) })
+		done.Go(func() { facts[i] = tp.upstream.attempt(t.Context(), &up, nil) })
 	}
 	done.Wait()
 	for i := range facts {

@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -137,6 +138,32 @@ func (p *Proxy) bucketStates() (states []bucketState, noCopyUp bool) {
 		noCopyUp = noCopyUp || !anyUp
 	}
 	return states, noCopyUp
+}
+
+// bucketFrontEnds lists every bucket (each route's and each replica's,
+// once) whose endpoint name has front-end addresses of its own, with them.
+func (p *Proxy) bucketFrontEnds() (buckets []string, sets []*frontEnds) {
+	for _, rt := range p.routes {
+		for _, c := range append([]route{rt}, rt.replicas...) {
+			if fs := p.upstream.frontEndsFor(&c); fs != nil && !slices.Contains(buckets, c.bucket) {
+				buckets, sets = append(buckets, c.bucket), append(sets, fs)
+			}
+		}
+	}
+	return buckets, sets
+}
+
+// frontEndLines describes each endpoint name's addresses, one line each,
+// for /healthz.
+func (p *Proxy) frontEndLines() []string {
+	var lines []string
+	_, sets := p.bucketFrontEnds()
+	for i, fs := range sets {
+		if !slices.Contains(sets[:i], fs) { // buckets of one name share it
+			lines = append(lines, fs.describe()...)
+		}
+	}
+	return lines
 }
 
 // Draining reports whether shutdown has begun.

@@ -1,11 +1,13 @@
 package main
 
 // Time in one place: the injectable clock every component reads, pauses that
-// end with their context, exponential backoff with full jitter, and how a
-// duration reads in a log line. Nothing here depends on another file.
+// end with their context, exponential backoff with full jitter, how a
+// duration reads in a log line, and the count of goroutines that outlive
+// a request (backgroundWork). Nothing here depends on another file.
 
 import (
 	"context"
+	"sync"
 	"time"
 )
 
@@ -88,4 +90,46 @@ func expiryText(d time.Duration) string {
 		return durationText(d) + " expire"
 	}
 	return "expire in " + durationText(d)
+}
+
+// backgroundWork counts the goroutines that outlive a request (probes,
+// witnesses' deadlines), so Close can end them and wait. The zero value is
+// ready to use.
+type backgroundWork struct {
+	mu sync.Mutex // guards closed and closing, so no start follows close's wait
+	// closing is closed by close; made on first use.
+	closing chan struct{}
+	closed  bool
+	running sync.WaitGroup
+}
+
+// start counts one goroutine in and returns the channel that tells it to
+// end, or false once close has begun.
+func (b *backgroundWork) start() (<-chan struct{}, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, false
+	}
+	if b.closing == nil {
+		b.closing = make(chan struct{})
+	}
+	b.running.Add(1)
+	return b.closing, true
+}
+
+// done counts one goroutine out.
+func (b *backgroundWork) done() { b.running.Done() }
+
+// close tells every goroutine to end and waits for them.
+func (b *backgroundWork) close() {
+	b.mu.Lock()
+	if !b.closed {
+		b.closed = true
+		if b.closing != nil {
+			close(b.closing)
+		}
+	}
+	b.mu.Unlock()
+	b.running.Wait()
 }

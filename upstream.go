@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"time"
 )
 
@@ -38,6 +39,15 @@ func (c *s3Client) budgetTokens() (func() int64, bool) {
 // clockOffset is how far S3's clock is ahead of this host's, as signing
 // applies it.
 func (c *s3Client) clockOffset(now time.Time) time.Duration { return c.clockFix.Offset(now) }
+
+// frontEndsFor is the front ends rt's requests go to; nil when it has
+// none of its own (see pickFront).
+func (c *s3Client) frontEndsFor(rt *route) *frontEnds {
+	if c.fronts == nil || rt.dialAddr != "" {
+		return nil
+	}
+	return c.fronts.frontEndsOf(cmp.Or(rt.scheme, c.scheme), rt.host)
+}
 
 // regionOf is the region rt is signed for.
 func (c *s3Client) regionOf(rt *route) string { return cmp.Or(rt.region, c.signer.Region) }
@@ -163,7 +173,7 @@ func (c *s3Client) probe(ctx context.Context, rt route, key string) {
 			}
 		}()
 		up := upstreamRequest{route: rt, method: http.MethodHead, client: http.Header{}, key: key, uri: rt.uri(key)}
-		f := c.attempt(pctx, &up)
+		f := c.attempt(pctx, &up, nil)
 		if f.resp != nil {
 			f.resp.Body.Close()
 		}
@@ -187,12 +197,14 @@ func (c *s3Client) fetchFrom(ctx context.Context, up *upstreamRequest, tr *fetch
 	w := c.witness(ctx, health)
 	defer w.end()
 	tried := retryState{}
+	var last *frontEnd // a retry goes to another front end
 	for {
 		if ctx.Err() != nil { // the client left before another attempt
 			return upstreamAnswer{}, noEvidence, clientGone(ctx.Err())
 		}
 		w.attemptSent(c.now.read())
-		f, hedge, won := c.race(w.ctx(ctx), up, tr, tried)
+		f, hedge, won := c.race(w.ctx(ctx), up, tr, tried, last)
+		last = f.front
 		if ctx.Err() != nil { // the client left: nothing to pass on
 			if f.resp != nil {
 				f.resp.Body.Close()
@@ -321,6 +333,19 @@ const (
 	maxIdleConnsPerHost = 512
 	upstreamIdleTimeout = 90 * time.Second
 )
+
+// frontEndTransport is the keep-alive Transport of one front-end address:
+// newUpstreamTransport whose every dial goes to addr. The request's URL
+// keeps the name, so the Host header and TLS's server name (and the
+// certificate it verifies) are the name's.
+func frontEndTransport(timeout time.Duration, addr netip.AddrPort) *http.Transport {
+	t := newUpstreamTransport(timeout)
+	d := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
+	t.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return d.DialContext(ctx, network, addr.String())
+	}
+	return t
+}
 
 // newUpstreamTransport is the one keep-alive Transport all S3 requests
 // share. Its proxy function stays nil: S3 is reached directly, and a stray

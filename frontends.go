@@ -1,0 +1,531 @@
+package main
+
+// S3's front ends. Since 2023-08-30 S3's DNS answers with up to eight
+// addresses, each a different front-end host, and one host can be slow,
+// hang or vanish while the others are fine. net/http dials the first
+// address that answers and keeps its pool there, so one host would carry
+// every request, and a hedge or a retry would go to the host it replaces.
+// Here each endpoint's name is resolved, and re-resolved every few
+// seconds; each address has a keep-alive pool of its own; requests are
+// spread over the addresses in use by the power of two choices on requests
+// in flight; and an address clearly worse than the rest is left out for a
+// while. The Host header, TLS's server name and the signature keep the
+// name: only the dial goes to the address.
+//
+// The rule that leaves an address out, judged on each outcome it reports:
+//
+//	failures   2 connect errors or timeouts in a row (1 on probation)
+//	slowness   the median of its last 32 times to first byte is more than
+//	           4× the median of the others' and either more than 50 ms
+//	           above it or made of attempts that mostly lost the hedge
+//	           race, once it has 16 (on probation 4) and the others 16
+//
+// A left-out address gets no request for frontEndRest, its idle
+// connections are closed, and it comes back on probation. Never is every
+// address left out: with all of them bad, all are used. An attempt the
+// hedge race cancelled after waiting counts its wait as a time to first
+// byte (it was at least that slow); on probation, being cancelled so is a
+// failure, so a host that hangs is found as surely as one that refuses.
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const (
+	// frontEndRefresh is how often an endpoint's name is resolved again:
+	// S3's answers live 5 s, and Go's resolver does not say how long.
+	frontEndRefresh = 5 * time.Second
+	// maxFrontEnds bounds the addresses kept per name (S3 gives 8).
+	maxFrontEnds = 16
+	// frontEndSamples is the window of times to first byte per address.
+	frontEndSamples = 32
+	// judgeAfter and judgeOnProbation are how many samples an address
+	// needs before it is judged slow.
+	judgeAfter, judgeOnProbation = 16, 4
+	// slowFactor and slowMargin make an address slow: its median more
+	// than slowFactor times the others' and more than slowMargin above.
+	slowFactor = 4
+	slowMargin = 50 * time.Millisecond
+	// failuresToLeaveOut is how many connect errors or timeouts in a row
+	// leave an address out.
+	failuresToLeaveOut = 2
+	// frontEndRest is how long a left-out address gets no request.
+	frontEndRest = 10 * time.Second
+)
+
+// frontDoor keeps the front ends of every endpoint name the S3 client
+// talks to. Its fields must be set before the first pick and not changed
+// after.
+type frontDoor struct {
+	// resolve returns a name's addresses; nil means the system resolver.
+	resolve func(ctx context.Context, host string) ([]netip.Addr, error)
+	// newTransport makes the keep-alive pool of one address.
+	newTransport func(addr netip.AddrPort) *http.Transport
+	// now is the clock; rand returns an int in [0, n); nil means the
+	// default of each.
+	now  clock
+	rand func(n int) int
+	// log must be set; metrics may be nil.
+	log     *slog.Logger
+	metrics *Metrics
+	// background runs the re-resolutions.
+	background *backgroundWork
+
+	mu    sync.Mutex // guards names
+	names map[string]*frontEnds
+}
+
+// frontEnds is one endpoint name's addresses.
+type frontEnds struct {
+	door *frontDoor
+	// name is the endpoint's host; port the port its addresses are dialled at.
+	name string
+	port uint16
+
+	mu sync.Mutex // guards the fields below
+	// addrs is the latest DNS answer's addresses, in its order.
+	addrs []*frontEnd
+	// retired are addresses DNS no longer names, kept until their last
+	// request ended so their connections can be closed.
+	retired    []*frontEnd
+	resolvedAt time.Time
+	refreshing bool
+	// lastErr is the last failed resolution, for /healthz.
+	lastErr  error
+	leftOuts atomic.Int64
+}
+
+// frontEnd is one address of a name, with its own connections.
+type frontEnd struct {
+	set       *frontEnds
+	addr      netip.AddrPort
+	transport *http.Transport
+	inFlight  atomic.Int64
+
+	// The fields below are guarded by set.mu.
+	samples [frontEndSamples]time.Duration
+	// lost marks the samples of attempts the hedge race cancelled.
+	lost      [frontEndSamples]bool
+	n, next   int
+	failures  int
+	leftOut   bool
+	probation bool
+	until     time.Time
+	// reason is why it was last left out.
+	reason string
+}
+
+// outcome is what one attempt at a front end came to.
+type outcome int
+
+const (
+	// answered: S3 sent response headers (any status) after ttfb.
+	answered outcome = iota
+	// failed: a connect error or a timeout.
+	failed
+	// outraced: the hedge race cancelled it after it waited ttfb.
+	outraced
+	// unjudged: anything else (the client left, a reset).
+	unjudged
+)
+
+// pick chooses the front end an attempt to host (host[:port] of scheme)
+// goes to, another than avoid when there is one in use; nil when host has
+// none (an IP address, a name that does not resolve): the caller then
+// dials host itself. The caller must report the attempt's outcome.
+func (d *frontDoor) pick(ctx context.Context, scheme, host string, avoid *frontEnd) *frontEnd {
+	if d == nil {
+		return nil
+	}
+	fs := d.frontEndsOf(scheme, host)
+	if fs == nil {
+		return nil
+	}
+	fs.fresh(ctx)
+	return fs.pick(avoid)
+}
+
+// frontEndsOf is host's frontEnds, made on first use; nil for an address.
+func (d *frontDoor) frontEndsOf(scheme, host string) *frontEnds {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if fs, ok := d.names[host]; ok {
+		return fs
+	}
+	name, portText, err := net.SplitHostPort(host)
+	if err != nil {
+		name, portText = host, "443"
+		if scheme == "http" {
+			portText = "80"
+		}
+	}
+	port, perr := strconv.ParseUint(portText, 10, 16)
+	var fs *frontEnds
+	if _, aerr := netip.ParseAddr(strings.Trim(name, "[]")); aerr != nil && perr == nil {
+		fs = &frontEnds{door: d, name: name, port: uint16(port)}
+	}
+	if d.names == nil {
+		d.names = map[string]*frontEnds{}
+	}
+	d.names[host] = fs // nil for an address: asked once
+	return fs
+}
+
+// fresh resolves the name when it was never resolved (the caller waits:
+// there is nothing to pick from) or, in the background, when the last
+// answer is older than frontEndRefresh.
+func (fs *frontEnds) fresh(ctx context.Context) {
+	fs.mu.Lock()
+	now := fs.door.now.read()
+	first := fs.resolvedAt.IsZero()
+	due := !first && now.Sub(fs.resolvedAt) >= frontEndRefresh && !fs.refreshing
+	if due {
+		fs.refreshing = true
+	}
+	fs.mu.Unlock()
+	switch {
+	case first:
+		fs.resolveNow(ctx)
+	case due:
+		closing, ok := fs.door.background.start()
+		if !ok {
+			return
+		}
+		go func() {
+			defer fs.door.background.done()
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), frontEndRefresh)
+			defer cancel()
+			go func() { // ends with rctx
+				select {
+				case <-closing:
+					cancel()
+				case <-rctx.Done():
+				}
+			}()
+			fs.resolveNow(rctx)
+		}()
+	}
+}
+
+// resolveNow resolves the name and takes the answer: new addresses get a
+// pool, addresses DNS no longer names get no new request and their
+// connections are closed once idle. A failed resolution keeps the last
+// answer.
+func (fs *frontEnds) resolveNow(ctx context.Context) {
+	resolve := fs.door.resolve
+	if resolve == nil {
+		resolve = func(ctx context.Context, host string) ([]netip.Addr, error) {
+			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		}
+	}
+	ips, err := resolve(ctx, fs.name)
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	fs.refreshing = false
+	fs.resolvedAt = fs.door.now.read()
+	fs.lastErr = err
+	if err != nil || len(ips) == 0 {
+		if err == nil {
+			fs.lastErr = fmt.Errorf("no address for %s", fs.name)
+		}
+		return
+	}
+	fs.take(ips)
+}
+
+// take makes ips the name's addresses. fs.mu must be held.
+func (fs *frontEnds) take(ips []netip.Addr) {
+	next := make([]*frontEnd, 0, min(len(ips), maxFrontEnds))
+	for _, ip := range ips {
+		if len(next) == maxFrontEnds {
+			break
+		}
+		ap := netip.AddrPortFrom(ip.Unmap(), fs.port)
+		if slices.ContainsFunc(next, func(fe *frontEnd) bool { return fe.addr == ap }) {
+			continue
+		}
+		if i := slices.IndexFunc(fs.addrs, func(fe *frontEnd) bool { return fe.addr == ap }); i >= 0 {
+			next = append(next, fs.addrs[i])
+			continue
+		}
+		next = append(next, &frontEnd{set: fs, addr: ap, transport: fs.door.newTransport(ap)})
+	}
+	for _, fe := range fs.addrs {
+		if !slices.Contains(next, fe) {
+			fs.door.log.Info("front end gone from DNS: no new request goes there; its connections close once idle",
+				"name", fs.name, "address", fe.addr.String())
+			fs.retired = append(fs.retired, fe)
+		}
+	}
+	fs.addrs = next
+	fs.closeRetired()
+}
+
+// closeRetired closes the connections of retired addresses whose last
+// request ended. fs.mu must be held.
+func (fs *frontEnds) closeRetired() {
+	fs.retired = slices.DeleteFunc(fs.retired, func(fe *frontEnd) bool {
+		if fe.inFlight.Load() > 0 {
+			return false
+		}
+		fe.transport.CloseIdleConnections()
+		return true
+	})
+}
+
+// pick is the power of two choices over the addresses in use, but avoid:
+// two at random, the one with fewer requests in flight. It spreads
+// requests as evenly as round-robin while steering them off an address
+// whose requests pile up (a slow one), without every instance of a fleet
+// herding to the same least-loaded host.
+func (fs *frontEnds) pick(avoid *frontEnd) *frontEnd {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	now := fs.door.now.read()
+	var use []*frontEnd
+	for _, fe := range fs.addrs {
+		if fe.leftOut && !now.Before(fe.until) {
+			fe.comeBack()
+		}
+		if !fe.leftOut {
+			use = append(use, fe)
+		}
+	}
+	if len(use) == 0 {
+		use = fs.addrs // never every address left out
+	}
+	if len(use) > 1 && avoid != nil {
+		if i := slices.Index(use, avoid); i >= 0 {
+			use = append(slices.Clone(use[:i]), use[i+1:]...)
+		}
+	}
+	var fe *frontEnd
+	switch len(use) {
+	case 0:
+		return nil
+	case 1:
+		fe = use[0]
+	default:
+		i := fs.door.intn(len(use))
+		j := fs.door.intn(len(use) - 1)
+		if j >= i {
+			j++
+		}
+		fe = use[i]
+		if use[j].inFlight.Load() < fe.inFlight.Load() {
+			fe = use[j]
+		}
+	}
+	fe.inFlight.Add(1)
+	return fe
+}
+
+// intn is a random int in [0, n).
+func (d *frontDoor) intn(n int) int {
+	if d.rand != nil {
+		return d.rand(n)
+	}
+	return rand.IntN(n)
+}
+
+// report records what an attempt picked at fe came to; ttfb is the time
+// to response headers, or how long it waited before the race cancelled it.
+// A nil fe reports nothing.
+func (fe *frontEnd) report(o outcome, ttfb time.Duration) {
+	if fe == nil {
+		return
+	}
+	fs := fe.set
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	fe.inFlight.Add(-1)
+	switch o {
+	case answered:
+		fe.failures = 0
+		fe.observe(ttfb, false)
+	case outraced:
+		if fe.probation {
+			fe.failures = failuresToLeaveOut
+		}
+		fe.observe(ttfb, true)
+	case failed:
+		fe.failures++
+	}
+	if !fe.leftOut {
+		if reason := fs.judge(fe); reason != "" {
+			fs.leaveOut(fe, reason)
+		}
+	}
+	fs.closeRetired()
+}
+
+// observe adds one time to first byte, or a lost race's wait. fs.mu must
+// be held.
+func (fe *frontEnd) observe(d time.Duration, lost bool) {
+	fe.samples[fe.next], fe.lost[fe.next] = d, lost
+	fe.next = (fe.next + 1) % frontEndSamples
+	fe.n = min(fe.n+1, frontEndSamples)
+}
+
+// judge says why fe should be left out, or "" when it should not. fs.mu
+// must be held.
+func (fs *frontEnds) judge(fe *frontEnd) string {
+	if fe.failures >= failuresToLeaveOut || fe.probation && fe.failures > 0 {
+		return strconv.Itoa(fe.failures) + " connect errors or timeouts in a row"
+	}
+	need := judgeAfter
+	if fe.probation {
+		need = judgeOnProbation
+	}
+	if fe.n < need {
+		return ""
+	}
+	var others []time.Duration
+	for _, o := range fs.addrs {
+		if o != fe && !o.leftOut {
+			others = append(others, o.samples[:o.n]...)
+		}
+	}
+	if len(others) < judgeAfter {
+		return ""
+	}
+	mine, theirs := median(fe.samples[:fe.n]), median(others)
+	lost := 0
+	for _, l := range fe.lost[:fe.n] {
+		if l {
+			lost++
+		}
+	}
+	// Lost races' waits are the hedge delay, a few times a fast S3's
+	// answers but maybe not 50 ms more: losing most races is the sign.
+	if mine > slowFactor*theirs && (mine-theirs > slowMargin || 2*lost >= fe.n) {
+		return fmt.Sprintf("median time to first byte %v, the others' %v; %d of its last %d attempts lost the hedge race",
+			mine.Round(time.Millisecond), theirs.Round(time.Millisecond), lost, fe.n)
+	}
+	if fe.probation && fe.n >= judgeAfter {
+		fe.probation = false // judged over a full window: back for good
+	}
+	return ""
+}
+
+// median of ds; ds is not modified.
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// leaveOut rests fe, unless it is the last address in use. fs.mu must be
+// held.
+func (fs *frontEnds) leaveOut(fe *frontEnd, reason string) {
+	inUse := 0
+	for _, o := range fs.addrs {
+		if !o.leftOut {
+			inUse++
+		}
+	}
+	if inUse <= 1 || !slices.Contains(fs.addrs, fe) {
+		return // never every address
+	}
+	fe.leftOut, fe.reason = true, reason
+	fe.until = fs.door.now.read().Add(frontEndRest)
+	fs.leftOuts.Add(1)
+	fs.door.metrics.Inc(mFrontEndsLeftOut)
+	fe.transport.CloseIdleConnections()
+	fs.door.log.Warn("front end left out: it is worse than the others; requests go to the rest, and it is tried again later",
+		"name", fs.name, "address", fe.addr.String(), "reason", reason, "for", frontEndRest)
+}
+
+// comeBack puts fe back in use on probation. fe.set.mu must be held.
+func (fe *frontEnd) comeBack() {
+	fe.leftOut, fe.probation, fe.failures, fe.n, fe.next = false, true, 0, 0, 0
+	fe.set.door.log.Info("front end back in use, on probation", "name", fe.set.name, "address", fe.addr.String())
+}
+
+// frontEndState is one address as /healthz and -check list it.
+type frontEndState struct {
+	addr              netip.AddrPort
+	leftOut           bool
+	inFlight          int64
+	median            time.Duration
+	reason            string
+	probation, tested bool
+}
+
+// states lists the name's addresses.
+func (fs *frontEnds) states() []frontEndState {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	out := make([]frontEndState, 0, len(fs.addrs))
+	for _, fe := range fs.addrs {
+		st := frontEndState{addr: fe.addr, leftOut: fe.leftOut, inFlight: fe.inFlight.Load(), reason: fe.reason, probation: fe.probation}
+		if fe.n > 0 {
+			st.median, st.tested = median(fe.samples[:fe.n]), true
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+// counts is how many addresses the name has, in use and left out.
+func (fs *frontEnds) counts() (known, inUse, leftOut int) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	for _, fe := range fs.addrs {
+		if fe.leftOut {
+			leftOut++
+		}
+	}
+	return len(fs.addrs), len(fs.addrs) - leftOut, leftOut
+}
+
+// describe is one /healthz line per address of the name.
+func (fs *frontEnds) describe() []string {
+	var lines []string
+	for _, st := range fs.states() {
+		state := "in use"
+		switch {
+		case st.leftOut:
+			state = "left out: " + st.reason
+		case st.probation:
+			state = "in use, on probation"
+		}
+		line := fmt.Sprintf("front end %s %s: %s, %d in flight", fs.name, st.addr, state, st.inFlight)
+		if st.tested {
+			line += ", median time to first byte " + st.median.Round(time.Millisecond).String()
+		}
+		lines = append(lines, line)
+	}
+	if len(lines) == 0 {
+		lines = append(lines, "front end "+fs.name+": no address yet: "+cmp.Or(errText(fs.lastErrLocked()), "not resolved yet"))
+	}
+	return lines
+}
+
+// lastErrLocked is the last resolution's error.
+func (fs *frontEnds) lastErrLocked() error {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	return fs.lastErr
+}
+
+// errText is err's text, "" for nil.
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}

@@ -1,0 +1,426 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http/httptest"
+	"net/url"
+	"sync/atomic"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// testDoor is a frontDoor whose name s3.test resolves to what answer
+// holds, with a deterministic choice and its log in logs.
+type testDoor struct {
+	*frontDoor
+	mu      sync.Mutex
+	answer  []netip.Addr
+	lookups int
+	logs    *syncBuffer
+}
+
+func newTestDoor(n int) *testDoor {
+	td := &testDoor{logs: &syncBuffer{}}
+	td.setAddrs(n)
+	rng := rand.New(rand.NewPCG(24, 1))
+	var rngMu sync.Mutex
+	td.frontDoor = &frontDoor{
+		resolve: func(ctx context.Context, host string) ([]netip.Addr, error) {
+			td.mu.Lock()
+			defer td.mu.Unlock()
+			td.lookups++
+			if host != "s3.test" {
+				return nil, errors.New("no such host")
+			}
+			return td.answer, nil
+		},
+		newTransport: func(netip.AddrPort) *http.Transport { return &http.Transport{} },
+		rand: func(n int) int {
+			rngMu.Lock()
+			defer rngMu.Unlock()
+			return rng.IntN(n)
+		},
+		log:        slog.New(slog.NewTextHandler(td.logs, nil)),
+		metrics:    newMetrics(nil, true),
+		background: &backgroundWork{},
+	}
+	return td
+}
+
+// setAddrs makes s3.test resolve to 127.0.0.11 and the n-1 after it.
+func (td *testDoor) setAddrs(n int) {
+	td.mu.Lock()
+	defer td.mu.Unlock()
+	td.answer = nil
+	for i := range n {
+		td.answer = append(td.answer, netip.AddrFrom4([4]byte{127, 0, 0, byte(11 + i)}))
+	}
+}
+
+// serve picks n times for attempts that end at once with what end says
+// of the address picked, and counts the picks per address.
+func (td *testDoor) serve(t *testing.T, n int, end func(fe *frontEnd) (outcome, time.Duration)) map[string]int {
+	t.Helper()
+	picks := map[string]int{}
+	for range n {
+		fe := td.pick(t.Context(), "https", "s3.test", nil)
+		if fe == nil {
+			t.Fatal("no front end picked")
+		}
+		picks[fe.addr.Addr().String()]++
+		fe.report(end(fe))
+	}
+	return picks
+}
+
+// healthy answers in 5 ms everywhere but at bad, which end says.
+func healthy(bad string, end func() (outcome, time.Duration)) func(fe *frontEnd) (outcome, time.Duration) {
+	return func(fe *frontEnd) (outcome, time.Duration) {
+		if fe.addr.Addr().String() == bad {
+			return end()
+		}
+		return answered, 5 * time.Millisecond
+	}
+}
+
+// TestFrontEndsSpread: 8 addresses, requests spread evenly; with 32
+// requests in flight at all times, too.
+func TestFrontEndsSpread(t *testing.T) {
+	td := newTestDoor(8)
+	picks := td.serve(t, 8000, healthy("", nil))
+	if len(picks) != 8 {
+		t.Fatalf("picks went to %d addresses, want all 8: %v", len(picks), picks)
+	}
+	for addr, n := range picks {
+		if n < 800 || n > 1200 {
+			t.Errorf("%s carried %d of 8000, want 10%% to 15%%", addr, n)
+		}
+	}
+	inFlight := map[*frontEnd]int{}
+	var window []*frontEnd
+	for range 8000 {
+		fe := td.pick(t.Context(), "https", "s3.test", nil)
+		inFlight[fe]++
+		if window = append(window, fe); len(window) > 32 {
+			window[0].report(answered, 5*time.Millisecond)
+			window = window[1:]
+		}
+	}
+	for fe, n := range inFlight {
+		if n < 800 || n > 1200 {
+			t.Errorf("32 in flight: %s carried %d of 8000", fe.addr, n)
+		}
+	}
+}
+
+// TestFrontEndLeftOutForFailures: two connect errors in a row leave an
+// address out for frontEndRest; it comes back on probation, where one
+// more failure leaves it out again; one success in between resets the
+// count.
+func TestFrontEndLeftOutForFailures(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		td := newTestDoor(4)
+		bad := "127.0.0.12"
+		fails := healthy(bad, func() (outcome, time.Duration) { return failed, 0 })
+		picks := td.serve(t, 400, fails)
+		if picks[bad] != failuresToLeaveOut {
+			t.Fatalf("the failing address got %d requests, want %d before it was left out", picks[bad], failuresToLeaveOut)
+		}
+		if n := strings.Count(td.logs.String(), "front end left out"); n != 1 {
+			t.Errorf("left out logged %d times, want once:\n%s", n, td.logs)
+		}
+		time.Sleep(frontEndRest - time.Millisecond)
+		if picks := td.serve(t, 400, fails); picks[bad] != 0 {
+			t.Errorf("%d requests went to the address before its rest was over", picks[bad])
+		}
+		time.Sleep(time.Millisecond)
+		if picks := td.serve(t, 400, fails); picks[bad] != 1 {
+			t.Errorf("on probation the failing address got %d requests, want 1", picks[bad])
+		}
+		if !strings.Contains(td.logs.String(), "front end back in use") {
+			t.Errorf("the return is not logged:\n%s", td.logs)
+		}
+		if n := td.metrics.agg.counts[mFrontEndsLeftOut][0].Load(); n != 2 {
+			t.Errorf("leave-outs counted %d, want 2", n)
+		}
+	})
+}
+
+// TestFrontEndLeftOutForSlowness: an address answering 300 ms late while
+// the others answer in 5 ms is left out once it has 16 samples; back on
+// probation, 4 slow samples leave it out again; an address that recovered
+// stays.
+func TestFrontEndLeftOutForSlowness(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		td := newTestDoor(8)
+		bad := "127.0.0.15"
+		slow := true
+		end := healthy(bad, func() (outcome, time.Duration) {
+			if slow {
+				return answered, 300 * time.Millisecond
+			}
+			return answered, 6 * time.Millisecond
+		})
+		if picks := td.serve(t, 2000, end); picks[bad] != judgeAfter {
+			t.Fatalf("the slow address got %d requests, want %d before it was left out", picks[bad], judgeAfter)
+		}
+		if !strings.Contains(td.logs.String(), "median time to first byte 300ms, the others' 5ms; 0 of its last 16 attempts lost the hedge race") {
+			t.Errorf("the reason is not logged:\n%s", td.logs)
+		}
+		time.Sleep(frontEndRest)
+		if picks := td.serve(t, 2000, end); picks[bad] != judgeOnProbation {
+			t.Errorf("on probation the slow address got %d requests, want %d", picks[bad], judgeOnProbation)
+		}
+		slow = false
+		time.Sleep(frontEndRest)
+		if picks := td.serve(t, 2000, end); picks[bad] < 2000/8/2 {
+			t.Errorf("recovered, the address got %d of 2000 requests", picks[bad])
+		}
+	})
+}
+
+// TestFrontEndHangingFound: an address whose attempts are always
+// outraced by hedges (it hangs) collects its waits as times to first byte
+// and is left out; on probation, being outraced once leaves it out again.
+func TestFrontEndHangingFound(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		td := newTestDoor(8)
+		bad := "127.0.0.13"
+		end := healthy(bad, func() (outcome, time.Duration) { return outraced, 70 * time.Millisecond })
+		if picks := td.serve(t, 2000, end); picks[bad] != judgeAfter {
+			t.Fatalf("the hanging address got %d requests, want %d", picks[bad], judgeAfter)
+		}
+		time.Sleep(frontEndRest)
+		if picks := td.serve(t, 2000, end); picks[bad] != 1 {
+			t.Errorf("on probation the hanging address got %d requests, want 1", picks[bad])
+		}
+	})
+}
+
+// TestFrontEndsNeverAllLeftOut: with every address failing, the last in
+// use is never left out, and requests still go somewhere.
+func TestFrontEndsNeverAllLeftOut(t *testing.T) {
+	td := newTestDoor(3)
+	td.serve(t, 100, func(*frontEnd) (outcome, time.Duration) { return failed, 0 })
+	fs := td.frontEndsOf("https", "s3.test")
+	if known, inUse, leftOut := fs.counts(); known != 3 || inUse != 1 || leftOut != 2 {
+		t.Errorf("known %d, in use %d, left out %d; want 3, 1, 2", known, inUse, leftOut)
+	}
+}
+
+// TestFrontEndAvoided: a hedge or a retry told to avoid an address goes
+// to another; with one address it goes there all the same.
+func TestFrontEndAvoided(t *testing.T) {
+	td := newTestDoor(8)
+	for range 1000 {
+		first := td.pick(t.Context(), "https", "s3.test", nil)
+		second := td.pick(t.Context(), "https", "s3.test", first)
+		if second == first {
+			t.Fatalf("the hedge went to the first attempt's %s", first.addr)
+		}
+		first.report(answered, time.Millisecond)
+		second.report(answered, time.Millisecond)
+	}
+	one := newTestDoor(1)
+	first := one.pick(t.Context(), "https", "s3.test", nil)
+	if second := one.pick(t.Context(), "https", "s3.test", first); second != first {
+		t.Errorf("with one address, the hedge went to %v", second)
+	}
+}
+
+// TestOneAddressChangesNothing: a name with one address gets every
+// request and is never left out, whatever it does.
+func TestOneAddressChangesNothing(t *testing.T) {
+	td := newTestDoor(1)
+	picks := td.serve(t, 100, func(*frontEnd) (outcome, time.Duration) { return failed, 0 })
+	if picks["127.0.0.11"] != 100 {
+		t.Errorf("picks %v, want all 100 at the one address", picks)
+	}
+	if strings.Contains(td.logs.String(), "left out") {
+		t.Errorf("the one address was left out:\n%s", td.logs)
+	}
+}
+
+// TestNoFrontEndsForAnAddress: an endpoint given as an address, or a name
+// that does not resolve, has no front ends: the shared transport dials it.
+func TestNoFrontEndsForAnAddress(t *testing.T) {
+	td := newTestDoor(8)
+	for _, host := range []string{"127.0.0.1:9000", "[::1]:9000", "10.0.0.5", "unknown.test"} {
+		if fe := td.pick(t.Context(), "http", host, nil); fe != nil {
+			t.Errorf("%s: picked %s", host, fe.addr)
+		}
+	}
+	if lines := td.frontEndsOf("http", "unknown.test").describe(); !strings.Contains(lines[0], "no address yet: no such host") {
+		t.Errorf("describe = %q", lines)
+	}
+}
+
+// TestFrontEndsFollowDNS: the name is resolved again every
+// frontEndRefresh in the background; an address DNS stops naming gets no
+// request from then on, and a new one gets its share.
+func TestFrontEndsFollowDNS(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		td := newTestDoor(8)
+		defer td.background.close()
+		td.serve(t, 100, healthy("", nil))
+		td.setAddrs(7) // 127.0.0.18 is gone
+		time.Sleep(frontEndRefresh)
+		td.serve(t, 1, healthy("", nil)) // starts the re-resolution
+		synctest.Wait()
+		picks := td.serve(t, 800, healthy("", nil))
+		if picks["127.0.0.18"] != 0 || len(picks) != 7 {
+			t.Errorf("after DNS dropped 127.0.0.18: %v", picks)
+		}
+		if !strings.Contains(td.logs.String(), "front end gone from DNS") {
+			t.Errorf("not logged:\n%s", td.logs)
+		}
+		td.setAddrs(9)
+		time.Sleep(frontEndRefresh)
+		td.serve(t, 1, healthy("", nil))
+		synctest.Wait()
+		if picks := td.serve(t, 900, healthy("", nil)); picks["127.0.0.18"] < 50 || picks["127.0.0.19"] < 50 {
+			t.Errorf("after DNS named 127.0.0.18 and .19: %v", picks)
+		}
+		if td.lookups != 3 {
+			t.Errorf("%d lookups, want 3 (one each %v of use)", td.lookups, frontEndRefresh)
+		}
+	})
+}
+
+// TestFrontEndsDescribe: /healthz's lines name each address and state.
+func TestFrontEndsDescribe(t *testing.T) {
+	td := newTestDoor(2)
+	td.serve(t, 40, healthy("127.0.0.12", func() (outcome, time.Duration) { return failed, 0 }))
+	lines := strings.Join(td.frontEndsOf("https", "s3.test").describe(), "\n")
+	for _, want := range []string{
+		"front end s3.test 127.0.0.11:443: in use, 0 in flight, median time to first byte 5ms",
+		"front end s3.test 127.0.0.12:443: left out: 2 connect errors or timeouts in a row, 0 in flight",
+	} {
+		if !strings.Contains(lines, want) {
+			t.Errorf("describe lacks %q:\n%s", want, lines)
+		}
+	}
+}
+
+// loopbackFronts serves handler at n loopback addresses, 127.0.0.21 on,
+// all on one port, and returns the port; before each request, delay(i)
+// says how long address i holds it (the request's end cuts it short).
+func loopbackFronts(t *testing.T, n int, handler http.Handler, delay func(i int) time.Duration) (port string, seen []atomic.Int64) {
+	t.Helper()
+	seen = make([]atomic.Int64, n)
+	for i := range n {
+		addr := fmt.Sprintf("127.0.0.%d:%s", 21+i, port)
+		if port == "" {
+			addr = "127.0.0.21:0"
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Skipf("cannot listen on %s (needs 127.0.0.0/8 on lo): %v", addr, err)
+		}
+		if port == "" {
+			_, port, _ = net.SplitHostPort(ln.Addr().String())
+		}
+		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			seen[i].Add(1)
+			if d := delay(i); d > 0 && !hold(r, d) {
+				return
+			}
+			handler.ServeHTTP(w, r)
+		}))
+		srv.Listener = ln
+		srv.Start()
+		t.Cleanup(srv.Close)
+	}
+	return port, seen
+}
+
+// TestFrontEndsThroughTheProxy: the proxy in front of a strict S3
+// stand-in at 4 loopback addresses of one name, over real connections: the
+// requests spread over all four; one address 300 ms late is left out and
+// gets almost nothing after; a hedge goes to another address than the
+// attempt it races.
+func TestFrontEndsThroughTheProxy(t *testing.T) {
+	tp := newTestProxy(t)
+	tp.s3.put("k", []byte("through every front end"))
+	var slowAddr atomic.Int64
+	slowAddr.Store(-1)
+	port, seen := loopbackFronts(t, 4, tp.s3, func(i int) time.Duration {
+		if int64(i) == slowAddr.Load() {
+			return 300 * time.Millisecond
+		}
+		return 0
+	})
+	endpoint, _ := url.Parse("http://s3.test:" + port)
+	tp.routes = buildRoutes([]routeSpec{{"/", testBucket, ""}}, endpoint, true, true)
+	fronts := []netip.Addr{}
+	for i := range 4 {
+		fronts = append(fronts, netip.AddrFrom4([4]byte{127, 0, 0, byte(21 + i)}))
+	}
+	tp.upstream.fronts = &frontDoor{
+		resolve: func(context.Context, string) ([]netip.Addr, error) { return fronts, nil },
+		newTransport: func(ap netip.AddrPort) *http.Transport { return frontEndTransport(time.Second, ap) },
+		log:          tp.log, background: &tp.upstream.background,
+	}
+	defer tp.upstream.Close()
+	count := func() []int64 {
+		out := make([]int64, len(seen))
+		for i := range seen {
+			out[i] = seen[i].Load()
+		}
+		return out
+	}
+	for range 200 {
+		if resp, body := get(t, "GET", tp.url+"/k", nil); resp.StatusCode != 200 || string(body) != "through every front end" {
+			t.Fatalf("GET = %d %q", resp.StatusCode, body)
+		}
+	}
+	for i, n := range count() {
+		if n < 20 || n > 90 {
+			t.Errorf("address %d carried %d of 200 requests, want 10%% to 45%%", i, n)
+		}
+	}
+
+	slowAddr.Store(2)
+	for range 200 {
+		get(t, "GET", tp.url+"/k", nil)
+	}
+	before := count()
+	for range 200 {
+		get(t, "GET", tp.url+"/k", nil)
+	}
+	if n := count()[2] - before[2]; n > 10 {
+		t.Errorf("the address 300 ms late carried %d of the next 200 requests, want under 5%%", n)
+	}
+	if !tp.logs.waitFor("front end left out") {
+		t.Errorf("no leave-out logged:\n%s\n%s", tp.logs, strings.Join(tp.frontEndLines(), "\n"))
+	}
+
+	slowAddr.Store(0)
+	time.Sleep(frontEndRest) // every address back, 0 slow now
+	tp.upstream.policy.hedge = hedgePolicy{mode: hedgeFixed, fixed: 50 * time.Millisecond}
+	tp.upstream.policy.limit = 3
+	before = count()
+	for range 40 {
+		if resp, _ := get(t, "GET", tp.url+"/k", nil); resp.StatusCode != 200 {
+			t.Fatalf("GET = %d", resp.StatusCode)
+		}
+	}
+	after := count()
+	var hedges int64
+	for i := range after {
+		hedges += after[i] - before[i]
+	}
+	if hedges <= 40 {
+		t.Errorf("S3 saw %d requests for 40 with address 0 slow, want some hedged", hedges)
+	}
+}
