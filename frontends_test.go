@@ -4,16 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/http/httptest"
-	"net/url"
-	"sync/atomic"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
+	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -367,7 +367,7 @@ func TestFrontEndsThroughTheProxy(t *testing.T) {
 		fronts = append(fronts, netip.AddrFrom4([4]byte{127, 0, 0, byte(21 + i)}))
 	}
 	tp.upstream.fronts = &frontDoor{
-		resolve: func(context.Context, string) ([]netip.Addr, error) { return fronts, nil },
+		resolve:      func(context.Context, string) ([]netip.Addr, error) { return fronts, nil },
 		newTransport: func(ap netip.AddrPort) *http.Transport { return frontEndTransport(time.Second, ap) },
 		log:          tp.log, background: &tp.upstream.background,
 	}
