@@ -105,19 +105,22 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 		fs.Usage()
 		return nil, err
 	}
+	cfg.fromEnv = map[string]envSetting{}
 	fs.VisitAll(func(f *flag.Flag) {
-		env := envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		env := envVariable(f.Name)
 		v := getenv(env)
 		if given[f.Name] || v == "" {
 			return
 		}
+		cfg.fromEnv[f.Name] = envSetting{env, v}
 		values := []string{v}
-		if f.Name == "route" || f.Name == "replica" || f.Name == "region-endpoint" {
+		if listFlags[f.Name] {
 			values = strings.Split(v, ",")
 		}
 		for _, one := range values {
 			if err := f.Value.Set(strings.TrimSpace(one)); err != nil {
 				problems = append(problems, fmt.Errorf("$%s %q: must be %s", env, clip(v, maxQuotedValueBytes), expectedForm(f)))
+				resetToDefault(f)
 			}
 		}
 	})
@@ -173,9 +176,32 @@ func parseArgs(fs *flag.FlagSet, args []string) (given map[string]bool, problems
 		given[name] = true
 		if err := f.Value.Set(value); err != nil {
 			problems = append(problems, fmt.Errorf("-%s %q: must be %s", name, clip(value, maxQuotedValueBytes), expectedForm(f)))
+			resetToDefault(f)
 		}
 	}
 	return given, problems, nil
+}
+
+// listFlags take a comma-separated list in their S3_HELPER_* variable.
+var listFlags = map[string]bool{"route": true, "replica": true, "region-endpoint": true}
+
+// envSetting is a flag's S3_HELPER_* variable and the value it held, for
+// a flag the environment set.
+type envSetting struct{ variable, value string }
+
+// envVariable is the S3_HELPER_* variable of a flag.
+func envVariable(flagName string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// resetToDefault puts back a flag's default after a value failed to
+// parse: flag's own Set leaves zero behind (a -timeout of "banana" would
+// read as 0s), and validation would then report a second problem with a
+// value nobody gave. The list flags never fail to parse and keep theirs.
+func resetToDefault(f *flag.Flag) {
+	if _, ok := f.Value.(flag.Getter); ok {
+		f.Value.Set(f.DefValue)
+	}
 }
 
 // expectedForm describes the values a flag takes, for error messages.
