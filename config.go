@@ -173,7 +173,7 @@ func (p problems) namingVariables(fromEnv map[string]envSetting) {
 // configError naming every problem at once.
 func (c config) resolve(getenv func(string) string) (config, error) {
 	var p problems
-	c.resolveListeners(&p)
+	c.resolveListeners(&p, getenv)
 	c.resolveRouting(&p, getenv)
 	c.resolveUpstream(&p)
 	c.resolveCredentialSource(&p, getenv)
@@ -187,8 +187,9 @@ func (c config) resolve(getenv func(string) string) (config, error) {
 }
 
 // resolveListeners checks -listen, -socket-mode, -admin, -pprof and the
-// client-side timeouts.
-func (c *config) resolveListeners(p *problems) {
+// client-side timeouts. The admin listener for -pprof is -admin or the
+// admin socket systemd passes (which rules -admin out).
+func (c *config) resolveListeners(p *problems, getenv func(string) string) {
 	c.listenNetwork, c.listenAddress = "tcp", c.listen
 	if path, ok := strings.CutPrefix(c.listen, "unix:"); ok {
 		c.listenNetwork, c.listenAddress = "unix", path
@@ -208,8 +209,8 @@ func (c *config) resolveListeners(p *problems) {
 			p.bad("admin", c.admin, err.Error())
 		}
 	}
-	if c.pprof && c.admin == "" {
-		p.bad("pprof", "true", "needs -admin: profiles are never served on the proxy port")
+	if c.pprof && c.admin == "" && !passesAdminSocket(getenv, os.Getpid()) {
+		p.bad("pprof", "true", "needs -admin, or an admin socket passed by systemd: profiles are never served on the proxy port")
 	}
 	if c.readHeaderWait < 10*time.Millisecond || c.readHeaderWait > 5*time.Minute {
 		p.bad("read-header-timeout", c.readHeaderWait.String(), "must be between 10ms and 5m")

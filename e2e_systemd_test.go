@@ -43,7 +43,8 @@ func freeTCPAddr(t *testing.T) string {
 // TestE2ESocketActivation: under systemd-socket-activate, which passes
 // named sockets as systemd does, s3-helper serves objects on the passed
 // proxy socket (TCP, then Unix) and health and metrics on the passed admin
-// socket, binds nothing itself, and exits 0 on SIGTERM.
+// socket (with -pprof, which the passed admin socket serves as -admin
+// would), binds nothing itself, and exits 0 on SIGTERM.
 func TestE2ESocketActivation(t *testing.T) {
 	env := needE2E(t)
 	sock := filepath.Join(t.TempDir(), "s3-helper.sock")
@@ -64,7 +65,7 @@ func TestE2ESocketActivation(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer logFile.Close()
-			args := append([]string{"-l", tt.proxy, "-l", admin, "--fdname=proxy:admin", env.binary}, daemonArgs(env)...)
+			args := append([]string{"-l", tt.proxy, "-l", admin, "--fdname=proxy:admin", env.binary}, append(daemonArgs(env), "-pprof")...)
 			cmd := exec.Command("systemd-socket-activate", args...)
 			cmd.Stdout, cmd.Stderr = io.MultiWriter(logs, logFile), io.MultiWriter(logs, logFile)
 			if err := cmd.Start(); err != nil {
@@ -103,6 +104,9 @@ func TestE2ESocketActivation(t *testing.T) {
 			}
 			if mresp, _ := get(t, "GET", "http://"+admin+"/metrics", nil); mresp.StatusCode != 200 {
 				t.Errorf("/metrics on the passed admin socket = %d", mresp.StatusCode)
+			}
+			if presp, _ := get(t, "GET", "http://"+admin+"/debug/pprof/cmdline", nil); presp.StatusCode != 200 {
+				t.Errorf("/debug/pprof/cmdline on the passed admin socket with -pprof = %d", presp.StatusCode)
 			}
 			if strings.Contains(logs.String(), "127.0.0.1:8080") {
 				t.Errorf("s3-helper bound its default -listen although systemd passed the socket:\n%s", logs)

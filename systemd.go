@@ -90,6 +90,22 @@ func listenEnv(getenv func(string) string, pid int) ([]inheritedSocket, error) {
 	return sockets, nil
 }
 
+// passesAdminSocket reports whether systemd passes this process an admin
+// socket. Broken LISTEN_* variables answer false here; passedListeners
+// reports them.
+func passesAdminSocket(getenv func(string) string, pid int) bool {
+	sockets, err := listenEnv(getenv, pid)
+	if err != nil {
+		return false
+	}
+	for _, s := range sockets {
+		if s.role == roleAdmin {
+			return true
+		}
+	}
+	return false
+}
+
 // roleOf maps a socket's name to its role.
 func roleOf(name string) (string, error) {
 	switch {
