@@ -173,6 +173,18 @@ func TestE2ESocketActivationBadInput(t *testing.T) {
 	clientFile, _ := client.(*net.TCPConn).File()
 	defer clientFile.Close()
 
+	fileOf := func(ln net.Listener) *os.File {
+		f, err := ln.(*net.TCPListener).File()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	shared := listener("127.0.0.1:0")
+	reused := listenReusePort(t, "127.0.0.1:0")
+	reusedToo := listenReusePort(t, reused.Addr().String())
+
 	tests := []struct {
 		name  string
 		files []*os.File
@@ -188,6 +200,10 @@ func TestE2ESocketActivationBadInput(t *testing.T) {
 		{"a connected stream socket", []*os.File{clientFile}, []string{"LISTEN_FDS=1"}, nil, "fd 3 (proxy) is not a listening stream socket"},
 		{"two sockets, one role", []*os.File{listener("127.0.0.1:0"), listener("127.0.0.1:0")}, []string{"LISTEN_FDS=2"}, nil,
 			"fds 3 and 4 are both the proxy socket"},
+		{"one socket as proxy and admin", []*os.File{shared, shared}, []string{"LISTEN_FDS=2", "LISTEN_FDNAMES=proxy:admin"}, nil,
+			"fds 3 (proxy) and 4 (admin) are one socket"},
+		{"two sockets on one address as proxy and admin", []*os.File{fileOf(reused), fileOf(reusedToo)}, []string{"LISTEN_FDS=2", "LISTEN_FDNAMES=proxy:admin"}, nil,
+			"fds 3 (proxy) and 4 (admin) both listen on " + reused.Addr().String()},
 		{"an unknown name", []*os.File{listener("127.0.0.1:0")}, []string{"LISTEN_FDS=1", "LISTEN_FDNAMES=metrics"}, nil,
 			`socket name "metrics" is neither proxy nor admin`},
 		{"-listen as well", []*os.File{listener("127.0.0.1:0")}, []string{"LISTEN_FDS=1", "LISTEN_FDNAMES=proxy"}, []string{"-listen", "127.0.0.1:0"},

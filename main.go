@@ -161,6 +161,9 @@ func passedListeners(cfg config, getenv func(string) string) (inherited, error) 
 		return inherited{}, configErrorOf(err)
 	}
 	clearListenEnv()
+	if err := checkDistinctSockets(sockets); err != nil {
+		return inherited{}, configErrorOf(err)
+	}
 	var in inherited
 	for _, s := range sockets {
 		if s.role == roleProxy && cfg.listenGiven || s.role == roleAdmin && cfg.adminGiven {
