@@ -315,3 +315,74 @@ func TestE2ERestartUnderLoad(t *testing.T) {
 		t.Errorf("p99 across the restarts = %v, want at most 1 s", p99)
 	}
 }
+
+// TestE2ESignalsDrain: SIGHUP (a closed terminal, an operator's kill -HUP),
+// SIGINT and SIGTERM each drain: STOPPING=1, a download in flight gets
+// every byte, "shutting down" is logged and the exit status is 0. SIGHUP's
+// default action would kill the process at once: exit status 129, the
+// download cut, no STOPPING=1.
+func TestE2ESignalsDrain(t *testing.T) {
+	env := needE2E(t)
+	object := readSeed(t, env, "large.bin")
+	for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM} {
+		t.Run(strings.ToUpper(sig.String()), func(t *testing.T) {
+			notify, notifyPath := notifyListener(t)
+			logs := &syncBuffer{}
+			logFile, err := os.Create(filepath.Join(e2e.logsDir, "TestE2ESignalsDrain_"+strings.ReplaceAll(sig.String(), " ", "_")+".log"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer logFile.Close()
+			cmd := exec.Command(env.binary, append(daemonArgs(env), "-listen", "127.0.0.1:0")...)
+			cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + env.dir, "NOTIFY_SOCKET=" + notifyPath}
+			cmd.Stdout, cmd.Stderr = io.MultiWriter(logs, logFile), io.MultiWriter(logs, logFile)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			var waitErr error
+			exited := make(chan struct{}) // closed once waitErr is set
+			go func() { waitErr = cmd.Wait(); close(exited) }()
+			defer func() {
+				cmd.Process.Kill() // if it still runs
+				<-exited
+			}()
+			addr, _ := awaitListening(t, logs, false)
+			for state := ""; !strings.HasPrefix(state, "READY=1"); {
+				if state = nextState(notify, 10*time.Second); state == "" {
+					t.Fatalf("s3-helper never sent READY=1:\n%s", logs)
+				}
+			}
+			resp, err := http.Get("http://" + addr + "/large.bin")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			first := make([]byte, 64<<10)
+			if _, err := io.ReadFull(resp.Body, first); err != nil {
+				t.Fatalf("first bytes: %v", err)
+			}
+			// The rest waits in s3-helper while the signal arrives.
+			cmd.Process.Signal(sig)
+			for state := ""; !strings.HasPrefix(state, "STOPPING=1"); {
+				if state = nextState(notify, 10*time.Second); state == "" {
+					t.Fatalf("no STOPPING=1 after %v:\n%s", sig, logs)
+				}
+			}
+			rest, err := io.ReadAll(resp.Body)
+			if got := append(first, rest...); err != nil || !bytes.Equal(got, object) {
+				t.Errorf("download in flight at %v: %d of %d bytes, %v; want every byte", sig, len(got), len(object), err)
+			}
+			select {
+			case <-exited:
+				if waitErr != nil {
+					t.Errorf("exit after %v: %v, want status 0\n%s", sig, waitErr, logs)
+				}
+			case <-time.After(15 * time.Second):
+				t.Fatalf("s3-helper still running 15 s after %v:\n%s", sig, logs)
+			}
+			if !strings.Contains(logs.String(), `"msg":"shutting down"`) {
+				t.Errorf("no shutting down line after %v:\n%s", sig, logs)
+			}
+		})
+	}
+}

@@ -60,7 +60,7 @@ func newFlagSet(cfg *config, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json (log/slog on stderr)")
 	fs.BoolVar(&cfg.accessLog, "access-log", false, "log one line per request (method, key, range, status, upstream status, bytes, duration, attempts)")
-	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take to finish")
+	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, SIGINT or SIGHUP, how long in-flight requests may take to finish; keep it below the service manager's stop timeout (TimeoutStopSec=, terminationGracePeriodSeconds)")
 	fs.DurationVar(&cfg.readHeaderWait, "read-header-timeout", readHeaderTimeout, "how long a client may take to send its request headers; slower connections are closed")
 	fs.BoolVar(&cfg.showVersion, "version", false, "print the version and exit")
 	fs.BoolVar(&cfg.check, "check", false, "check the configuration, credentials, bucket, region, clock and permissions against the real endpoints, print one line per step and exit (1 if any failed)")
@@ -83,6 +83,10 @@ a flag on the command line wins. Credentials come from the first source
 configured, in the AWS SDKs' order: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY;
 AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN (IRSA); AWS_CONTAINER_CREDENTIALS_*
 (ECS, EKS Pod Identity); else the instance metadata service (IMDSv2).
+
+SIGTERM, SIGINT and SIGHUP each stop s3-helper gracefully: it stops
+accepting, lets requests in flight finish within -shutdown-timeout and exits
+0. SIGHUP reloads nothing; restart s3-helper to apply a new configuration.
 
 Flags:
 `

@@ -36,9 +36,13 @@ const (
 	serverHeaderCap = 64 << 10
 )
 
-// main runs the daemon until SIGINT or SIGTERM; exit status 2 means bad configuration.
+// main runs the daemon until SIGINT, SIGTERM or SIGHUP, each of which
+// drains; exit status 2 means bad configuration. SIGHUP's default action
+// would end the process at once, cutting every response in flight: a
+// closed terminal or an operator's kill -HUP stops it as SIGTERM does
+// (there is no configuration to reload: a restart reads it).
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
 	if errors.Is(err, flag.ErrHelp) {
