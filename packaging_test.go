@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -163,5 +164,39 @@ func TestStopTimeoutsAgree(t *testing.T) {
 	}
 	if !regexp.MustCompile(`(?m)^#.*TimeoutStopSec=[^\n]*\n(#[^\n]*\n)*#S3_HELPER_SHUTDOWN_TIMEOUT=`).Match(defaults) {
 		t.Error("the comment above S3_HELPER_SHUTDOWN_TIMEOUT does not name TimeoutStopSec=")
+	}
+}
+
+// TestSetupPackagesAgree: the README's apt-get line installs exactly the
+// Debian packages scripts/testenv.sh installs for the suite (and CI), so a
+// machine set up by hand runs the same tests.
+func TestSetupPackagesAgree(t *testing.T) {
+	script, err := os.ReadFile("scripts/testenv.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^APT_PACKAGES=\(([^)]*)\)$`).FindSubmatch(script)
+	if m == nil {
+		t.Fatal("scripts/testenv.sh has no APT_PACKAGES=(...) line")
+	}
+	fromScript := strings.Fields(string(m[1]))
+	m = regexp.MustCompile(`(?m)^apt-get update && apt-get install -y --no-install-recommends (.*)$`).FindSubmatch(readme)
+	if m == nil {
+		t.Fatal("README.md has no apt-get install line")
+	}
+	fromREADME := strings.Fields(string(m[1]))
+	slices.Sort(fromScript)
+	slices.Sort(fromREADME)
+	if !slices.Equal(fromScript, fromREADME) {
+		t.Errorf("README installs %v, scripts/testenv.sh %v", fromREADME, fromScript)
+	}
+	for _, p := range []string{"buildah", "skopeo", "umoci", "prometheus"} {
+		if !slices.Contains(fromScript, p) {
+			t.Errorf("APT_PACKAGES lacks %s, which the suite's image and rule tests need", p)
+		}
 	}
 }
