@@ -264,6 +264,12 @@ func registerGauges(metrics *Metrics, proxy *Proxy, cache *credentialCache, stat
 			}
 			return 0
 		})
+		metrics.Gauge(mAllCopiesDown, func() int64 {
+			if _, noCopyUp := proxy.bucketStates(); noCopyUp {
+				return 1
+			}
+			return 0
+		})
 	}
 	if budget := proxy.policy.budget; budget != nil {
 		metrics.Gauge(mRetryBudgetTokens, budget.Tokens)

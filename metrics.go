@@ -36,6 +36,7 @@ const (
 	mRetryBudgetTokens
 	mFailovers
 	mBucketUp
+	mAllCopiesDown
 	mCredentialRefreshes
 	mCredentialFailures
 	mCredentialExtensions
@@ -147,6 +148,8 @@ var metricTable = [metricCount]metricDef{
 		help: "Fetches sent on to a replica because a bucket's region could not serve (connect errors, timeouts, 5xx after the retries)."},
 	mBucketUp: {name: "upstream.bucket_up", prom: "bucket_up", kind: gaugeKind, outputs: allOutputs, labels: []labelDim{{name: "bucket"}},
 		help: "1 while a bucket with replicas, or a replica, is up; 0 while it is marked down (one series per configured bucket)."},
+	mAllCopiesDown: {name: "upstream.all_copies_down", prom: "all_copies_down", kind: gaugeKind, outputs: allOutputs,
+		help: "1 while some bucket with replicas has no copy that can serve (it and every replica are marked down; /healthz answers 503), else 0."},
 	mCredentialRefreshes: {name: "credentials.refreshes", prom: "credential_refreshes_total", kind: counterKind, outputs: allOutputs,
 		help: "New credential sets fetched."},
 	mCredentialFailures: {name: "credentials.failures", prom: "credential_failures_total", kind: counterKind, outputs: allOutputs,
