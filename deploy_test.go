@@ -6,9 +6,14 @@ package main
 // drain) with flags and variables the real parser accepts.
 
 import (
+	"encoding/json"
+	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -253,4 +258,354 @@ func bytesWithSuffix(v string, units map[string]int64) (int64, error) {
 		}
 	}
 	return 0, &strconv.NumError{Func: "bytes", Num: v, Err: strconv.ErrSyntax}
+}
+
+const (
+	alertRules     = "deploy/prometheus/s3-helper.rules.yml"
+	alertRuleTests = "deploy/prometheus/s3-helper.rules.test.yml"
+	dashboardFile  = "deploy/grafana/s3-helper.json"
+)
+
+// wantAlerts are the conditions the rules must cover, by alert name.
+var wantAlerts = []string{
+	"S3HelperBucketDown", "S3HelperAllCopiesDown", "S3HelperRetryBudgetEmpty", "S3HelperCredentialsExpiringSoon",
+	"S3HelperCredentialRefreshFailing", "S3HelperServerErrors", "S3HelperHedgeRateAtCap",
+}
+
+// alertRule is one rule of the alert rules file.
+type alertRule struct{ name, expr, severity, summary string }
+
+// readAlertRules reads the rules file with the strict YAML subset.
+func readAlertRules(t *testing.T) []alertRule {
+	t.Helper()
+	raw, err := os.ReadFile(alertRules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs, err := parseYAMLDocuments(string(raw))
+	if err != nil || len(docs) != 1 {
+		t.Fatalf("%s: %v (%d documents)", alertRules, err, len(docs))
+	}
+	groups, _ := yamlPathOf[[]any](docs[0], "groups")
+	var rules []alertRule
+	for _, g := range groups {
+		list, _ := yamlPathOf[[]any](g, "rules")
+		for _, r := range list {
+			rules = append(rules, alertRule{yamlString(r, "alert"), yamlString(r, "expr"), yamlString(r, "labels.severity"), yamlString(r, "annotations.summary")})
+		}
+	}
+	if len(rules) == 0 {
+		t.Fatalf("%s holds no rule", alertRules)
+	}
+	return rules
+}
+
+// TestAlertRules: Prometheus's own promtool accepts the rules and passes
+// their unit tests (each alert firing on its condition and quiet on a
+// healthy neighbour and before its "for"); every condition the README
+// promises has an alert with a severity and a summary, and a runbook line
+// in the README's "Alerts and dashboard".
+func TestAlertRules(t *testing.T) {
+	rules := readAlertRules(t)
+	names := map[string]bool{}
+	for _, r := range rules {
+		if r.name == "" || r.expr == "" || (r.severity != "warning" && r.severity != "critical") || r.summary == "" {
+			t.Errorf("rule %+v: want alert, expr, a severity of warning or critical, and a summary", r)
+		}
+		names[r.name] = true
+	}
+	for _, want := range wantAlerts {
+		if !names[want] {
+			t.Errorf("no alert %s", want)
+		}
+	}
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, found := strings.Cut(string(readme), "\n## Alerts and dashboard\n")
+	section, _, _ = strings.Cut(section, "\n## ")
+	if !found {
+		t.Fatal("README.md has no section \"Alerts and dashboard\"")
+	}
+	runbook := regexp.MustCompile("(?m)^- \\*\\*`(S3Helper[A-Za-z]+)`\\*\\* [^\\n]+")
+	inREADME := map[string]bool{}
+	for _, m := range runbook.FindAllStringSubmatch(section, -1) {
+		inREADME[m[1]] = true
+		if !names[m[1]] {
+			t.Errorf("README's runbook names %s, which the rules do not have", m[1])
+		}
+	}
+	for name := range names {
+		if !inREADME[name] {
+			t.Errorf("alert %s has no runbook line in the README (- **`%s`** ...)", name, name)
+		}
+	}
+
+	needTools(t, "promtool")
+	if out, err := exec.Command("promtool", "check", "rules", alertRules).CombinedOutput(); err != nil {
+		t.Errorf("promtool check rules: %v\n%s", err, out)
+	}
+	test := exec.Command("promtool", "test", "rules", filepath.Base(alertRuleTests))
+	test.Dir = filepath.Dir(alertRuleTests)
+	out, err := test.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "SUCCESS") {
+		t.Errorf("promtool test rules: %v\n%s", err, out)
+	}
+	t.Logf("promtool test rules:\n%s", out)
+}
+
+// dashboardQueries returns every PromQL query of the dashboard: each
+// panel target's expr and each templating variable's query.
+func dashboardQueries(t *testing.T) []string {
+	t.Helper()
+	raw, err := os.ReadFile(dashboardFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash any
+	if err := json.Unmarshal(raw, &dash); err != nil {
+		t.Fatalf("%s: %v", dashboardFile, err)
+	}
+	var queries []string
+	var walk func(v any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			for k, child := range v {
+				if s, ok := child.(string); ok && (k == "expr" || k == "query" && strings.Contains(s, "(")) {
+					queries = append(queries, s)
+				}
+				walk(child)
+			}
+		case []any:
+			for _, child := range v {
+				walk(child)
+			}
+		}
+	}
+	walk(dash)
+	if len(queries) == 0 {
+		t.Fatalf("%s holds no query", dashboardFile)
+	}
+	return queries
+}
+
+// TestDashboardQueries: Prometheus parses every query of the dashboard
+// (promtool checks them as recording rules, Grafana's variables replaced
+// by values), and the panels cover what the README promises.
+func TestDashboardQueries(t *testing.T) {
+	queries := dashboardQueries(t)
+	joined := strings.Join(queries, "\n")
+	for _, want := range []string{
+		`by (status) (rate(s3helper_requests_total`,
+		`histogram_quantile(0.99, sum by (le) (rate(s3helper_request_duration_seconds_bucket`,
+		`histogram_quantile(0.99, sum by (le) (rate(s3helper_upstream_ttfb_seconds_bucket`,
+		`by (kind) (rate(s3helper_upstream_errors_total`,
+		`s3helper_upstream_retries_total`, `s3helper_upstream_hedges_total`, `s3helper_retry_budget_tokens`,
+		`s3helper_upstream_budget_refused_total`, `s3helper_bucket_up`, `s3helper_credential_expiry_seconds`,
+	} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("no dashboard query has %q", want)
+		}
+	}
+
+	needTools(t, "promtool")
+	grafana := strings.NewReplacer("$__rate_interval", "5m", "$job", ".*", "$instance", ".*")
+	var rules strings.Builder
+	rules.WriteString("groups:\n- name: dashboard\n  rules:\n")
+	n := 0
+	for _, q := range queries {
+		if strings.HasPrefix(q, "label_values(") { // Grafana's, not PromQL
+			inner := strings.TrimSuffix(strings.TrimPrefix(q, "label_values("), ")")
+			q = inner[:strings.LastIndex(inner, ",")]
+		}
+		n++
+		fmt.Fprintf(&rules, "  - record: dashboard:query_%d\n    expr: %s\n", n, strconv.Quote(grafana.Replace(q)))
+	}
+	file := filepath.Join(t.TempDir(), "dashboard.rules.yml")
+	if err := os.WriteFile(file, []byte(rules.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("promtool", "check", "rules", file).CombinedOutput(); err != nil {
+		t.Errorf("promtool does not parse the dashboard's queries: %v\n%s\n%s", err, out, rules.String())
+	}
+}
+
+// TestDeployMetricNames: every metric the alert rules, their unit tests
+// and the dashboard name is one s3-helper exports (metricTable, with the
+// s3helper_ prefix; _bucket, _sum and _count for histograms), with its own
+// labels only and, where a label has a fixed set of values, values from
+// it. A renamed metric or label breaks the build, not the alerts.
+func TestDeployMetricNames(t *testing.T) {
+	series := promSeries()
+	var exprs []string
+	for _, r := range readAlertRules(t) {
+		exprs = append(exprs, r.expr)
+	}
+	ruleTests, err := os.ReadFile(alertRuleTests)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range regexp.MustCompile(`series: '([^']*)'`).FindAllStringSubmatch(string(ruleTests), -1) {
+		exprs = append(exprs, m[1])
+	}
+	exprs = append(exprs, dashboardQueries(t)...)
+	for _, expr := range exprs {
+		for _, problem := range checkPromQL(expr, series) {
+			t.Errorf("%s\n  in %s", problem, expr)
+		}
+	}
+	// Free text too (comments, summaries, descriptions) names only real
+	// metric families.
+	for _, file := range []string{alertRules, alertRuleTests, dashboardFile, "README.md"} {
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range regexp.MustCompile(`\bs3helper_[A-Za-z0-9_]+`).FindAllString(string(raw), -1) {
+			if series[name].def == nil && series[name+"_bucket"].def == nil {
+				t.Errorf("%s names %s, which s3-helper does not export", file, name)
+			}
+		}
+	}
+}
+
+// exportedSeries is one series name s3-helper exports and its labels.
+type exportedSeries struct {
+	def    *metricDef
+	labels map[string][]string // label → its fixed values; nil: any value
+}
+
+// promSeries lists every series name /metrics carries. Every series also
+// has the scrape's job and instance.
+func promSeries() map[string]exportedSeries {
+	all := map[string]exportedSeries{}
+	for id := range metricTable {
+		d := &metricTable[id]
+		if d.outputs&toPrometheus == 0 {
+			continue
+		}
+		labels := map[string][]string{"job": nil, "instance": nil}
+		for _, l := range d.labels {
+			labels[l.name] = l.values
+		}
+		base := promPrefix + d.prom
+		if d.kind != durationKind {
+			all[base] = exportedSeries{d, labels}
+			continue
+		}
+		for _, suffix := range []string{"_sum", "_count"} {
+			all[base+suffix] = exportedSeries{d, labels}
+		}
+		withLE := maps.Clone(labels)
+		withLE["le"] = nil
+		all[base+"_bucket"] = exportedSeries{d, withLE}
+	}
+	return all
+}
+
+// checkPromQL names each problem with the metrics of one PromQL
+// expression: unknown names, labels a metric does not have, values
+// outside a label's fixed set, and by/without labels none of its metrics
+// has. An expression with no s3-helper metric is a problem too.
+func checkPromQL(expr string, series map[string]exportedSeries) []string {
+	var problems []string
+	selector := regexp.MustCompile(`\b(s3helper_[A-Za-z0-9_]+)\s*(\{[^}]*\})?`)
+	matcher := regexp.MustCompile(`^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*$`)
+	usable := map[string]bool{}
+	found := selector.FindAllStringSubmatch(expr, -1)
+	if len(found) == 0 {
+		problems = append(problems, "no s3-helper metric")
+	}
+	for _, m := range found {
+		s, ok := series[m[1]]
+		if !ok {
+			problems = append(problems, m[1]+" is not a series s3-helper exports")
+			continue
+		}
+		for l := range s.labels {
+			usable[l] = true
+		}
+		if m[2] == "" {
+			continue
+		}
+		for _, part := range splitMatchers(m[2][1 : len(m[2])-1]) {
+			mm := matcher.FindStringSubmatch(part)
+			if mm == nil {
+				problems = append(problems, fmt.Sprintf("%s: matcher %q is not label op \"value\"", m[1], part))
+				continue
+			}
+			values, has := s.labels[mm[1]]
+			switch {
+			case !has:
+				problems = append(problems, fmt.Sprintf("%s has no label %q", m[1], mm[1]))
+			case values == nil:
+			case mm[2] == "=" || mm[2] == "!=":
+				if !slices.Contains(values, mm[3]) {
+					problems = append(problems, fmt.Sprintf("%s{%s}: %q is none of %v", m[1], mm[1], mm[3], values))
+				}
+			default:
+				re, err := regexp.Compile("^(?:" + mm[3] + ")$")
+				if err != nil || !slices.ContainsFunc(values, re.MatchString) {
+					problems = append(problems, fmt.Sprintf("%s{%s}: %q matches none of %v", m[1], mm[1], mm[3], values))
+				}
+			}
+		}
+	}
+	for _, m := range regexp.MustCompile(`\b(?:by|without)\s*\(([^)]*)\)`).FindAllStringSubmatch(expr, -1) {
+		for l := range strings.SplitSeq(m[1], ",") {
+			if l = strings.TrimSpace(l); l != "" && !usable[l] {
+				problems = append(problems, fmt.Sprintf("by/without (%s): no metric of the expression has label %q", m[1], l))
+			}
+		}
+	}
+	return problems
+}
+
+// splitMatchers splits a selector's matchers on the commas outside quotes.
+func splitMatchers(s string) []string {
+	var parts []string
+	start, quoted := 0, false
+	for i := 0; i < len(s); i++ {
+		switch {
+		case s[i] == '\\' && quoted:
+			i++
+		case s[i] == '"':
+			quoted = !quoted
+		case s[i] == ',' && !quoted:
+			parts = append(parts, s[start:i])
+			start = i + 1
+		}
+	}
+	if rest := strings.TrimSpace(s[start:]); rest != "" {
+		parts = append(parts, s[start:])
+	}
+	return parts
+}
+
+// TestCheckPromQL: the checker itself catches each kind of drift.
+func TestCheckPromQL(t *testing.T) {
+	series := promSeries()
+	tests := []struct {
+		expr string
+		want string // "" for none
+	}{
+		{`sum by (status) (rate(s3helper_requests_total{status=~"5..",job="x"}[5m]))`, ""},
+		{`histogram_quantile(0.9, sum by (le) (rate(s3helper_request_duration_seconds_bucket[5m])))`, ""},
+		{`rate(s3helper_request_total[5m])`, "s3helper_request_total is not a series"},
+		{`s3helper_request_duration_seconds`, "is not a series"},
+		{`s3helper_upstream_errors_total{kind="connect_error"}`, `"connect_error" is none of`},
+		{`s3helper_upstream_errors_total{reason="connect"}`, `has no label "reason"`},
+		{`s3helper_upstream_budget_refused_total{what=~"retries|hedges"}`, "matches none of"},
+		{`sum by (bucket) (s3helper_retry_budget_tokens)`, `no metric of the expression has label "bucket"`},
+		{`sum by (le) (s3helper_request_duration_seconds_count)`, `label "le"`},
+		{`up == 0`, "no s3-helper metric"},
+	}
+	for _, tt := range tests {
+		problems := strings.Join(checkPromQL(tt.expr, series), "; ")
+		if tt.want == "" && problems != "" || !strings.Contains(problems, tt.want) {
+			t.Errorf("checkPromQL(%s) = %q, want %q", tt.expr, problems, tt.want)
+		}
+	}
 }
