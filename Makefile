@@ -3,7 +3,7 @@
 GO ?= go
 BINARY ?= s3-helper
 
-.PHONY: build test unit e2e demo bench bench-load fuzz vet deb clean
+.PHONY: build test unit e2e demo bench bench-load fuzz vet deb image clean
 
 # A static binary to copy onto the instance.
 build:
@@ -25,6 +25,10 @@ demo:
 # The Debian package (dpkg-deb, help2man): s3-helper_VERSION_ARCH.deb here.
 deb:
 	GO=$(GO) packaging/build-deb.sh .
+
+# The OCI image (buildah, FROM scratch): s3-helper_VERSION_oci.tar here.
+image:
+	GO=$(GO) packaging/build-image.sh .
 
 vet:
 	gofmt -l . | (! grep .) && $(GO) vet ./...

@@ -85,6 +85,10 @@ type config struct {
 	// variable) was given, not defaulted: a socket passed by systemd for
 	// the same role is then a conflict.
 	listenGiven, adminGiven bool
+	// fromEnv holds, by flag name, the S3_HELPER_* variable that set a
+	// flag not given on the command line: a problem with its value names
+	// the variable the operator wrote, not the flag.
+	fromEnv map[string]envSetting
 
 	// The fields below are derived by resolve from the flags and the
 	// environment.
@@ -124,7 +128,39 @@ type problems []error
 
 // bad records that -flagName's value breaks rule.
 func (p *problems) bad(flagName, value, rule string) {
-	*p = append(*p, fmt.Errorf("-%s %q: %s", flagName, clip(value, maxQuotedValueBytes), rule))
+	*p = append(*p, flagProblem{flag: flagName, value: value, rule: rule})
+}
+
+// flagProblem is a flag's value breaking a rule. When the value came from
+// the flag's S3_HELPER_* variable, variable names it and value is what the
+// variable held (one element of a list variable stays that element).
+type flagProblem struct {
+	flag, variable, value, rule string
+}
+
+// Error names the flag, or the variable that set it, the value and the rule.
+func (fp flagProblem) Error() string {
+	if fp.variable != "" {
+		return fmt.Sprintf("$%s %q: %s", fp.variable, clip(fp.value, maxQuotedValueBytes), fp.rule)
+	}
+	return fmt.Sprintf("-%s %q: %s", fp.flag, clip(fp.value, maxQuotedValueBytes), fp.rule)
+}
+
+// namingVariables rewrites each problem with a flag the environment set
+// to name its S3_HELPER_* variable and the text the variable held.
+func (p problems) namingVariables(fromEnv map[string]envSetting) {
+	for i, err := range p {
+		fp, ok := err.(flagProblem)
+		env, set := fromEnv[fp.flag]
+		if !ok || !set {
+			continue
+		}
+		fp.variable = env.variable
+		if !listFlags[fp.flag] {
+			fp.value = env.value
+		}
+		p[i] = fp
+	}
 }
 
 // resolve checks everything that needs no network and returns a copy of c
@@ -132,12 +168,13 @@ func (p *problems) bad(flagName, value, rule string) {
 // configError naming every problem at once.
 func (c config) resolve(getenv func(string) string) (config, error) {
 	var p problems
-	c.resolveListeners(&p)
+	c.resolveListeners(&p, getenv)
 	c.resolveRouting(&p, getenv)
 	c.resolveUpstream(&p)
 	c.resolveCredentialSource(&p, getenv)
 	c.resolveOutputs(&p, getenv)
 	c.resolvePresign(&p)
+	p.namingVariables(c.fromEnv)
 	if len(p) > 0 {
 		return c, configError{p}
 	}
@@ -145,8 +182,9 @@ func (c config) resolve(getenv func(string) string) (config, error) {
 }
 
 // resolveListeners checks -listen, -socket-mode, -admin, -pprof and the
-// client-side timeouts.
-func (c *config) resolveListeners(p *problems) {
+// client-side timeouts. The admin listener for -pprof is -admin or the
+// admin socket systemd passes (which rules -admin out).
+func (c *config) resolveListeners(p *problems, getenv func(string) string) {
 	c.listenNetwork, c.listenAddress = "tcp", c.listen
 	if path, ok := strings.CutPrefix(c.listen, "unix:"); ok {
 		c.listenNetwork, c.listenAddress = "unix", path
@@ -166,8 +204,8 @@ func (c *config) resolveListeners(p *problems) {
 			p.bad("admin", c.admin, err.Error())
 		}
 	}
-	if c.pprof && c.admin == "" {
-		p.bad("pprof", "true", "needs -admin: profiles are never served on the proxy port")
+	if c.pprof && c.admin == "" && !passesAdminSocket(getenv, os.Getpid()) {
+		p.bad("pprof", "true", "needs -admin, or an admin socket passed by systemd: profiles are never served on the proxy port")
 	}
 	if c.readHeaderWait < 10*time.Millisecond || c.readHeaderWait > 5*time.Minute {
 		p.bad("read-header-timeout", c.readHeaderWait.String(), "must be between 10ms and 5m")

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"io"
 	"net/url"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -128,5 +130,31 @@ func TestReplicaRoutes(t *testing.T) {
 	}
 	if s.host != "media-south.s3.ap-south-1.amazonaws.com" || s.scheme != "https" || s.uri("k") != "/vod/k" {
 		t.Errorf("replica at AWS's endpoint: host %q scheme %q uri %q", s.host, s.scheme, s.uri("k"))
+	}
+}
+
+// TestPprofTakesThePassedAdminSocket: -pprof needs an admin listener, and
+// the admin socket systemd passes is one (with it, -admin is an error, so
+// -pprof must not require it); without one, -pprof is refused.
+func TestPprofTakesThePassedAdminSocket(t *testing.T) {
+	pid := strconv.Itoa(os.Getpid())
+	tests := []struct {
+		name    string
+		env     map[string]string
+		refused bool
+	}{
+		{"admin socket passed", map[string]string{"LISTEN_PID": pid, "LISTEN_FDS": "2", "LISTEN_FDNAMES": "proxy:admin"}, false},
+		{"only the proxy socket passed", map[string]string{"LISTEN_PID": pid, "LISTEN_FDS": "1", "LISTEN_FDNAMES": "proxy"}, true},
+		{"sockets for another process", map[string]string{"LISTEN_PID": "1", "LISTEN_FDS": "2", "LISTEN_FDNAMES": "proxy:admin"}, true},
+		{"no socket passed", nil, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := loadConfig([]string{"-bucket", "media", "-region", "us-east-1", "-pprof"}, envFrom(tt.env), io.Discard)
+			refused := err != nil && strings.Contains(err.Error(), `-pprof "true": needs -admin, or an admin socket passed by systemd`)
+			if refused != tt.refused || !refused && err != nil {
+				t.Errorf("loadConfig = %v, want refused %v", err, tt.refused)
+			}
+		})
 	}
 }

@@ -43,7 +43,8 @@ func freeTCPAddr(t *testing.T) string {
 // TestE2ESocketActivation: under systemd-socket-activate, which passes
 // named sockets as systemd does, s3-helper serves objects on the passed
 // proxy socket (TCP, then Unix) and health and metrics on the passed admin
-// socket, binds nothing itself, and exits 0 on SIGTERM.
+// socket (with -pprof, which the passed admin socket serves as -admin
+// would), binds nothing itself, and exits 0 on SIGTERM.
 func TestE2ESocketActivation(t *testing.T) {
 	env := needE2E(t)
 	sock := filepath.Join(t.TempDir(), "s3-helper.sock")
@@ -64,7 +65,7 @@ func TestE2ESocketActivation(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer logFile.Close()
-			args := append([]string{"-l", tt.proxy, "-l", admin, "--fdname=proxy:admin", env.binary}, daemonArgs(env)...)
+			args := append([]string{"-l", tt.proxy, "-l", admin, "--fdname=proxy:admin", env.binary}, append(daemonArgs(env), "-pprof")...)
 			cmd := exec.Command("systemd-socket-activate", args...)
 			cmd.Stdout, cmd.Stderr = io.MultiWriter(logs, logFile), io.MultiWriter(logs, logFile)
 			if err := cmd.Start(); err != nil {
@@ -103,6 +104,9 @@ func TestE2ESocketActivation(t *testing.T) {
 			}
 			if mresp, _ := get(t, "GET", "http://"+admin+"/metrics", nil); mresp.StatusCode != 200 {
 				t.Errorf("/metrics on the passed admin socket = %d", mresp.StatusCode)
+			}
+			if presp, _ := get(t, "GET", "http://"+admin+"/debug/pprof/cmdline", nil); presp.StatusCode != 200 {
+				t.Errorf("/debug/pprof/cmdline on the passed admin socket with -pprof = %d", presp.StatusCode)
 			}
 			if strings.Contains(logs.String(), "127.0.0.1:8080") {
 				t.Errorf("s3-helper bound its default -listen although systemd passed the socket:\n%s", logs)
@@ -169,6 +173,18 @@ func TestE2ESocketActivationBadInput(t *testing.T) {
 	clientFile, _ := client.(*net.TCPConn).File()
 	defer clientFile.Close()
 
+	fileOf := func(ln net.Listener) *os.File {
+		f, err := ln.(*net.TCPListener).File()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	shared := listener("127.0.0.1:0")
+	reused := listenReusePort(t, "127.0.0.1:0")
+	reusedToo := listenReusePort(t, reused.Addr().String())
+
 	tests := []struct {
 		name  string
 		files []*os.File
@@ -184,6 +200,10 @@ func TestE2ESocketActivationBadInput(t *testing.T) {
 		{"a connected stream socket", []*os.File{clientFile}, []string{"LISTEN_FDS=1"}, nil, "fd 3 (proxy) is not a listening stream socket"},
 		{"two sockets, one role", []*os.File{listener("127.0.0.1:0"), listener("127.0.0.1:0")}, []string{"LISTEN_FDS=2"}, nil,
 			"fds 3 and 4 are both the proxy socket"},
+		{"one socket as proxy and admin", []*os.File{shared, shared}, []string{"LISTEN_FDS=2", "LISTEN_FDNAMES=proxy:admin"}, nil,
+			"fds 3 (proxy) and 4 (admin) are one socket"},
+		{"two sockets on one address as proxy and admin", []*os.File{fileOf(reused), fileOf(reusedToo)}, []string{"LISTEN_FDS=2", "LISTEN_FDNAMES=proxy:admin"}, nil,
+			"fds 3 (proxy) and 4 (admin) both listen on " + reused.Addr().String()},
 		{"an unknown name", []*os.File{listener("127.0.0.1:0")}, []string{"LISTEN_FDS=1", "LISTEN_FDNAMES=metrics"}, nil,
 			`socket name "metrics" is neither proxy nor admin`},
 		{"-listen as well", []*os.File{listener("127.0.0.1:0")}, []string{"LISTEN_FDS=1", "LISTEN_FDNAMES=proxy"}, []string{"-listen", "127.0.0.1:0"},
@@ -293,5 +313,76 @@ func TestE2ERestartUnderLoad(t *testing.T) {
 	}
 	if p99 := res.quantile(0.99); p99 > time.Second {
 		t.Errorf("p99 across the restarts = %v, want at most 1 s", p99)
+	}
+}
+
+// TestE2ESignalsDrain: SIGHUP (a closed terminal, an operator's kill -HUP),
+// SIGINT and SIGTERM each drain: STOPPING=1, a download in flight gets
+// every byte, "shutting down" is logged and the exit status is 0. SIGHUP's
+// default action would kill the process at once: exit status 129, the
+// download cut, no STOPPING=1.
+func TestE2ESignalsDrain(t *testing.T) {
+	env := needE2E(t)
+	object := readSeed(t, env, "large.bin")
+	for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM} {
+		t.Run(strings.ToUpper(sig.String()), func(t *testing.T) {
+			notify, notifyPath := notifyListener(t)
+			logs := &syncBuffer{}
+			logFile, err := os.Create(filepath.Join(e2e.logsDir, "TestE2ESignalsDrain_"+strings.ReplaceAll(sig.String(), " ", "_")+".log"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer logFile.Close()
+			cmd := exec.Command(env.binary, append(daemonArgs(env), "-listen", "127.0.0.1:0")...)
+			cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + env.dir, "NOTIFY_SOCKET=" + notifyPath}
+			cmd.Stdout, cmd.Stderr = io.MultiWriter(logs, logFile), io.MultiWriter(logs, logFile)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			var waitErr error
+			exited := make(chan struct{}) // closed once waitErr is set
+			go func() { waitErr = cmd.Wait(); close(exited) }()
+			defer func() {
+				cmd.Process.Kill() // if it still runs
+				<-exited
+			}()
+			addr, _ := awaitListening(t, logs, false)
+			for state := ""; !strings.HasPrefix(state, "READY=1"); {
+				if state = nextState(notify, 10*time.Second); state == "" {
+					t.Fatalf("s3-helper never sent READY=1:\n%s", logs)
+				}
+			}
+			resp, err := http.Get("http://" + addr + "/large.bin")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			first := make([]byte, 64<<10)
+			if _, err := io.ReadFull(resp.Body, first); err != nil {
+				t.Fatalf("first bytes: %v", err)
+			}
+			// The rest waits in s3-helper while the signal arrives.
+			cmd.Process.Signal(sig)
+			for state := ""; !strings.HasPrefix(state, "STOPPING=1"); {
+				if state = nextState(notify, 10*time.Second); state == "" {
+					t.Fatalf("no STOPPING=1 after %v:\n%s", sig, logs)
+				}
+			}
+			rest, err := io.ReadAll(resp.Body)
+			if got := append(first, rest...); err != nil || !bytes.Equal(got, object) {
+				t.Errorf("download in flight at %v: %d of %d bytes, %v; want every byte", sig, len(got), len(object), err)
+			}
+			select {
+			case <-exited:
+				if waitErr != nil {
+					t.Errorf("exit after %v: %v, want status 0\n%s", sig, waitErr, logs)
+				}
+			case <-time.After(15 * time.Second):
+				t.Fatalf("s3-helper still running 15 s after %v:\n%s", sig, logs)
+			}
+			if !strings.Contains(logs.String(), `"msg":"shutting down"`) {
+				t.Errorf("no shutting down line after %v:\n%s", sig, logs)
+			}
+		})
 	}
 }

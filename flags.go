@@ -56,11 +56,11 @@ func newFlagSet(cfg *config, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.statsdPrefix, "statsd-prefix", "s3helper", "prefix of every metric name")
 	fs.StringVar(&cfg.statsdTags, "statsd-tags", "", "DogStatsD tags added to every metric, k:v,k2:v2; empty sends plain statsd")
 	fs.StringVar(&cfg.admin, "admin", "", "admin listener HOST:PORT for /healthz (and /debug/pprof/ with -pprof); empty disables")
-	fs.BoolVar(&cfg.pprof, "pprof", false, "serve /debug/pprof/ on the -admin listener")
+	fs.BoolVar(&cfg.pprof, "pprof", false, "serve /debug/pprof/ on the admin listener (-admin, or the admin socket systemd passes)")
 	fs.StringVar(&cfg.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "text or json (log/slog on stderr)")
 	fs.BoolVar(&cfg.accessLog, "access-log", false, "log one line per request (method, key, range, status, upstream status, bytes, duration, attempts)")
-	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long in-flight requests may take to finish")
+	fs.DurationVar(&cfg.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, SIGINT or SIGHUP, how long in-flight requests may take to finish; keep it below the service manager's stop timeout (TimeoutStopSec=, terminationGracePeriodSeconds)")
 	fs.DurationVar(&cfg.readHeaderWait, "read-header-timeout", readHeaderTimeout, "how long a client may take to send its request headers; slower connections are closed")
 	fs.BoolVar(&cfg.showVersion, "version", false, "print the version and exit")
 	fs.BoolVar(&cfg.check, "check", false, "check the configuration, credentials, bucket, region, clock and permissions against the real endpoints, print one line per step and exit (1 if any failed)")
@@ -84,6 +84,10 @@ configured, in the AWS SDKs' order: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY;
 AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN (IRSA); AWS_CONTAINER_CREDENTIALS_*
 (ECS, EKS Pod Identity); else the instance metadata service (IMDSv2).
 
+SIGTERM, SIGINT and SIGHUP each stop s3-helper gracefully: it stops
+accepting, lets requests in flight finish within -shutdown-timeout and exits
+0. SIGHUP reloads nothing; restart s3-helper to apply a new configuration.
+
 Flags:
 `
 
@@ -105,19 +109,22 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 		fs.Usage()
 		return nil, err
 	}
+	cfg.fromEnv = map[string]envSetting{}
 	fs.VisitAll(func(f *flag.Flag) {
-		env := envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		env := envVariable(f.Name)
 		v := getenv(env)
 		if given[f.Name] || v == "" {
 			return
 		}
+		cfg.fromEnv[f.Name] = envSetting{env, v}
 		values := []string{v}
-		if f.Name == "route" || f.Name == "replica" || f.Name == "region-endpoint" {
+		if listFlags[f.Name] {
 			values = strings.Split(v, ",")
 		}
 		for _, one := range values {
 			if err := f.Value.Set(strings.TrimSpace(one)); err != nil {
 				problems = append(problems, fmt.Errorf("$%s %q: must be %s", env, clip(v, maxQuotedValueBytes), expectedForm(f)))
+				resetToDefault(f)
 			}
 		}
 	})
@@ -173,9 +180,32 @@ func parseArgs(fs *flag.FlagSet, args []string) (given map[string]bool, problems
 		given[name] = true
 		if err := f.Value.Set(value); err != nil {
 			problems = append(problems, fmt.Errorf("-%s %q: must be %s", name, clip(value, maxQuotedValueBytes), expectedForm(f)))
+			resetToDefault(f)
 		}
 	}
 	return given, problems, nil
+}
+
+// listFlags take a comma-separated list in their S3_HELPER_* variable.
+var listFlags = map[string]bool{"route": true, "replica": true, "region-endpoint": true}
+
+// envSetting is a flag's S3_HELPER_* variable and the value it held, for
+// a flag the environment set.
+type envSetting struct{ variable, value string }
+
+// envVariable is the S3_HELPER_* variable of a flag.
+func envVariable(flagName string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// resetToDefault puts back a flag's default after a value failed to
+// parse: flag's own Set leaves zero behind (a -timeout of "banana" would
+// read as 0s), and validation would then report a second problem with a
+// value nobody gave. The list flags never fail to parse and keep theirs.
+func resetToDefault(f *flag.Flag) {
+	if _, ok := f.Value.(flag.Getter); ok {
+		f.Value.Set(f.DefValue)
+	}
 }
 
 // expectedForm describes the values a flag takes, for error messages.

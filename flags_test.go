@@ -108,3 +108,46 @@ func TestCredentialFlagValidation(t *testing.T) {
 		}
 	}
 }
+
+// TestOneProblemPerBadValue: a value that does not parse is one problem,
+// not two (flag's Set leaves zero behind, which validation would judge as
+// well: `-timeout "0s"`), and a problem with a value the environment set
+// names the S3_HELPER_* variable and the text it held, not the flag.
+func TestOneProblemPerBadValue(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want []string
+	}{
+		{"unparsable variable", nil, map[string]string{"S3_HELPER_TIMEOUT": "banana"},
+			[]string{`$S3_HELPER_TIMEOUT "banana": must be a duration such as 5s, 250ms or 1m30s`}},
+		{"unparsable flag", []string{"-timeout", "banana"}, nil,
+			[]string{`-timeout "banana": must be a duration such as 5s, 250ms or 1m30s`}},
+		{"unparsable number", nil, map[string]string{"S3_HELPER_RETRIES": "many"},
+			[]string{`$S3_HELPER_RETRIES "many": must be a whole number such as 3`}},
+		{"variable out of range", nil, map[string]string{"S3_HELPER_TIMEOUT": "1h"},
+			[]string{`$S3_HELPER_TIMEOUT "1h": must be between 100ms and 5m`}},
+		{"flag out of range wins over its variable", []string{"-timeout", "1h"}, map[string]string{"S3_HELPER_TIMEOUT": "2s"},
+			[]string{`-timeout "1h0m0s": must be between 100ms and 5m`}},
+		{"one element of a list variable", nil, map[string]string{"S3_HELPER_ROUTE": "/a/=bucket-a,c=d"},
+			[]string{`$S3_HELPER_ROUTE "c=d": path prefix must start with '/'`}},
+		{"a rule between variables", nil, map[string]string{"S3_HELPER_PPROF": "true"},
+			[]string{`$S3_HELPER_PPROF "true": needs -admin`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append([]string{"-bucket", "media", "-region", "us-east-1"}, tt.args...)
+			_, err := loadConfig(args, envFrom(tt.env), io.Discard)
+			got := configProblems(err)
+			if len(got) != len(tt.want) {
+				t.Fatalf("loadConfig = %d problems, want %d:\n%v", len(got), len(tt.want), err)
+			}
+			for i, want := range tt.want {
+				if !strings.HasPrefix(got[i].Error(), want) {
+					t.Errorf("problem %d = %q, want it to start %q", i, got[i], want)
+				}
+			}
+		})
+	}
+}

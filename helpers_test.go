@@ -14,6 +14,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -295,3 +297,24 @@ const (
 	testSecret = "test/secret+KEY0123456789abcdefghijklmnop"
 	testToken  = "IQoJtest-session-token/with+base64=="
 )
+
+// needTools ends the test unless every named program is installed. The
+// suite's machine has them all (scripts/testenv.sh install, the README's
+// apt-get line), so a missing one fails the test; it is skipped only when
+// S3_HELPER_E2E=0 runs the unit tests alone, outside CI.
+func needTools(t *testing.T, names ...string) {
+	t.Helper()
+	var missing []string
+	for _, name := range names {
+		if _, err := exec.LookPath(name); err != nil {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	if os.Getenv("S3_HELPER_E2E") == "0" && os.Getenv("CI") != "true" {
+		t.Skipf("S3_HELPER_E2E=0 and %s not installed", strings.Join(missing, ", "))
+	}
+	t.Fatalf("%s not installed: scripts/testenv.sh install (or the README's apt-get line) installs it", strings.Join(missing, ", "))
+}

@@ -36,9 +36,13 @@ const (
 	serverHeaderCap = 64 << 10
 )
 
-// main runs the daemon until SIGINT or SIGTERM; exit status 2 means bad configuration.
+// main runs the daemon until SIGINT, SIGTERM or SIGHUP, each of which
+// drains; exit status 2 means bad configuration. SIGHUP's default action
+// would end the process at once, cutting every response in flight: a
+// closed terminal or an operator's kill -HUP stops it as SIGTERM does
+// (there is no configuration to reload: a restart reads it).
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
 	if errors.Is(err, flag.ErrHelp) {
@@ -166,6 +170,9 @@ func passedListeners(cfg config, getenv func(string) string) (inherited, error) 
 		return inherited{}, configErrorOf(err)
 	}
 	clearListenEnv()
+	if err := checkDistinctSockets(sockets); err != nil {
+		return inherited{}, configErrorOf(err)
+	}
 	var in inherited
 	for _, s := range sockets {
 		if s.role == roleProxy && cfg.listenGiven || s.role == roleAdmin && cfg.adminGiven {
@@ -258,6 +265,12 @@ func registerGauges(metrics *Metrics, proxy *Proxy, cache *credentialCache, stat
 		}
 		metrics.GaugeSet(mBucketUp, names, func(i int) int64 {
 			if states, _ := proxy.bucketStates(); i < len(states) && states[i].up {
+				return 1
+			}
+			return 0
+		})
+		metrics.Gauge(mAllCopiesDown, func() int64 {
+			if _, noCopyUp := proxy.bucketStates(); noCopyUp {
 				return 1
 			}
 			return 0

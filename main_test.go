@@ -496,3 +496,50 @@ func TestRejectionsAreLoggedAndCounted(t *testing.T) {
 		t.Errorf("a header block beyond net/http's cap = %d, want its 431", resp.StatusCode)
 	}
 }
+
+// TestAllCopiesDownGauge: all_copies_down is 0 while a copy of each bucket
+// can serve and 1 once the bucket and its replica are both marked down
+// (what /healthz reports as 503), beside bucket_up 0 for each.
+func TestAllCopiesDownGauge(t *testing.T) {
+	f, srv := newFakeS3(t)
+	var failing atomic.Bool
+	f.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
+		if failing.Load() {
+			s3Error(w, http.StatusInternalServerError, "InternalError", "We encountered an internal error.")
+			return true
+		}
+		return false
+	}
+	f.put("a.mp4", []byte("video"))
+	west, westSrv := newFakeS3(t)
+	west.region, west.fault = "us-west-2", f.fault
+	west.put("a.mp4", []byte("video"))
+	d := startDaemon(t, []string{"-bucket", testBucket, "-region", "us-east-1", "-endpoint", srv.URL, "-admin", "127.0.0.1:0",
+		"-retries", "0", "-replica", testBucket + "=media-west@us-west-2", "-region-endpoint", "us-west-2=" + westSrv.URL}, staticEnv())
+	scrape := func() string {
+		t.Helper()
+		_, body := get(t, "GET", "http://"+d.admin+"/metrics", nil)
+		return string(body)
+	}
+	for _, want := range []string{"s3helper_all_copies_down 0\n", `s3helper_bucket_up{bucket="media"} 1` + "\n"} {
+		if text := scrape(); !strings.Contains(text, want) {
+			t.Errorf("healthy: /metrics lacks %q", want)
+		}
+	}
+	failing.Store(true)
+	// Three fetches in a row that fail for the region's sake mark a copy
+	// down; a request tries the copies in turn.
+	text := ""
+	for i := 0; i < 10 && !strings.Contains(text, "s3helper_all_copies_down 1\n"); i++ {
+		get(t, "GET", "http://"+d.addr+"/a.mp4", nil)
+		text = scrape()
+	}
+	for _, want := range []string{"s3helper_all_copies_down 1\n", `s3helper_bucket_up{bucket="media"} 0` + "\n", `s3helper_bucket_up{bucket="media-west"} 0` + "\n"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("every copy down: /metrics lacks %q", want)
+		}
+	}
+	if resp, _ := get(t, "GET", "http://"+d.admin+"/healthz", nil); resp.StatusCode != 503 {
+		t.Errorf("/healthz = %d with every copy down, want 503\n%s", resp.StatusCode, d.logs)
+	}
+}

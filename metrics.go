@@ -36,6 +36,7 @@ const (
 	mRetryBudgetTokens
 	mFailovers
 	mBucketUp
+	mAllCopiesDown
 	mFrontEnds
 	mFrontEndsInUse
 	mFrontEndsResting
@@ -153,6 +154,8 @@ var metricTable = [metricCount]metricDef{
 		help: "Fetches sent on to a replica because a bucket's region could not serve (connect errors, timeouts, 5xx after the retries)."},
 	mBucketUp: {name: "upstream.bucket_up", prom: "bucket_up", kind: gaugeKind, outputs: allOutputs, labels: []labelDim{{name: "bucket"}},
 		help: "1 while a bucket with replicas, or a replica, is up; 0 while it is marked down (one series per configured bucket)."},
+	mAllCopiesDown: {name: "upstream.all_copies_down", prom: "all_copies_down", kind: gaugeKind, outputs: allOutputs,
+		help: "1 while some bucket with replicas has no copy that can serve (it and every replica are marked down; /healthz answers 503), else 0."},
 	mFrontEnds: {name: "upstream.front_ends", prom: "front_ends", kind: gaugeKind, outputs: allOutputs, labels: []labelDim{{name: "bucket"}},
 		help: "Addresses S3's DNS names for a bucket's endpoint (its front-end hosts), as last resolved."},
 	mFrontEndsInUse: {name: "upstream.front_ends_in_use", prom: "front_ends_in_use", kind: gaugeKind, outputs: allOutputs, labels: []labelDim{{name: "bucket"}},

@@ -12,9 +12,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestPackage(t *testing.T) {
@@ -106,6 +108,95 @@ func TestDefaultFileNamesRealFlags(t *testing.T) {
 		}
 		if file == "packaging/s3-helper.default" && found < 10 {
 			t.Errorf("%s shows only %d variables", file, found)
+		}
+	}
+}
+
+// stopMargin is how much longer than -shutdown-timeout a service manager
+// must wait before it kills s3-helper: after the drain's deadline the cut
+// requests get a second to be logged, then the admin listener and the
+// outputs close.
+const stopMargin = 10 * time.Second
+
+// TestStopTimeoutsAgree: the unit's TimeoutStopSec= leaves the drain its
+// -shutdown-timeout (the flag's default, and the value
+// /etc/default/s3-helper shows) plus stopMargin, so systemd's SIGKILL never
+// lands mid-drain; and each file says so where an operator changes its
+// value.
+func TestStopTimeoutsAgree(t *testing.T) {
+	unit, err := os.ReadFile("packaging/s3-helper.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defaults, err := os.ReadFile("packaging/s3-helper.default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^TimeoutStopSec=(\S+)$`).FindSubmatch(unit)
+	if m == nil {
+		t.Fatal("packaging/s3-helper.service sets no TimeoutStopSec=")
+	}
+	stop, err := time.ParseDuration(string(m[1]))
+	if err != nil {
+		t.Fatalf("TimeoutStopSec=%s: want a value in s, such as 45s: %v", m[1], err)
+	}
+	flagDefault, err := time.ParseDuration(newFlagSet(&config{}, io.Discard).Lookup("shutdown-timeout").DefValue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m = regexp.MustCompile(`(?m)^#?S3_HELPER_SHUTDOWN_TIMEOUT=(\S+)$`).FindSubmatch(defaults)
+	if m == nil {
+		t.Fatal("packaging/s3-helper.default does not show S3_HELPER_SHUTDOWN_TIMEOUT")
+	}
+	shown, err := time.ParseDuration(string(m[1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if shown != flagDefault {
+		t.Errorf("/etc/default/s3-helper shows S3_HELPER_SHUTDOWN_TIMEOUT=%v, the flag's default is %v", shown, flagDefault)
+	}
+	if stop < max(shown, flagDefault)+stopMargin {
+		t.Errorf("TimeoutStopSec=%v, want at least -shutdown-timeout %v plus %v: systemd would kill the drain", stop, max(shown, flagDefault), stopMargin)
+	}
+	// Where an operator changes one, the other is named.
+	if !regexp.MustCompile(`(?m)^#.*S3_HELPER_SHUTDOWN_TIMEOUT[^\n]*\n(#[^\n]*\n)*TimeoutStopSec=`).Match(unit) {
+		t.Error("the comment above TimeoutStopSec= does not name S3_HELPER_SHUTDOWN_TIMEOUT")
+	}
+	if !regexp.MustCompile(`(?m)^#.*TimeoutStopSec=[^\n]*\n(#[^\n]*\n)*#S3_HELPER_SHUTDOWN_TIMEOUT=`).Match(defaults) {
+		t.Error("the comment above S3_HELPER_SHUTDOWN_TIMEOUT does not name TimeoutStopSec=")
+	}
+}
+
+// TestSetupPackagesAgree: the README's apt-get line installs exactly the
+// Debian packages scripts/testenv.sh installs for the suite (and CI), so a
+// machine set up by hand runs the same tests.
+func TestSetupPackagesAgree(t *testing.T) {
+	script, err := os.ReadFile("scripts/testenv.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^APT_PACKAGES=\(([^)]*)\)$`).FindSubmatch(script)
+	if m == nil {
+		t.Fatal("scripts/testenv.sh has no APT_PACKAGES=(...) line")
+	}
+	fromScript := strings.Fields(string(m[1]))
+	m = regexp.MustCompile(`(?m)^apt-get update && apt-get install -y --no-install-recommends (.*)$`).FindSubmatch(readme)
+	if m == nil {
+		t.Fatal("README.md has no apt-get install line")
+	}
+	fromREADME := strings.Fields(string(m[1]))
+	slices.Sort(fromScript)
+	slices.Sort(fromREADME)
+	if !slices.Equal(fromScript, fromREADME) {
+		t.Errorf("README installs %v, scripts/testenv.sh %v", fromREADME, fromScript)
+	}
+	for _, p := range []string{"buildah", "skopeo", "umoci", "prometheus"} {
+		if !slices.Contains(fromScript, p) {
+			t.Errorf("APT_PACKAGES lacks %s, which the suite's image and rule tests need", p)
 		}
 	}
 }

@@ -90,6 +90,69 @@ func listenEnv(getenv func(string) string, pid int) ([]inheritedSocket, error) {
 	return sockets, nil
 }
 
+// checkDistinctSockets refuses one socket passed as both the proxy and the
+// admin socket: one open socket under two descriptors (the same unit's
+// socket listed twice), or two sockets bound to one address (two units
+// with ReusePort=, between which the kernel spreads connections). Either
+// way /metrics and /healthz would answer on nginx's port, and objects on
+// the admin port. Descriptors that are not sockets are left to
+// listenerFor, which names what they are.
+func checkDistinctSockets(sockets []inheritedSocket) error {
+	for i, a := range sockets {
+		for _, b := range sockets[i+1:] {
+			var sa, sb syscall.Stat_t
+			if syscall.Fstat(a.fd, &sa) != nil || syscall.Fstat(b.fd, &sb) != nil ||
+				sa.Mode&syscall.S_IFMT != syscall.S_IFSOCK || sb.Mode&syscall.S_IFMT != syscall.S_IFSOCK {
+				continue
+			}
+			addr := boundAddress(a.fd)
+			switch {
+			case sa.Dev == sb.Dev && sa.Ino == sb.Ino:
+				return fmt.Errorf("%w: fds %d (%s) and %d (%s) are one socket (%s): give s3-helper-admin.socket a ListenStream= of its own",
+					errSocketActivation, a.fd, a.role, b.fd, b.role, addr)
+			case addr != "" && addr == boundAddress(b.fd):
+				return fmt.Errorf("%w: fds %d (%s) and %d (%s) both listen on %s (ReusePort=): give s3-helper-admin.socket a ListenStream= of its own",
+					errSocketActivation, a.fd, a.role, b.fd, b.role, addr)
+			}
+		}
+	}
+	return nil
+}
+
+// boundAddress is the address a socket is bound to (getsockname), or ""
+// when it has none that names it.
+func boundAddress(fd int) string {
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		return ""
+	}
+	switch sa := sa.(type) {
+	case *syscall.SockaddrInet4:
+		return net.JoinHostPort(net.IP(sa.Addr[:]).String(), strconv.Itoa(sa.Port))
+	case *syscall.SockaddrInet6:
+		return net.JoinHostPort(net.IP(sa.Addr[:]).String(), strconv.Itoa(sa.Port))
+	case *syscall.SockaddrUnix:
+		return sa.Name
+	}
+	return ""
+}
+
+// passesAdminSocket reports whether systemd passes this process an admin
+// socket. Broken LISTEN_* variables answer false here; passedListeners
+// reports them.
+func passesAdminSocket(getenv func(string) string, pid int) bool {
+	sockets, err := listenEnv(getenv, pid)
+	if err != nil {
+		return false
+	}
+	for _, s := range sockets {
+		if s.role == roleAdmin {
+			return true
+		}
+	}
+	return false
+}
+
 // roleOf maps a socket's name to its role.
 func roleOf(name string) (string, error) {
 	switch {

@@ -15,8 +15,10 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -275,3 +277,102 @@ func TestNotifyNeverBlocks(t *testing.T) {
 	}
 	t.Fatal("100,000 reports fitted in an unread socket; the test did not reach a full one")
 }
+
+// TestOneSocketIsNotBothListeners: a socket passed as both the proxy and
+// the admin socket is refused, naming both descriptors, whether it is one
+// socket under two descriptors (TCP or Unix) or two sockets bound to one
+// address with SO_REUSEPORT; two sockets of their own, and a descriptor
+// that is no socket, are left alone.
+func TestOneSocketIsNotBothListeners(t *testing.T) {
+	fdOf := func(t *testing.T, ln net.Listener) int {
+		t.Helper()
+		f, err := ln.(interface{ File() (*os.File, error) }).File()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return int(f.Fd())
+	}
+	listen := func(t *testing.T, network, addr string) net.Listener {
+		t.Helper()
+		ln, err := net.Listen(network, addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		return ln
+	}
+	pair := func(a, b int) []inheritedSocket {
+		return []inheritedSocket{{fd: a, role: roleProxy}, {fd: b, role: roleAdmin}}
+	}
+	tests := []struct {
+		name    string
+		sockets func(t *testing.T) []inheritedSocket
+		want    string // "" for accepted
+	}{
+		{"one TCP socket twice", func(t *testing.T) []inheritedSocket {
+			ln := listen(t, "tcp", "127.0.0.1:0")
+			return pair(fdOf(t, ln), fdOf(t, ln))
+		}, "are one socket (127.0.0.1:"},
+		{"one Unix socket twice", func(t *testing.T) []inheritedSocket {
+			ln := listen(t, "unix", filepath.Join(t.TempDir(), "s.sock"))
+			return pair(fdOf(t, ln), fdOf(t, ln))
+		}, "are one socket ("},
+		{"two sockets on one address (ReusePort=)", func(t *testing.T) []inheritedSocket {
+			a := listenReusePort(t, "127.0.0.1:0")
+			b := listenReusePort(t, a.Addr().String())
+			return pair(fdOf(t, a), fdOf(t, b))
+		}, "both listen on " + "127.0.0.1:"},
+		{"two sockets", func(t *testing.T) []inheritedSocket {
+			return pair(fdOf(t, listen(t, "tcp", "127.0.0.1:0")), fdOf(t, listen(t, "tcp", "127.0.0.1:0")))
+		}, ""},
+		{"one regular file twice", func(t *testing.T) []inheritedSocket {
+			f, err := os.CreateTemp(t.TempDir(), "regular")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { f.Close() })
+			return pair(int(f.Fd()), int(f.Fd()))
+		}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sockets := tt.sockets(t)
+			err := checkDistinctSockets(sockets)
+			if tt.want == "" {
+				if err != nil {
+					t.Errorf("checkDistinctSockets = %v, want nil", err)
+				}
+				return
+			}
+			names := fmt.Sprintf("fds %d (proxy) and %d (admin) ", sockets[0].fd, sockets[1].fd)
+			if err == nil || !strings.Contains(err.Error(), names+tt.want) || !errors.Is(err, errSocketActivation) {
+				t.Errorf("checkDistinctSockets = %v, want an error naming %q", err, names+tt.want)
+			}
+		})
+	}
+}
+
+// listenReusePort listens on addr with SO_REUSEPORT, as a .socket unit
+// with ReusePort=yes does; closed at the test's end.
+func listenReusePort(t *testing.T, addr string) net.Listener {
+	t.Helper()
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, soReusePort, 1)
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// soReusePort is SO_REUSEPORT on Linux, which package syscall lacks.
+const soReusePort = 0xf

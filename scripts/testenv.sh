@@ -23,7 +23,7 @@ HELPER_PORT=${S3H_HELPER_PORT:-18080}
 ADMIN_PORT=${S3H_ADMIN_PORT:-18082}
 # Debian packages the build, the tests and the demo need; README.md gives
 # the same apt-get line.
-APT_PACKAGES=(make gcc git ca-certificates curl nginx prometheus collectd-core systemd dpkg-dev lintian help2man)
+APT_PACKAGES=(make gcc git ca-certificates curl nginx prometheus collectd-core systemd dpkg-dev lintian help2man buildah skopeo umoci)
 REGION=us-east-1
 BUCKET=media
 # The replica: another bucket over the same store and IAM, served by a
