@@ -192,7 +192,7 @@ func (c *s3Client) attemptWithin(ctx, actx context.Context, cancel context.Cance
 	creds, err := c.credsFor(&up.route).Get(ctx, now)
 	if err != nil {
 		cancel()
-		fe.report(unjudged, 0)
+		fe.report(frontUnjudged, 0)
 		return attemptFacts{err: credentialsFailure(ctx, err)}
 	}
 	f := attemptFacts{creds: creds, front: fe}
@@ -210,23 +210,23 @@ func (c *s3Client) attemptWithin(ctx, actx context.Context, cancel context.Cance
 		}
 		cancel()
 		f.err = endedBy(ctx)
-		fe.report(unjudged, 0)
+		fe.report(frontUnjudged, 0)
 		return f
 	case err != nil && actx.Err() != nil:
 		// The hedge race cancelled it: its wait is a lower bound of its
 		// time to first byte.
 		cancel()
 		f.err = classifyTransport(err)
-		fe.report(outraced, c.now.read().Sub(sent))
+		fe.report(frontOutraced, c.now.read().Sub(sent))
 		return f
 	case err != nil:
 		cancel()
 		f.err = classifyTransport(err)
-		fe.report(failed, 0)
+		fe.report(frontFailed, 0)
 		return f
 	}
 	f.ttfb, f.status = c.now.read().Sub(sent), resp.StatusCode
-	fe.report(answered, f.ttfb)
+	fe.report(frontAnswered, f.ttfb)
 	if resp.StatusCode < 300 || resp.StatusCode == http.StatusNotModified {
 		resp.Body = watchBody(resp.Body, cancel, c.timeout)
 		f.resp = resp

@@ -186,13 +186,6 @@ func parseArgs(fs *flag.FlagSet, args []string) (given map[string]bool, problems
 	return given, problems, nil
 }
 
-// listFlags take a comma-separated list in their S3_HELPER_* variable.
-var listFlags = map[string]bool{"route": true, "replica": true, "region-endpoint": true}
-
-// envSetting is a flag's S3_HELPER_* variable and the value it held, for
-// a flag the environment set.
-type envSetting struct{ variable, value string }
-
 // envVariable is the S3_HELPER_* variable of a flag.
 func envVariable(flagName string) string {
 	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))

@@ -14,7 +14,7 @@ package main
 //
 // The rule that leaves an address out, judged on each outcome it reports:
 //
-//	failures   2 connect errors or timeouts in a row (1 on probation)
+//	failures   2 connect errors, timeouts or resets in a row (1 on probation)
 //	slowness   the median of its last 32 times to first byte is more than
 //	           4× the median of the others' and either more than 50 ms
 //	           above it or made of attempts that mostly lost the hedge
@@ -59,8 +59,8 @@ const (
 	// than slowFactor times the others' and more than slowMargin above.
 	slowFactor = 4
 	slowMargin = 50 * time.Millisecond
-	// failuresToLeaveOut is how many connect errors or timeouts in a row
-	// leave an address out.
+	// failuresToLeaveOut is how many connect errors, timeouts or resets in a
+	// row leave an address out.
 	failuresToLeaveOut = 2
 	// frontEndRest is how long a left-out address gets no request.
 	frontEndRest = 10 * time.Second
@@ -103,7 +103,7 @@ type frontEnds struct {
 	retired    []*frontEnd
 	resolvedAt time.Time
 	refreshing bool
-	// lastErr is the last failed resolution, for /healthz.
+	// lastErr is the last resolution that failed, for /healthz.
 	lastErr  error
 	leftOuts atomic.Int64
 }
@@ -128,18 +128,18 @@ type frontEnd struct {
 	reason string
 }
 
-// outcome is what one attempt at a front end came to.
-type outcome int
+// frontOutcome is what one attempt at a front end came to.
+type frontOutcome int
 
 const (
-	// answered: S3 sent response headers (any status) after ttfb.
-	answered outcome = iota
-	// failed: a connect error or a timeout.
-	failed
-	// outraced: the hedge race cancelled it after it waited ttfb.
-	outraced
-	// unjudged: anything else (the client left, a reset).
-	unjudged
+	// frontAnswered: S3 sent response headers (any status) after ttfb.
+	frontAnswered frontOutcome = iota
+	// frontFailed: a connect error, a timeout or a reset.
+	frontFailed
+	// frontOutraced: the hedge race cancelled it after it waited ttfb.
+	frontOutraced
+	// frontUnjudged: anything else (the client left, no credentials).
+	frontUnjudged
 )
 
 // pick chooses the front end an attempt to host (host[:port] of scheme)
@@ -154,7 +154,7 @@ func (d *frontDoor) pick(ctx context.Context, scheme, host string, avoid *frontE
 	if fs == nil {
 		return nil
 	}
-	fs.fresh(ctx)
+	fs.refreshIfDue(ctx)
 	return fs.pick(avoid)
 }
 
@@ -187,7 +187,7 @@ func (d *frontDoor) frontEndsOf(scheme, host string) *frontEnds {
 // fresh resolves the name when it was never resolved (the caller waits:
 // there is nothing to pick from) or, in the background, when the last
 // answer is older than frontEndRefresh.
-func (fs *frontEnds) fresh(ctx context.Context) {
+func (fs *frontEnds) refreshIfDue(ctx context.Context) {
 	fs.mu.Lock()
 	now := fs.door.now.read()
 	first := fs.resolvedAt.IsZero()
@@ -222,7 +222,7 @@ func (fs *frontEnds) fresh(ctx context.Context) {
 
 // resolveNow resolves the name and takes the answer: new addresses get a
 // pool, addresses DNS no longer names get no new request and their
-// connections are closed once idle. A failed resolution keeps the last
+// connections are closed once idle. A resolution that fails keeps the last
 // answer.
 func (fs *frontEnds) resolveNow(ctx context.Context) {
 	resolve := fs.door.resolve
@@ -243,11 +243,11 @@ func (fs *frontEnds) resolveNow(ctx context.Context) {
 		}
 		return
 	}
-	fs.take(ips)
+	fs.takeAddrs(ips)
 }
 
 // take makes ips the name's addresses. fs.mu must be held.
-func (fs *frontEnds) take(ips []netip.Addr) {
+func (fs *frontEnds) takeAddrs(ips []netip.Addr) {
 	next := make([]*frontEnd, 0, min(len(ips), maxFrontEnds))
 	for _, ip := range ips {
 		if len(next) == maxFrontEnds {
@@ -319,8 +319,8 @@ func (fs *frontEnds) pick(avoid *frontEnd) *frontEnd {
 	case 1:
 		fe = use[0]
 	default:
-		i := fs.door.intn(len(use))
-		j := fs.door.intn(len(use) - 1)
+		i := fs.door.randIndex(len(use))
+		j := fs.door.randIndex(len(use) - 1)
 		if j >= i {
 			j++
 		}
@@ -334,7 +334,7 @@ func (fs *frontEnds) pick(avoid *frontEnd) *frontEnd {
 }
 
 // intn is a random int in [0, n).
-func (d *frontDoor) intn(n int) int {
+func (d *frontDoor) randIndex(n int) int {
 	if d.rand != nil {
 		return d.rand(n)
 	}
@@ -344,7 +344,7 @@ func (d *frontDoor) intn(n int) int {
 // report records what an attempt picked at fe came to; ttfb is the time
 // to response headers, or how long it waited before the race cancelled it.
 // A nil fe reports nothing.
-func (fe *frontEnd) report(o outcome, ttfb time.Duration) {
+func (fe *frontEnd) report(o frontOutcome, ttfb time.Duration) {
 	if fe == nil {
 		return
 	}
@@ -353,19 +353,19 @@ func (fe *frontEnd) report(o outcome, ttfb time.Duration) {
 	defer fs.mu.Unlock()
 	fe.inFlight.Add(-1)
 	switch o {
-	case answered:
+	case frontAnswered:
 		fe.failures = 0
 		fe.observe(ttfb, false)
-	case outraced:
+	case frontOutraced:
 		if fe.probation {
 			fe.failures = failuresToLeaveOut
 		}
 		fe.observe(ttfb, true)
-	case failed:
+	case frontFailed:
 		fe.failures++
 	}
 	if !fe.leftOut {
-		if reason := fs.judge(fe); reason != "" {
+		if reason := fs.judgeFront(fe); reason != "" {
 			fs.leaveOut(fe, reason)
 		}
 	}
@@ -382,9 +382,9 @@ func (fe *frontEnd) observe(d time.Duration, lost bool) {
 
 // judge says why fe should be left out, or "" when it should not. fs.mu
 // must be held.
-func (fs *frontEnds) judge(fe *frontEnd) string {
+func (fs *frontEnds) judgeFront(fe *frontEnd) string {
 	if fe.failures >= failuresToLeaveOut || fe.probation && fe.failures > 0 {
-		return strconv.Itoa(fe.failures) + " connect errors or timeouts in a row"
+		return strconv.Itoa(fe.failures) + " connect errors, timeouts or resets in a row"
 	}
 	need := judgeAfter
 	if fe.probation {
@@ -402,7 +402,7 @@ func (fs *frontEnds) judge(fe *frontEnd) string {
 	if len(others) < judgeAfter {
 		return ""
 	}
-	mine, theirs := median(fe.samples[:fe.n]), median(others)
+	mine, theirs := medianTTFB(fe.samples[:fe.n]), medianTTFB(others)
 	lost := 0
 	for _, l := range fe.lost[:fe.n] {
 		if l {
@@ -422,7 +422,7 @@ func (fs *frontEnds) judge(fe *frontEnd) string {
 }
 
 // median of ds; ds is not modified.
-func median(ds []time.Duration) time.Duration {
+func medianTTFB(ds []time.Duration) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	return s[len(s)/2]
@@ -466,22 +466,22 @@ type frontEndState struct {
 }
 
 // states lists the name's addresses.
-func (fs *frontEnds) states() []frontEndState {
+func (fs *frontEnds) frontStates() []frontEndState {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	out := make([]frontEndState, 0, len(fs.addrs))
 	for _, fe := range fs.addrs {
 		st := frontEndState{addr: fe.addr, leftOut: fe.leftOut, inFlight: fe.inFlight.Load(), reason: fe.reason, probation: fe.probation}
 		if fe.n > 0 {
-			st.median, st.tested = median(fe.samples[:fe.n]), true
+			st.median, st.tested = medianTTFB(fe.samples[:fe.n]), true
 		}
 		out = append(out, st)
 	}
 	return out
 }
 
-// counts is how many addresses the name has, in use and left out.
-func (fs *frontEnds) counts() (known, inUse, leftOut int) {
+// tally is how many addresses the name has, in use and left out.
+func (fs *frontEnds) tally() (known, inUse, leftOut int) {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	for _, fe := range fs.addrs {
@@ -493,9 +493,9 @@ func (fs *frontEnds) counts() (known, inUse, leftOut int) {
 }
 
 // describe is one /healthz line per address of the name.
-func (fs *frontEnds) describe() []string {
+func (fs *frontEnds) describeLines() []string {
 	var lines []string
-	for _, st := range fs.states() {
+	for _, st := range fs.frontStates() {
 		state := "in use"
 		switch {
 		case st.leftOut:
@@ -510,7 +510,7 @@ func (fs *frontEnds) describe() []string {
 		lines = append(lines, line)
 	}
 	if len(lines) == 0 {
-		lines = append(lines, "front end "+fs.name+": no address yet: "+cmp.Or(errText(fs.lastErrLocked()), "not resolved yet"))
+		lines = append(lines, "front end "+fs.name+": no address yet: "+cmp.Or(errorText(fs.lastErrLocked()), "not resolved yet"))
 	}
 	return lines
 }
@@ -523,7 +523,7 @@ func (fs *frontEnds) lastErrLocked() error {
 }
 
 // errText is err's text, "" for nil.
-func errText(err error) string {
+func errorText(err error) string {
 	if err == nil {
 		return ""
 	}

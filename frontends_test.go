@@ -69,7 +69,7 @@ func (td *testDoor) setAddrs(n int) {
 
 // serve picks n times for attempts that end at once with what end says
 // of the address picked, and counts the picks per address.
-func (td *testDoor) serve(t *testing.T, n int, end func(fe *frontEnd) (outcome, time.Duration)) map[string]int {
+func (td *testDoor) serve(t *testing.T, n int, end func(fe *frontEnd) (frontOutcome, time.Duration)) map[string]int {
 	t.Helper()
 	picks := map[string]int{}
 	for range n {
@@ -84,12 +84,12 @@ func (td *testDoor) serve(t *testing.T, n int, end func(fe *frontEnd) (outcome, 
 }
 
 // healthy answers in 5 ms everywhere but at bad, which end says.
-func healthy(bad string, end func() (outcome, time.Duration)) func(fe *frontEnd) (outcome, time.Duration) {
-	return func(fe *frontEnd) (outcome, time.Duration) {
+func healthy(bad string, end func() (frontOutcome, time.Duration)) func(fe *frontEnd) (frontOutcome, time.Duration) {
+	return func(fe *frontEnd) (frontOutcome, time.Duration) {
 		if fe.addr.Addr().String() == bad {
 			return end()
 		}
-		return answered, 5 * time.Millisecond
+		return frontAnswered, 5 * time.Millisecond
 	}
 }
 
@@ -112,7 +112,7 @@ func TestFrontEndsSpread(t *testing.T) {
 		fe := td.pick(t.Context(), "https", "s3.test", nil)
 		inFlight[fe]++
 		if window = append(window, fe); len(window) > 32 {
-			window[0].report(answered, 5*time.Millisecond)
+			window[0].report(frontAnswered, 5*time.Millisecond)
 			window = window[1:]
 		}
 	}
@@ -131,7 +131,7 @@ func TestFrontEndLeftOutForFailures(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		td := newTestDoor(4)
 		bad := "127.0.0.12"
-		fails := healthy(bad, func() (outcome, time.Duration) { return failed, 0 })
+		fails := healthy(bad, func() (frontOutcome, time.Duration) { return frontFailed, 0 })
 		picks := td.serve(t, 400, fails)
 		if picks[bad] != failuresToLeaveOut {
 			t.Fatalf("the failing address got %d requests, want %d before it was left out", picks[bad], failuresToLeaveOut)
@@ -165,11 +165,11 @@ func TestFrontEndLeftOutForSlowness(t *testing.T) {
 		td := newTestDoor(8)
 		bad := "127.0.0.15"
 		slow := true
-		end := healthy(bad, func() (outcome, time.Duration) {
+		end := healthy(bad, func() (frontOutcome, time.Duration) {
 			if slow {
-				return answered, 300 * time.Millisecond
+				return frontAnswered, 300 * time.Millisecond
 			}
-			return answered, 6 * time.Millisecond
+			return frontAnswered, 6 * time.Millisecond
 		})
 		if picks := td.serve(t, 2000, end); picks[bad] != judgeAfter {
 			t.Fatalf("the slow address got %d requests, want %d before it was left out", picks[bad], judgeAfter)
@@ -196,7 +196,7 @@ func TestFrontEndHangingFound(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		td := newTestDoor(8)
 		bad := "127.0.0.13"
-		end := healthy(bad, func() (outcome, time.Duration) { return outraced, 70 * time.Millisecond })
+		end := healthy(bad, func() (frontOutcome, time.Duration) { return frontOutraced, 70 * time.Millisecond })
 		if picks := td.serve(t, 2000, end); picks[bad] != judgeAfter {
 			t.Fatalf("the hanging address got %d requests, want %d", picks[bad], judgeAfter)
 		}
@@ -211,9 +211,9 @@ func TestFrontEndHangingFound(t *testing.T) {
 // use is never left out, and requests still go somewhere.
 func TestFrontEndsNeverAllLeftOut(t *testing.T) {
 	td := newTestDoor(3)
-	td.serve(t, 100, func(*frontEnd) (outcome, time.Duration) { return failed, 0 })
+	td.serve(t, 100, func(*frontEnd) (frontOutcome, time.Duration) { return frontFailed, 0 })
 	fs := td.frontEndsOf("https", "s3.test")
-	if known, inUse, leftOut := fs.counts(); known != 3 || inUse != 1 || leftOut != 2 {
+	if known, inUse, leftOut := fs.tally(); known != 3 || inUse != 1 || leftOut != 2 {
 		t.Errorf("known %d, in use %d, left out %d; want 3, 1, 2", known, inUse, leftOut)
 	}
 }
@@ -228,8 +228,8 @@ func TestFrontEndAvoided(t *testing.T) {
 		if second == first {
 			t.Fatalf("the hedge went to the first attempt's %s", first.addr)
 		}
-		first.report(answered, time.Millisecond)
-		second.report(answered, time.Millisecond)
+		first.report(frontAnswered, time.Millisecond)
+		second.report(frontAnswered, time.Millisecond)
 	}
 	one := newTestDoor(1)
 	first := one.pick(t.Context(), "https", "s3.test", nil)
@@ -242,7 +242,7 @@ func TestFrontEndAvoided(t *testing.T) {
 // request and is never left out, whatever it does.
 func TestOneAddressChangesNothing(t *testing.T) {
 	td := newTestDoor(1)
-	picks := td.serve(t, 100, func(*frontEnd) (outcome, time.Duration) { return failed, 0 })
+	picks := td.serve(t, 100, func(*frontEnd) (frontOutcome, time.Duration) { return frontFailed, 0 })
 	if picks["127.0.0.11"] != 100 {
 		t.Errorf("picks %v, want all 100 at the one address", picks)
 	}
@@ -260,7 +260,7 @@ func TestNoFrontEndsForAnAddress(t *testing.T) {
 			t.Errorf("%s: picked %s", host, fe.addr)
 		}
 	}
-	if lines := td.frontEndsOf("http", "unknown.test").describe(); !strings.Contains(lines[0], "no address yet: no such host") {
+	if lines := td.frontEndsOf("http", "unknown.test").describeLines(); !strings.Contains(lines[0], "no address yet: no such host") {
 		t.Errorf("describe = %q", lines)
 	}
 }
@@ -300,11 +300,11 @@ func TestFrontEndsFollowDNS(t *testing.T) {
 // TestFrontEndsDescribe: /healthz's lines name each address and state.
 func TestFrontEndsDescribe(t *testing.T) {
 	td := newTestDoor(2)
-	td.serve(t, 40, healthy("127.0.0.12", func() (outcome, time.Duration) { return failed, 0 }))
-	lines := strings.Join(td.frontEndsOf("https", "s3.test").describe(), "\n")
+	td.serve(t, 40, healthy("127.0.0.12", func() (frontOutcome, time.Duration) { return frontFailed, 0 }))
+	lines := strings.Join(td.frontEndsOf("https", "s3.test").describeLines(), "\n")
 	for _, want := range []string{
 		"front end s3.test 127.0.0.11:443: in use, 0 in flight, median time to first byte 5ms",
-		"front end s3.test 127.0.0.12:443: left out: 2 connect errors or timeouts in a row, 0 in flight",
+		"front end s3.test 127.0.0.12:443: left out: 2 connect errors, timeouts or resets in a row, 0 in flight",
 	} {
 		if !strings.Contains(lines, want) {
 			t.Errorf("describe lacks %q:\n%s", want, lines)

@@ -278,7 +278,7 @@ func registerGauges(metrics *Metrics, proxy *Proxy, cache *credentialCache, stat
 	}
 	if buckets, sets := proxy.bucketFrontEnds(); len(buckets) > 0 {
 		count := func(pick func(known, inUse, leftOut int) int) func(i int) int64 {
-			return func(i int) int64 { return int64(pick(sets[i].counts())) }
+			return func(i int) int64 { return int64(pick(sets[i].tally())) }
 		}
 		metrics.GaugeSet(mFrontEnds, buckets, count(func(known, _, _ int) int { return known }))
 		metrics.GaugeSet(mFrontEndsInUse, buckets, count(func(_, inUse, _ int) int { return inUse }))

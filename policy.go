@@ -77,8 +77,8 @@ func (a upstreamAnswer) statusCode() int {
 	return a.status
 }
 
-// header is the answer's response header; nil for an error answer.
-func (a upstreamAnswer) header() http.Header {
+// respHeader is the answer's response header; nil for an error answer.
+func (a upstreamAnswer) respHeader() http.Header {
 	if a.resp != nil {
 		return a.resp.Header
 	}

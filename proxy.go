@@ -160,7 +160,7 @@ func (p *Proxy) frontEndLines() []string {
 	_, sets := p.bucketFrontEnds()
 	for i, fs := range sets {
 		if !slices.Contains(sets[:i], fs) { // buckets of one name share it
-			lines = append(lines, fs.describe()...)
+			lines = append(lines, fs.describeLines()...)
 		}
 	}
 	return lines

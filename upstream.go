@@ -60,7 +60,7 @@ func (c *s3Client) fetch(ctx context.Context, up *upstreamRequest) (upstreamAnsw
 	var tr fetchTrace
 	c.policy.hedges.earn() // once per request: the cap is a share of requests
 	answer, err := c.fetchCopies(ctx, up, &tr, c.policy.budget.firstTry())
-	if err != nil || up.whole || up.ifRange.holds(up.client, answer.statusCode(), answer.header()) {
+	if err != nil || up.whole || up.ifRange.holds(up.client, answer.statusCode(), answer.respHeader()) {
 		return answer, tr, err
 	}
 	if answer.resp != nil {
