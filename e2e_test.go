@@ -523,7 +523,7 @@ func TestE2ESecurity(t *testing.T) {
 // appears in it.
 func scanForSecrets(env *e2eEnv, logsDir string) error {
 	secrets := []string{env.secret, env.token, "old-secret-0123456789abcdefghijklmnopqrs", "new-secret-0123456789abcdefghijklmnopqrs",
-		e2eWebIdentityToken, e2eContainerToken, e2eBaseSecret}
+		e2eWebIdentityToken, e2eContainerToken, e2eBaseSecret, e2eExpressSecret, e2eExpressToken}
 	if raw, err := os.ReadFile(filepath.Join(env.dir, "imds.log")); err == nil {
 		for _, m := range regexp.MustCompile(`X-Aws-Ec2-Metadata-Token:\[([^\]]+)\]`).FindAllSubmatch(raw, -1) {
 			secrets = append(secrets, string(m[1]))

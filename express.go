@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"time"
 )
 
 // zoneProblem is a directory bucket whose zone is not in the region that
@@ -147,4 +148,20 @@ func closeSessions(routes []route) {
 			}
 		}
 	}
+}
+
+// sessionStates is the state of each directory bucket's session cache of
+// routes (and their replicas), once per cache, in the routes' order.
+func sessionStates(routes []route, now time.Time) []sessionStatus {
+	var states []sessionStatus
+	listed := map[*sessionCache]bool{}
+	for _, r := range routes {
+		for _, c := range append([]route{r}, r.replicas...) {
+			if sc, ok := c.creds.(*sessionCache); ok && !listed[sc] {
+				listed[sc] = true
+				states = append(states, sc.Status(now))
+			}
+		}
+	}
+	return states
 }

@@ -21,6 +21,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 )
 
@@ -258,6 +259,24 @@ func (f *fakeExpress) checkData(r *http.Request, now time.Time) (int, string, st
 	f.dataRequests++
 	f.minLeft = min(f.minLeft, s.expires.Sub(signedAt))
 	return 0, "", ""
+}
+
+// checkNoSecrets fails the test when text, what s3-helper showed in
+// where, holds a session's secret or token, or one of base (the base
+// credentials' secret and token).
+func (f *fakeExpress) checkNoSecrets(t *testing.T, where, text string, base ...string) {
+	t.Helper()
+	f.mu.Lock()
+	secrets := base
+	for _, s := range f.sessions {
+		secrets = append(secrets, s.secret, s.token)
+	}
+	f.mu.Unlock()
+	for _, s := range secrets {
+		if strings.Contains(text, s) {
+			t.Errorf("%s shows a secret (%d bytes, starting %.4s…)", where, len(s), s)
+		}
+	}
 }
 
 // cmpOr is cmp.Or, spelled out so this file reads on its own.

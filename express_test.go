@@ -505,3 +505,68 @@ func TestExpressThroughProxy(t *testing.T) {
 		})
 	})
 }
+
+// TestExpressZoneDownFailsOver: a directory bucket whose zonal endpoint
+// cannot answer CreateSession is the zone failing: with a general purpose
+// replica the client gets the replica's copy and, after markDownAfter such
+// requests, the bucket is marked down; without one, 502. A CreateSession
+// S3 refuses is no zone failure: 503, and the replica is not asked.
+func TestExpressZoneDownFailsOver(t *testing.T) {
+	tests := []struct {
+		name       string
+		args       []string
+		refuse     bool
+		wantStatus int
+		wantBody   string
+	}{
+		{"zone unreachable, a replica", []string{"-replica", testDirectoryBucket + "=media@us-east-1"}, false, http.StatusOK, "the replica's copy"},
+		{"zone unreachable, no replica", nil, false, http.StatusBadGateway, "<Code>BadGateway</Code>"},
+		{"CreateSession refused, a replica", []string{"-replica", testDirectoryBucket + "=media@us-east-1"}, true, http.StatusServiceUnavailable, "<Code>ServiceUnavailable</Code>"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newTestExpress(0)
+				f.put("k", []byte("the zone's copy"))
+				f.refuse = map[bool]string{true: "AccessDenied"}[tt.refuse]
+				replica := &scriptedS3{answer: func(n int, r *http.Request) (*http.Response, error) {
+					if r.Host == testZonalHost {
+						return handlerTransport{f}.RoundTrip(r)
+					}
+					return objectAnswer(r, []byte("the replica's copy"), `"regional"`), nil
+				}}
+				cfg := testExpressConfig(t, append([]string{"-bucket", testDirectoryBucket}, tt.args...)...)
+				p := newProxy(cfg, &staticBase{cur: baseCreds(baseA)}, newMetrics(nil, true), slog.New(slog.DiscardHandler))
+				t.Cleanup(func() { closeSessions(p.routes) })
+				p.upstream.transport, p.upstream.fronts = replica, nil // in memory, not the names' addresses
+				p.upstream.policy.pause = func(int) time.Duration { return 0 }
+				sc := p.routes[0].creds.(*sessionCache)
+				sc.pause = func(int) time.Duration { return 0 }
+				if !tt.refuse {
+					sc.transport = unreachable{}
+				} else {
+					sc.transport = handlerTransport{f}
+				}
+				for i := range markDownAfter + 1 {
+					w := serveOne(p, httptest.NewRequest(http.MethodGet, "/k", nil))
+					if w.Code != tt.wantStatus || !strings.Contains(w.Body.String(), tt.wantBody) {
+						t.Fatalf("request %d = %d %q, want %d %q", i, w.Code, w.Body, tt.wantStatus, tt.wantBody)
+					}
+					time.Sleep(maxSessionBackoff) // past the backoff: each request tries CreateSession again
+				}
+				states, _ := p.bucketStates()
+				zoneDown := len(states) > 0 && !states[0].up
+				if want := !tt.refuse && tt.args != nil; zoneDown != want {
+					t.Errorf("the directory bucket marked down = %v, want %v (states %+v)", zoneDown, want, states)
+				}
+				askedReplica := false
+				for _, r := range replica.seen() {
+					askedReplica = askedReplica || r.host != testZonalHost
+				}
+				if want := tt.wantStatus == http.StatusOK; askedReplica != want {
+					t.Errorf("the replica asked = %v, want %v", askedReplica, want)
+				}
+			})
+		})
+	}
+}

@@ -448,14 +448,16 @@ func removeStaleSocket(path string) {
 }
 
 // adminHandler serves /healthz, /metrics (Prometheus) and, with withPprof,
-// /debug/pprof/.
+// /debug/pprof/. /healthz ends with a line per bucket with replicas and one
+// per directory bucket's session (sessionStatus), never a secret.
 func adminHandler(cache *credentialCache, metrics *Metrics, source string, withPprof bool, proxy *Proxy) http.Handler {
 	mux := http.NewServeMux()
 	if metrics != nil && metrics.agg != nil {
 		mux.Handle("GET /metrics", metrics)
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		status := cache.Status(time.Now())
+		now := time.Now()
+		status := cache.Status(now)
 		ok, reason := status.Healthy()
 		buckets, noCopyUp := proxy.bucketStates()
 		if ok && noCopyUp {
@@ -483,6 +485,9 @@ func adminHandler(cache *credentialCache, metrics *Metrics, source string, withP
 				state = "down"
 			}
 			fmt.Fprintf(w, "bucket %s (%s): %s\n", b.bucket, b.region, state)
+		}
+		for _, st := range sessionStates(proxy.routes, now) {
+			fmt.Fprintln(w, st)
 		}
 		for _, line := range proxy.frontEndLines() {
 			fmt.Fprintln(w, line)

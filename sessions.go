@@ -325,6 +325,79 @@ func (s *sessionCache) Refresh(ctx context.Context, dead *Credentials) (*Credent
 	return nil, errSameCredentials
 }
 
+// sessionStatus is a session cache's state for /healthz: no key, secret
+// or token, only what an operator needs to tell a working bucket from a
+// failing one.
+type sessionStatus struct {
+	bucket string
+	// state is sessionCache's: none, fresh or refreshing, by the clock (a
+	// rotation of the base set shows at the next request, which starts
+	// the refresh).
+	state string
+	// expiresIn is the current session's time left; zero when none.
+	expiresIn time.Duration
+	// failures counts CreateSessions failed in a row and lastErr is the
+	// last one's error; zero and nil since a success.
+	failures int
+	lastErr  error
+	// creating is set while a CreateSession runs; made counts sessions
+	// made.
+	creating bool
+	made     int64
+}
+
+// Status reports the cache's state at now. It only reads: it never
+// starts a CreateSession or asks for base credentials.
+func (s *sessionCache) Status(now time.Time) sessionStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := sessionStatus{bucket: s.bucket.name, failures: s.failStreak, lastErr: s.lastErr, creating: s.inflight != nil, made: s.made}
+	switch cur := s.current.Load(); {
+	case cur == nil || !now.Before(cur.usableUntil):
+		st.state = "none"
+	case now.Before(cur.refreshAt):
+		st.state, st.expiresIn = "fresh", cur.creds.Expires.Sub(now)
+	default:
+		st.state, st.expiresIn = "refreshing", cur.creds.Expires.Sub(now)
+	}
+	return st
+}
+
+// String is the status as one line of /healthz: "session BUCKET: fresh,
+// expires in 3m10s", "refreshing" likewise (with the failures of the
+// refresh, if any), or "none: " and why (the last CreateSession's error,
+// one in flight, none made yet or the last one ran out).
+func (st sessionStatus) String() string {
+	line := "session " + st.bucket + ": " + st.state
+	if st.state != "none" {
+		line += ", expires in " + durationText(st.expiresIn)
+		if st.lastErr != nil {
+			line += fmt.Sprintf("; CreateSession failing (%d in a row): %s", st.failures, oneLine(st.lastErr))
+		}
+		return line
+	}
+	switch {
+	case st.lastErr != nil:
+		return line + ": " + oneLine(st.lastErr)
+	case st.creating:
+		return line + ": CreateSession in flight"
+	case st.made == 0:
+		return line + ": no session made yet"
+	}
+	return line + ": the last session ran out or S3 rejected it; the next request makes one"
+}
+
+// oneLine is err's text on one line. Its parts from outside the process
+// are bounded already (printable, in createSession's error).
+func oneLine(err error) string {
+	return strings.Map(func(r rune) rune {
+		if r == '\n' || r == '\r' {
+			return ' '
+		}
+		return r
+	}, err.Error())
+}
+
 // Close stops new CreateSessions and waits for the one in flight.
 func (s *sessionCache) Close() {
 	s.mu.Lock()

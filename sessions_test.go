@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
@@ -462,4 +463,99 @@ func TestSessionZoneUnreachable(t *testing.T) {
 			t.Errorf("Get = %v; want the zone's failure, named", err)
 		}
 	})
+}
+
+// TestSessionStatusOnHealthz: /healthz has one line per directory bucket's
+// session cache, in each state (none and why, fresh, refreshing and a
+// failing refresh), and never a key's secret or a token.
+func TestSessionStatusOnHealthz(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newTestExpress(90 * time.Second)
+		f.put("videos/seg.mp4", []byte("segment"))
+		p := newExpressProxy(t, f)
+		base := &credentialCache{provider: staticProvider{baseCreds(baseA)}, log: slog.New(slog.DiscardHandler)}
+		if _, err := base.Get(t.Context(), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		admin := adminHandler(base, nil, "environment", false, p)
+		healthz := func() string {
+			t.Helper()
+			w := httptest.NewRecorder()
+			admin.ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/healthz", nil))
+			if w.Code != http.StatusOK {
+				t.Errorf("/healthz = %d, want 200:\n%s", w.Code, w.Body)
+			}
+			return w.Body.String()
+		}
+		get := func() {
+			t.Helper()
+			if w := serveOne(p, httptest.NewRequest(http.MethodGet, "/videos/seg.mp4", nil)); w.Code != http.StatusOK {
+				t.Fatalf("GET = %d", w.Code)
+			}
+		}
+		const accessDenied = "CreateSession for " + testDirectoryBucket + ": S3 answered 403 AccessDenied: refused by the test; the role needs s3express:CreateSession on arn:aws:s3express:us-east-1:ACCOUNT:bucket/" + testDirectoryBucket
+		line := "session " + testDirectoryBucket + ": "
+		gate, first := make(chan struct{}), make(chan int)
+		var seen []string
+		for _, step := range []struct {
+			name, want string
+			before     func()
+		}{
+			{"before any request", line + "none: no session made yet\n", nil},
+			{"while the first CreateSession is held", line + "none: CreateSession in flight\n", func() {
+				f.set(func(f *fakeExpress) { f.gate = gate })
+				go func() { first <- serveOne(p, httptest.NewRequest(http.MethodGet, "/videos/seg.mp4", nil)).Code }()
+				synctest.Wait()
+			}},
+			{"a new session", line + "fresh, expires in 1m30s\n", func() {
+				f.set(func(f *fakeExpress) { f.gate = nil })
+				close(gate)
+				if code := <-first; code != http.StatusOK {
+					t.Errorf("the first GET = %d", code)
+				}
+			}},
+			{"past its refresh moment", line + "refreshing, expires in 59s\n", func() { time.Sleep(31 * time.Second) }},
+			{"the refresh refused", line + "refreshing, expires in 59s; CreateSession failing (1 in a row): " + accessDenied, func() {
+				f.set(func(f *fakeExpress) { f.refuse = "AccessDenied" })
+				get()
+				synctest.Wait()
+			}},
+			{"the session ran out", line + "none: " + accessDenied, func() { time.Sleep(55 * time.Second) }},
+			{"made again, then idle past its end", line + "none: the last session ran out or S3 rejected it; the next request makes one\n", func() {
+				f.set(func(f *fakeExpress) { f.refuse = "" })
+				time.Sleep(maxSessionBackoff)
+				get()
+				if got := healthz(); !strings.Contains(got, line+"fresh, expires in 1m30s\n") {
+					t.Errorf("after a session was made again:\n%s", got)
+				}
+				time.Sleep(90 * time.Second)
+			}},
+		} {
+			if step.before != nil {
+				step.before()
+			}
+			got := healthz()
+			seen = append(seen, got)
+			if !strings.Contains(got, step.want) || strings.Count(got, "session "+testDirectoryBucket) != 1 {
+				t.Errorf("%s: /healthz lacks %q (once):\n%s", step.name, step.want, got)
+			}
+		}
+		f.checkNoSecrets(t, "/healthz", strings.Join(seen, ""), baseASecret, baseToken+baseA)
+	})
+}
+
+// TestSessionStatesOncePerBucket: routes to one directory bucket share its
+// session cache and /healthz lists it once; a directory bucket replica has
+// its own line; general purpose buckets have none.
+func TestSessionStatesOncePerBucket(t *testing.T) {
+	p := proxyFor(t, testExpressConfig(t, "-bucket", testDirectoryBucket, "-route", "/hot/="+testDirectoryBucket+"/vod/",
+		"-route", "/ads/=media", "-replica", "media=media--usw2-az1--x-s3@us-west-2"))
+	var got []string
+	for _, st := range sessionStates(p.routes, time.Now()) {
+		got = append(got, st.String())
+	}
+	want := []string{"session " + testDirectoryBucket + ": none: no session made yet", "session media--usw2-az1--x-s3: none: no session made yet"}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("sessionStates = %q, want %q", got, want)
+	}
 }
