@@ -10,6 +10,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"time"
 )
@@ -114,6 +116,7 @@ func runCheck(ctx context.Context, out io.Writer, cfg config, problems []error, 
 			}
 		}
 	}
+	c.checkFrontEnds(ctx, s3, routes)
 	if cfg.checkKey != "" {
 		c.checkKey(ctx, s3, routes, cfg.checkKey)
 	}
@@ -434,4 +437,67 @@ func sessionFix(err error, rt route) string {
 		return "check the bucket's name (its zone ID), -region and the credential source"
 	}
 	return "check DNS and outbound HTTPS to " + rt.host + " (in a VPC: a gateway endpoint for S3 Express One Zone, or a NAT), or -endpoint"
+}
+
+// checkFrontEnds connects to every address of each endpoint name the
+// buckets are reached at (S3's DNS gives up to 8, each a front-end host):
+// one that refuses or does not answer is one s3-helper will leave out,
+// worth knowing before it does. An endpoint given as an address has none.
+func (c *checker) checkFrontEnds(ctx context.Context, s3 *s3Client, routes []route) {
+	seen := map[*frontEnds]bool{}
+	for _, r := range routes {
+		for _, rt := range append([]route{r}, r.replicas...) {
+			if fs := s3.frontEndsFor(&rt); fs != nil && !seen[fs] {
+				seen[fs] = true
+				c.checkFrontEndsOf(ctx, fs, cmp.Or(rt.scheme, s3.scheme))
+			}
+		}
+	}
+}
+
+// checkFrontEndsOf resolves fs's name and connects to each address: TCP,
+// and for https a TLS handshake verifying the name's certificate.
+func (c *checker) checkFrontEndsOf(ctx context.Context, fs *frontEnds, scheme string) {
+	step := "front ends of " + fs.name
+	fs.resolveNow(ctx)
+	states := fs.frontStates()
+	if len(states) == 0 {
+		c.fail(step, "no address: "+errorText(fs.lastErrLocked()), "check DNS for "+fs.name+" from this host")
+		return
+	}
+	var bad []string
+	for _, st := range states {
+		if err := dialFrontEnd(ctx, st.addr, fs.name, scheme); err != nil {
+			bad = append(bad, st.addr.String()+" ("+err.Error()+")")
+		}
+	}
+	accepts := "a connection"
+	if scheme == "https" {
+		accepts = "a TLS handshake for " + fs.name
+	}
+	switch {
+	case len(bad) == 0:
+		c.pass(step, fmt.Sprintf("%d addresses, each accepts %s", len(states), accepts))
+	case len(bad) < len(states):
+		c.warn(step, fmt.Sprintf("%d of %d addresses fail: %s; s3-helper leaves them out while the others serve", len(bad), len(states), strings.Join(bad, ", ")),
+			"check the network path (security groups, firewalls, a proxy) to every address of "+fs.name)
+	default:
+		c.fail(step, "no address accepts "+accepts+": "+strings.Join(bad, ", "), "check the network path from this host to "+fs.name)
+	}
+}
+
+// dialFrontEnd connects to addr as a request to name would, within
+// checkTimeout.
+func dialFrontEnd(ctx context.Context, addr netip.AddrPort, name, scheme string) error {
+	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
+	defer cancel()
+	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr.String())
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if scheme != "https" {
+		return nil
+	}
+	return tls.Client(conn, &tls.Config{ServerName: name, MinVersion: tls.VersionTLS12}).HandshakeContext(ctx)
 }

@@ -5,9 +5,15 @@ package main
 
 import (
 	"bytes"
+	"cmp"
+	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -167,5 +173,55 @@ func TestCheckReplicas(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
+	}
+}
+
+// TestCheckFrontEnds: -check connects to every address of the endpoint's
+// name: all accepting pass; some refusing warn and name them; none
+// accepting fails; a name without an address fails.
+func TestCheckFrontEnds(t *testing.T) {
+	var addrs []netip.Addr
+	var port string
+	for i := range 2 {
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.%d:%s", 51+i, cmp.Or(port, "0")))
+		if err != nil {
+			t.Skipf("cannot listen on 127.0.0.%d: %v", 51+i, err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				conn, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				conn.Close()
+			}
+		}()
+		_, port, _ = net.SplitHostPort(ln.Addr().String())
+		addrs = append(addrs, netip.AddrFrom4([4]byte{127, 0, 0, byte(51 + i)}))
+	}
+	for _, tt := range []struct {
+		name  string
+		addrs []netip.Addr
+		want  string
+	}{
+		{"all accept", addrs, "PASS  front ends of s3.test: 2 addresses, each accepts a connection"},
+		{"one refuses", append(slices.Clone(addrs), netip.AddrFrom4([4]byte{127, 0, 0, 53})), "WARN  front ends of s3.test: 1 of 3 addresses fail: 127.0.0.53:" + port},
+		{"none accepts", []netip.Addr{netip.AddrFrom4([4]byte{127, 0, 0, 53})}, "FAIL  front ends of s3.test: no address accepts a connection: 127.0.0.53:" + port},
+		{"no address", nil, "FAIL  front ends of s3.test: no address: no address for s3.test"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var out strings.Builder
+			c := &checker{out: &out}
+			door := &frontDoor{
+				resolve:      func(context.Context, string) ([]netip.Addr, error) { return tt.addrs, nil },
+				newTransport: func(netip.AddrPort) frontTransport { return &http.Transport{} },
+				log:          slog.New(slog.DiscardHandler), background: &backgroundWork{},
+			}
+			c.checkFrontEndsOf(t.Context(), door.frontEndsOf("http", "s3.test:"+port), "http")
+			if !strings.Contains(out.String(), tt.want) {
+				t.Errorf("-check printed:\n%s\nwant a line with %q", out.String(), tt.want)
+			}
+		})
 	}
 }

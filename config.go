@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
@@ -546,7 +545,7 @@ func newS3Client(cfg config, routes []route, creds credentialGetter, metrics *Me
 		metrics: metrics, log: log, timeout: cfg.timeout,
 		policy: retryPolicy{limit: cfg.retries, budget: newRetryBudget(int64(cfg.retryBudget), log), hedge: cfg.hedgePolicy, hedges: newHedgeAllowance()},
 	}
-	c.fronts = &frontDoor{newTransport: func(addr netip.AddrPort) *http.Transport { return frontEndTransport(cfg.timeout, addr) },
+	c.fronts = &frontDoor{newTransport: func(addr netip.AddrPort) frontTransport { return frontEndTransport(cfg.timeout, addr) },
 		log: log.With("component", "front-ends"), metrics: metrics, background: &c.background}
 	return c
 }

@@ -126,6 +126,13 @@ func startHelper(t *testing.T, env *e2eEnv, listen string, extra ...string) *hel
 // never the test process's own AWS_* variables).
 func startHelperEnv(t *testing.T, env *e2eEnv, listen string, extraEnv []string, extra ...string) *helperProcess {
 	t.Helper()
+	return startHelperWrapped(t, env, nil, listen, extraEnv, extra...)
+}
+
+// startHelperWrapped is startHelperEnv with the binary run by wrap (a
+// command line that execs its last arguments), such as a mount namespace.
+func startHelperWrapped(t *testing.T, env *e2eEnv, wrap []string, listen string, extraEnv []string, extra ...string) *helperProcess {
+	t.Helper()
 	args := append([]string{"-listen", listen, "-admin", "127.0.0.1:0", "-log-format", "json", "-access-log",
 		"-bucket", env.bucket, "-region", env.region, "-endpoint", env.s3, "-imds-endpoint", env.imds}, extra...)
 	h := &helperProcess{logs: &syncBuffer{}}
@@ -133,7 +140,8 @@ func startHelperEnv(t *testing.T, env *e2eEnv, listen string, extraEnv []string,
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.cmd = exec.Command(env.binary, args...)
+	argv := append(append(slices.Clone(wrap), env.binary), args...)
+	h.cmd = exec.Command(argv[0], argv[1:]...)
 	h.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + env.dir}, extraEnv...) // no inherited AWS_* variables
 	h.cmd.Stdout = io.MultiWriter(h.logs, logFile)
 	h.cmd.Stderr = io.MultiWriter(h.logs, logFile)

@@ -73,7 +73,7 @@ type frontDoor struct {
 	// resolve returns a name's addresses; nil means the system resolver.
 	resolve func(ctx context.Context, host string) ([]netip.Addr, error)
 	// newTransport makes the keep-alive pool of one address.
-	newTransport func(addr netip.AddrPort) *http.Transport
+	newTransport func(addr netip.AddrPort) frontTransport
 	// now is the clock; rand returns an int in [0, n); nil means the
 	// default of each.
 	now  clock
@@ -108,17 +108,28 @@ type frontEnds struct {
 	leftOuts atomic.Int64
 }
 
+// frontTransport is one address's pool of connections: an
+// *http.Transport whose every dial goes to it (frontEndTransport).
+type frontTransport interface {
+	http.RoundTripper
+	CloseIdleConnections()
+}
+
 // frontEnd is one address of a name, with its own connections.
 type frontEnd struct {
 	set       *frontEnds
 	addr      netip.AddrPort
-	transport *http.Transport
+	transport frontTransport
 	inFlight  atomic.Int64
 
 	// The fields below are guarded by set.mu.
 	samples [frontEndSamples]time.Duration
-	// lost marks the samples of attempts the hedge race cancelled.
-	lost      [frontEndSamples]bool
+	// lost marks the samples of attempts the hedge race cancelled; lostN
+	// counts them.
+	lost  [frontEndSamples]bool
+	lostN int
+	// median is the window's, as last judged.
+	median    time.Duration
 	n, next   int
 	failures  int
 	leftOut   bool
@@ -154,8 +165,9 @@ func (d *frontDoor) pick(ctx context.Context, scheme, host string, avoid *frontE
 	if fs == nil {
 		return nil
 	}
-	fs.refreshIfDue(ctx)
-	return fs.pick(avoid)
+	now := d.now.read()
+	fs.refreshIfDue(ctx, now)
+	return fs.pick(avoid, now)
 }
 
 // frontEndsOf is host's frontEnds, made on first use; nil for an address.
@@ -187,9 +199,8 @@ func (d *frontDoor) frontEndsOf(scheme, host string) *frontEnds {
 // fresh resolves the name when it was never resolved (the caller waits:
 // there is nothing to pick from) or, in the background, when the last
 // answer is older than frontEndRefresh.
-func (fs *frontEnds) refreshIfDue(ctx context.Context) {
+func (fs *frontEnds) refreshIfDue(ctx context.Context, now time.Time) {
 	fs.mu.Lock()
-	now := fs.door.now.read()
 	first := fs.resolvedAt.IsZero()
 	due := !first && now.Sub(fs.resolvedAt) >= frontEndRefresh && !fs.refreshing
 	if due {
@@ -291,11 +302,11 @@ func (fs *frontEnds) closeRetired() {
 // requests as evenly as round-robin while steering them off an address
 // whose requests pile up (a slow one), without every instance of a fleet
 // herding to the same least-loaded host.
-func (fs *frontEnds) pick(avoid *frontEnd) *frontEnd {
+func (fs *frontEnds) pick(avoid *frontEnd, now time.Time) *frontEnd {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
-	now := fs.door.now.read()
-	var use []*frontEnd
+	var buf [maxFrontEnds]*frontEnd // on the stack: no allocation per pick
+	use := buf[:0]
 	for _, fe := range fs.addrs {
 		if fe.leftOut && !now.Before(fe.until) {
 			fe.comeBack()
@@ -305,11 +316,11 @@ func (fs *frontEnds) pick(avoid *frontEnd) *frontEnd {
 		}
 	}
 	if len(use) == 0 {
-		use = fs.addrs // never every address left out
+		use = append(use, fs.addrs...) // never every address left out
 	}
 	if len(use) > 1 && avoid != nil {
 		if i := slices.Index(use, avoid); i >= 0 {
-			use = append(slices.Clone(use[:i]), use[i+1:]...)
+			use = slices.Delete(use, i, i+1)
 		}
 	}
 	var fe *frontEnd
@@ -364,7 +375,7 @@ func (fe *frontEnd) report(o frontOutcome, ttfb time.Duration) {
 	case frontFailed:
 		fe.failures++
 	}
-	if !fe.leftOut {
+	if !fe.leftOut && len(fs.addrs) > 1 { // one address is never left out
 		if reason := fs.judgeFront(fe); reason != "" {
 			fs.leaveOut(fe, reason)
 		}
@@ -372,9 +383,15 @@ func (fe *frontEnd) report(o frontOutcome, ttfb time.Duration) {
 	fs.closeRetired()
 }
 
-// observe adds one time to first byte, or a lost race's wait. fs.mu must
-// be held.
+// observe adds one time to first byte, or a lost race's wait, and keeps
+// the window's count of lost races. fs.mu must be held.
 func (fe *frontEnd) observe(d time.Duration, lost bool) {
+	if fe.n == frontEndSamples && fe.lost[fe.next] {
+		fe.lostN--
+	}
+	if lost {
+		fe.lostN++
+	}
 	fe.samples[fe.next], fe.lost[fe.next] = d, lost
 	fe.next = (fe.next + 1) % frontEndSamples
 	fe.n = min(fe.n+1, frontEndSamples)
@@ -393,27 +410,27 @@ func (fs *frontEnds) judgeFront(fe *frontEnd) string {
 	if fe.n < need {
 		return ""
 	}
-	var others []time.Duration
+	if fe.n <= judgeAfter || fe.next%4 == 0 { // sorting every 4th is enough
+		fe.median = medianTTFB(fe.samples[:fe.n])
+	}
+	// The others' median is the median of their medians: each address
+	// counts once, however many requests it carried.
+	var medians [maxFrontEnds]time.Duration
+	k, samples := 0, 0
 	for _, o := range fs.addrs {
-		if o != fe && !o.leftOut {
-			others = append(others, o.samples[:o.n]...)
+		if o != fe && !o.leftOut && o.n >= judgeOnProbation {
+			medians[k], k, samples = o.median, k+1, samples+o.n
 		}
 	}
-	if len(others) < judgeAfter {
+	if samples < judgeAfter {
 		return ""
 	}
-	mine, theirs := medianTTFB(fe.samples[:fe.n]), medianTTFB(others)
-	lost := 0
-	for _, l := range fe.lost[:fe.n] {
-		if l {
-			lost++
-		}
-	}
+	mine, theirs := fe.median, medianTTFB(medians[:k])
 	// Lost races' waits are the hedge delay, a few times a fast S3's
 	// answers but maybe not 50 ms more: losing most races is the sign.
-	if mine > slowFactor*theirs && (mine-theirs > slowMargin || 2*lost >= fe.n) {
+	if mine > slowFactor*theirs && (mine-theirs > slowMargin || 2*fe.lostN >= fe.n) {
 		return fmt.Sprintf("median time to first byte %v, the others' %v; %d of its last %d attempts lost the hedge race",
-			mine.Round(time.Millisecond), theirs.Round(time.Millisecond), lost, fe.n)
+			mine.Round(time.Millisecond), theirs.Round(time.Millisecond), fe.lostN, fe.n)
 	}
 	if fe.probation && fe.n >= judgeAfter {
 		fe.probation = false // judged over a full window: back for good
@@ -421,9 +438,11 @@ func (fs *frontEnds) judgeFront(fe *frontEnd) string {
 	return ""
 }
 
-// median of ds; ds is not modified.
+// medianTTFB is the median of ds (at most frontEndSamples); ds is not
+// modified.
 func medianTTFB(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
+	var buf [frontEndSamples]time.Duration
+	s := buf[:copy(buf[:], ds)]
 	slices.Sort(s)
 	return s[len(s)/2]
 }
@@ -451,7 +470,7 @@ func (fs *frontEnds) leaveOut(fe *frontEnd, reason string) {
 
 // comeBack puts fe back in use on probation. fe.set.mu must be held.
 func (fe *frontEnd) comeBack() {
-	fe.leftOut, fe.probation, fe.failures, fe.n, fe.next = false, true, 0, 0, 0
+	fe.leftOut, fe.probation, fe.failures, fe.n, fe.next, fe.lostN = false, true, 0, 0, 0, 0
 	fe.set.door.log.Info("front end back in use, on probation", "name", fe.set.name, "address", fe.addr.String())
 }
 

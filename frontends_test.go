@@ -44,7 +44,7 @@ func newTestDoor(n int) *testDoor {
 			}
 			return td.answer, nil
 		},
-		newTransport: func(netip.AddrPort) *http.Transport { return &http.Transport{} },
+		newTransport: func(netip.AddrPort) frontTransport { return &http.Transport{} },
 		rand: func(n int) int {
 			rngMu.Lock()
 			defer rngMu.Unlock()
@@ -368,7 +368,7 @@ func TestFrontEndsThroughTheProxy(t *testing.T) {
 	}
 	tp.upstream.fronts = &frontDoor{
 		resolve:      func(context.Context, string) ([]netip.Addr, error) { return fronts, nil },
-		newTransport: func(ap netip.AddrPort) *http.Transport { return frontEndTransport(time.Second, ap) },
+		newTransport: func(ap netip.AddrPort) frontTransport { return frontEndTransport(time.Second, ap) },
 		log:          tp.log, background: &tp.upstream.background,
 	}
 	defer tp.upstream.Close()
@@ -422,5 +422,45 @@ func TestFrontEndsThroughTheProxy(t *testing.T) {
 	}
 	if hedges <= 40 {
 		t.Errorf("S3 saw %d requests for 40 with address 0 slow, want some hedged", hedges)
+	}
+}
+
+// staticFront is a front end's pool answering from memory.
+type staticFront struct{ http.RoundTripper }
+
+func (staticFront) CloseIdleConnections() {}
+
+// BenchmarkProxyFrontEnds is BenchmarkProxy/4KiB with the endpoint a name
+// of one address, or of 8, each a pool answering from memory: the cost of
+// picking an address and reporting to it, against BenchmarkProxy.
+func BenchmarkProxyFrontEnds(b *testing.B) {
+	for _, n := range []int{1, 8} {
+		b.Run(fmt.Sprintf("%d address(es)", n), func(b *testing.B) {
+			body := make([]byte, 4<<10)
+			p := benchProxy(body)
+			addrs := make([]netip.Addr, n)
+			for i := range addrs {
+				addrs[i] = netip.AddrFrom4([4]byte{10, 0, 0, byte(1 + i)})
+			}
+			p.upstream.fronts = &frontDoor{
+				resolve:      func(context.Context, string) ([]netip.Addr, error) { return addrs, nil },
+				newTransport: func(netip.AddrPort) frontTransport { return staticFront{staticUpstream(body)} },
+				log:          slog.New(slog.DiscardHandler), background: &p.upstream.background,
+			}
+			defer p.upstream.Close()
+			req := httptest.NewRequest("GET", "/videos/2026/11/some-show/episode-01/video_1080p_h264.mp4", nil)
+			req.Header.Set("Range", "bytes=0-4095")
+			w := &discardResponse{h: make(http.Header, 8)}
+			b.SetBytes(int64(len(body)))
+			b.ReportAllocs()
+			for b.Loop() {
+				clear(w.h)
+				w.n = 0
+				p.ServeHTTP(w, req)
+			}
+			if w.status != 206 || w.n != int64(len(body)) {
+				b.Fatalf("status %d, %d bytes", w.status, w.n)
+			}
+		})
 	}
 }
