@@ -2,20 +2,25 @@
 // loopback only. It starts an origin that answers like S3 from memory
 // (accepting any signature), a plain httputil.ReverseProxy with no signing
 // (the standard-library baseline) and s3-helper with static credentials,
-// each in its own process, then measures 4 KiB and 256 KiB ranges at 16 and
-// 256 connections against (a) the origin, (b) the baseline and (c)
-// s3-helper in interleaved rounds, once with a plain HTTP origin and once
-// with a TLS origin (as S3 is reached in production; the certificate is
-// made here with crypto/x509, and s3-helper trusts it through
-// SSL_CERT_FILE). It prints medians, ratios, latency percentiles and
-// s3-helper's peak RSS, then runs 1000 slow clients each reading 1 MiB.
-// Last come S3's bad days: a TLS origin with an S3-like latency tail (a
-// log-normal time to first byte, and a small fraction of answers held back)
-// and a brownout switch (every answer SlowDown), measured at a steady rate
-// with hedging off and on, and with and without the retry budget. It exits
-// non-zero if any request failed.
+// each in its own process, then measures 4 KiB, 64 KiB and 256 KiB ranges
+// against (a) the origin, (b) the baseline and (c) s3-helper in
+// interleaved rounds, once with a plain HTTP origin and once with a TLS
+// origin (as S3 is reached in production; the certificate is made here
+// with crypto/x509, and s3-helper trusts it through SSL_CERT_FILE). Beside
+// requests per second it reads the CPU time (user and system, from
+// /proc/PID/stat) of every process before and after each round, and prints
+// each one's CPU time per request. With -before REV, s3-helper built from
+// git revision REV (c') runs beside the working tree's in the same rounds.
+// It prints medians, ratios, latency percentiles and s3-helper's peak RSS,
+// then runs 1000 slow clients each reading 1 MiB. Last come S3's bad days:
+// a TLS origin with an S3-like latency tail (a log-normal time to first
+// byte, and a small fraction of answers held back) and a brownout switch
+// (every answer SlowDown), measured at a steady rate with hedging off and
+// on, and with and without the retry budget. It exits non-zero if any
+// request failed.
 //
-//	go run ./tools/loadtest [-round 2s] [-rounds 3] [-bad-days=false]
+//	go run ./tools/loadtest [-round 2s] [-rounds 3] [-before REV] [-cells plain/4/16,TLS/256/256]
+//	    [-cpuprofile DIR [-profile-time 10s]] [-slow-clients 0] [-bad-days=false]
 package main
 
 import (
@@ -38,6 +43,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/http/pprof"
 	"net/url"
 	"os"
 	"os/exec"
@@ -59,8 +65,13 @@ func main() {
 	target := flag.String("target", "", "internal: baseline's upstream URL")
 	certFile := flag.String("cert", "", "internal: the origin's TLS certificate (PEM), which the baseline also trusts")
 	keyFile := flag.String("key", "", "internal: the origin's TLS key (PEM)")
+	pprofAddr := flag.String("pprof-addr", "", "internal: where the baseline serves /debug/pprof/profile")
 	round := flag.Duration("round", 2*time.Second, "length of one measurement")
 	rounds := flag.Int("rounds", 3, "interleaved rounds per configuration (the median is reported)")
+	before := flag.String("before", "", "also measure s3-helper built from this git revision, in the same rounds (c')")
+	cells := flag.String("cells", "", "comma-separated cells to measure, ORIGIN/KiB/CONNS (plain/4/16,TLS/256/256); empty: all")
+	cpuProfile := flag.String("cpuprofile", "", "after the rounds, write a CPU profile of each proxy in each cell measured to this directory")
+	profileTime := flag.Duration("profile-time", 10*time.Second, "length of each -cpuprofile profile")
 	slowClients := flag.Int("slow-clients", 1000, "concurrent slow clients reading 1 MiB each; 0 skips")
 	badDays := flag.Bool("bad-days", true, "measure the latency tail and a brownout with hedging and the retry budget off and on")
 	flag.Parse()
@@ -70,14 +81,24 @@ func main() {
 	case "tail-origin":
 		serveTailOrigin(*addr, *certFile, *keyFile)
 	case "baseline":
-		serveBaseline(*addr, *target, *certFile)
+		serveBaseline(*addr, *target, *certFile, *pprofAddr)
 	case "":
-		if err := measure(*round, *rounds, *slowClients, *badDays); err != nil {
+		opts := options{round: *round, rounds: *rounds, before: *before, cells: *cells, cpuProfile: *cpuProfile,
+			profileTime: *profileTime, slowClients: *slowClients, badDays: *badDays}
+		if err := measure(opts); err != nil {
 			log.Fatal(err)
 		}
 	default:
 		log.Fatalf("unknown -mode %q", *mode)
 	}
+}
+
+// options are the harness's flags.
+type options struct {
+	round, profileTime        time.Duration
+	rounds, slowClients       int
+	before, cells, cpuProfile string
+	badDays                   bool
 }
 
 // serveOrigin answers every GET with the requested range of a fixed
@@ -145,8 +166,9 @@ func trusting(file string) *x509.CertPool {
 	return pool
 }
 
-// serveBaseline is the plain standard-library reverse proxy.
-func serveBaseline(addr, target, caFile string) {
+// serveBaseline is the plain standard-library reverse proxy; with
+// pprofAddr it serves /debug/pprof/profile there.
+func serveBaseline(addr, target, caFile, pprofAddr string) {
 	u, err := url.Parse(target)
 	if err != nil {
 		log.Fatal(err)
@@ -158,6 +180,11 @@ func serveBaseline(addr, target, caFile string) {
 	}
 	rp.Transport = tr
 	rp.ErrorLog = log.New(io.Discard, "", 0) // clients cancelling at the end of a round are expected
+	if pprofAddr != "" {
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		go func() { log.Fatal(http.ListenAndServe(pprofAddr, mux)) }()
+	}
 	log.Fatal((&http.Server{Addr: addr, Handler: rp}).ListenAndServe())
 }
 
@@ -189,6 +216,9 @@ type result struct {
 	failed int64
 	lat    []time.Duration
 	dur    time.Duration
+	// cpu is the CPU time the measured process used in the round;
+	// originCPU the origin's.
+	cpu, originCPU time.Duration
 }
 
 func (r result) rps() float64   { return float64(r.reqs) / r.dur.Seconds() }
@@ -274,18 +304,23 @@ func start(name string, args []string, env []string, stderr io.Writer) (*exec.Cm
 	return cmd, cmd.Start()
 }
 
-func measure(round time.Duration, rounds, slowClients int, badDays bool) error {
+func measure(o options) error {
 	dir, err := os.MkdirTemp("", "s3-helper-load")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
 	helperBin := filepath.Join(dir, "s3-helper")
-	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", helperBin, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		return fmt.Errorf("build s3-helper: %w", err)
+	if err := buildHelper(".", helperBin); err != nil {
+		return err
+	}
+	helpers := []helperBuild{{"s3-helper", "c", helperBin}}
+	if o.before != "" {
+		beforeBin := filepath.Join(dir, "s3-helper-before")
+		if err := buildRevision(o.before, filepath.Join(dir, "before"), beforeBin); err != nil {
+			return err
+		}
+		helpers = append(helpers, helperBuild{"s3-helper@" + o.before, "c'", beforeBin})
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -313,41 +348,65 @@ func measure(round time.Duration, rounds, slowClients int, badDays bool) error {
 	var stacks []stack
 	firstServed := time.Duration(0)
 	for _, useTLS := range []bool{false, true} {
-		st := stack{origin: "plain", direct: "http://" + freeAddr(), baseline: "http://" + freeAddr(), helper: "http://" + freeAddr()}
-		originArgs := []string{"-mode", "origin", "-addr", strings.TrimPrefix(st.direct, "http://")}
-		baselineArgs := []string{"-mode", "baseline", "-addr", strings.TrimPrefix(st.baseline, "http://"), "-target", st.direct}
+		st := stack{origin: "plain"}
+		direct, baseline := "http://"+freeAddr(), "http://"+freeAddr()
+		originArgs := []string{"-mode", "origin", "-addr", strings.TrimPrefix(direct, "http://")}
+		baselineArgs := []string{"-mode", "baseline", "-addr", strings.TrimPrefix(baseline, "http://")}
 		helperEnv := credentialsEnv
 		if useTLS {
 			st.origin, st.roots = "TLS", roots
-			st.direct = "https://" + strings.TrimPrefix(st.direct, "http://")
+			direct = "https://" + strings.TrimPrefix(direct, "http://")
 			originArgs = append(originArgs, "-cert", certFile, "-key", keyFile)
-			baselineArgs = []string{"-mode", "baseline", "-addr", strings.TrimPrefix(st.baseline, "http://"), "-target", st.direct, "-cert", certFile}
+			baselineArgs = append(baselineArgs, "-cert", certFile)
 			helperEnv = append(slices.Clone(credentialsEnv), "SSL_CERT_FILE="+certFile)
 		}
-		if _, err := launch(self, originArgs, nil, os.Stderr); err != nil {
-			return err
+		baselineArgs = append(baselineArgs, "-target", direct)
+		var baselineProfile string
+		if o.cpuProfile != "" {
+			pa := freeAddr()
+			baselineArgs = append(baselineArgs, "-pprof-addr", pa)
+			baselineProfile = "http://" + pa + "/debug/pprof/profile"
 		}
-		if _, err := launch(self, baselineArgs, nil, os.Stderr); err != nil {
-			return err
-		}
-		if err := waitUp(st.direct+"/", roots); err != nil {
-			return err
-		}
-		startAt := time.Now()
-		helperArgs := []string{"-listen", strings.TrimPrefix(st.helper, "http://"), "-bucket", "media", "-region", "us-east-1",
-			"-endpoint", st.direct, "-log-level", "warn"}
-		helper, err := launch(helperBin, helperArgs, helperEnv, os.Stderr)
+		origin, err := launch(self, originArgs, nil, os.Stderr)
 		if err != nil {
 			return err
 		}
-		st.helperPID = helper.Process.Pid
-		if err := waitFirstObject(st.helper); err != nil {
+		st.originPID = origin.Process.Pid
+		bp, err := launch(self, baselineArgs, nil, os.Stderr)
+		if err != nil {
 			return err
 		}
-		if !useTLS {
-			firstServed = time.Since(startAt)
+		if err := waitUp(direct+"/", roots); err != nil {
+			return err
 		}
-		if err := waitUp(st.baseline+"/", nil); err != nil {
+		st.targets = []target{{name: "direct", short: "a", base: direct, pid: st.originPID},
+			{name: "ReverseProxy", short: "b", base: baseline, pid: bp.Process.Pid, profile: baselineProfile}}
+		for _, h := range helpers {
+			base, admin := "http://"+freeAddr(), freeAddr()
+			// -admin as in production (the kubelet's probes, /metrics):
+			// the metrics are aggregated.
+			helperArgs := []string{"-listen", strings.TrimPrefix(base, "http://"), "-admin", admin, "-bucket", "media", "-region", "us-east-1",
+				"-endpoint", direct, "-log-level", "warn"}
+			tg := target{name: h.name, short: h.short, base: base}
+			if o.cpuProfile != "" {
+				helperArgs = append(helperArgs, "-pprof")
+				tg.profile = "http://" + admin + "/debug/pprof/profile"
+			}
+			startAt := time.Now()
+			helper, err := launch(h.bin, helperArgs, helperEnv, os.Stderr)
+			if err != nil {
+				return err
+			}
+			tg.pid = helper.Process.Pid
+			if err := waitFirstObject(base); err != nil {
+				return err
+			}
+			if !useTLS && h.short == "c" {
+				firstServed = time.Since(startAt)
+			}
+			st.targets = append(st.targets, tg)
+		}
+		if err := waitUp(baseline+"/", nil); err != nil {
 			return err
 		}
 		stacks = append(stacks, st)
@@ -357,34 +416,48 @@ func measure(round time.Duration, rounds, slowClients int, badDays bool) error {
 		return err
 	}
 
-	configs := []config{{16, 4 << 10}, {256, 4 << 10}, {16, 256 << 10}, {256, 256 << 10}}
+	configs, err := chooseConfigs(o.cells)
+	if err != nil {
+		return err
+	}
 	results := map[string][]result{}
 	var failed int64
 	for _, st := range stacks {
-		targets := []struct{ name, base string }{{"direct", st.direct}, {"ReverseProxy", st.baseline}, {"s3-helper", st.helper}}
-		for r := range rounds {
+		for r := range o.rounds {
 			for _, c := range configs {
-				for _, tg := range rotate(targets, r) { // interleaved, in a rotating order
-					res := load(tg.base, st.roots, c.conns, c.bytes, round)
-					key := fmt.Sprintf("%s/%s/%d/%d", st.origin, tg.name, c.conns, c.bytes)
-					results[key] = append(results[key], res)
+				if !c.in(st.origin) {
+					continue
+				}
+				for _, tg := range rotate(st.targets, r) { // interleaved, in a rotating order
+					res, err := st.measured(tg, func() result { return load(tg.base, st.roots, c.conns, c.bytes, o.round) })
+					if err != nil {
+						return err
+					}
+					results[st.key(tg, c)] = append(results[st.key(tg, c)], res)
 					failed += res.failed
 				}
 			}
 		}
 	}
-	if rounds > 0 {
-		printTable(results, stacks, configs, rounds, round)
+	if o.rounds > 0 {
+		printTables(results, stacks, configs, o.rounds, o.round)
+	}
+	if o.cpuProfile != "" {
+		if err := writeProfiles(o.cpuProfile, stacks, configs, o.profileTime); err != nil {
+			return err
+		}
 	}
 	plain := stacks[0]
-	if slowClients > 0 {
-		n, sf, dur := slowLoad(plain.helper, slowClients)
-		failed += sf
-		fmt.Printf("%d slow clients reading 1 MiB each: %d complete, %d failed in %v; s3-helper peak RSS %.1f MiB\n",
-			slowClients, n, sf, dur.Round(time.Millisecond), peakRSSMiB(plain.helperPID))
+	if o.slowClients > 0 {
+		for _, tg := range plain.targets[2:] {
+			n, sf, dur := slowLoad(tg.base, o.slowClients)
+			failed += sf
+			fmt.Printf("%d slow clients reading 1 MiB each from %s: %d complete, %d failed in %v; its peak RSS %.1f MiB\n",
+				o.slowClients, tg.name, n, sf, dur.Round(time.Millisecond), peakRSSMiB(tg.pid))
+		}
 	}
 	fmt.Printf("start to first served request: %v; static binary: %.1f MB\n", firstServed.Round(time.Millisecond), float64(fi.Size())/1e6)
-	if badDays {
+	if o.badDays {
 		n, err := measureBadDays(launch, self, helperBin, certFile, keyFile, roots, credentialsEnv)
 		if err != nil {
 			return err
@@ -397,37 +470,213 @@ func measure(round time.Duration, rounds, slowClients int, badDays bool) error {
 	return nil
 }
 
+// helperBuild is one s3-helper binary measured.
+type helperBuild struct{ name, short, bin string }
+
+// buildHelper builds s3-helper from the source in dir into out.
+func buildHelper(dir, out string) error {
+	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, ".")
+	build.Dir = dir
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("build s3-helper in %s: %w", dir, err)
+	}
+	return nil
+}
+
+// buildRevision builds s3-helper as git revision rev has it, from a copy
+// of its tree in dir.
+func buildRevision(rev, dir, out string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	tarball := dir + ".tar"
+	archive := exec.Command("git", "archive", "-o", tarball, rev)
+	archive.Stderr = os.Stderr
+	if err := archive.Run(); err != nil {
+		return fmt.Errorf("git archive %s: %w", rev, err)
+	}
+	unpack := exec.Command("tar", "-xf", tarball, "-C", dir)
+	unpack.Stderr = os.Stderr
+	if err := unpack.Run(); err != nil {
+		return fmt.Errorf("unpack %s: %w", rev, err)
+	}
+	return buildHelper(dir, out)
+}
+
 // stack is one origin (plain or TLS) with the baseline and s3-helper in
 // front of it.
 type stack struct {
-	origin                   string
-	direct, baseline, helper string
+	origin string
 	// roots trusts the TLS origin; nil for the plain one.
 	roots     *x509.CertPool
-	helperPID int
+	originPID int
+	// targets are the origin itself (direct) first, then the baseline,
+	// then each s3-helper build.
+	targets []target
 }
 
-type config struct{ conns, bytes int }
+// target is one process the clients measure.
+type target struct {
+	// name is how the tables call it; short its letter in ratios.
+	name, short string
+	base        string
+	pid         int
+	// profile is the URL of its CPU profile; "" without -cpuprofile, and
+	// for the origin.
+	profile string
+}
 
-func printTable(results map[string][]result, stacks []stack, configs []config, rounds int, round time.Duration) {
-	fmt.Printf("s3-helper load test: %s, %d CPUs, GOMAXPROCS %d, %d rounds of %v, medians\n\n",
+// key names the results of tg in configuration c.
+func (st *stack) key(tg target, c config) string {
+	return fmt.Sprintf("%s/%s/%d/%d", st.origin, tg.name, c.conns, c.bytes)
+}
+
+// measured runs one round against tg and adds what it cost in CPU: tg's
+// process's and the origin's.
+func (st *stack) measured(tg target, run func() result) (result, error) {
+	self0, err := cpuTime(tg.pid)
+	if err != nil {
+		return result{}, err
+	}
+	origin0, err := cpuTime(st.originPID)
+	if err != nil {
+		return result{}, err
+	}
+	res := run()
+	self1, err := cpuTime(tg.pid)
+	if err != nil {
+		return result{}, err
+	}
+	origin1, err := cpuTime(st.originPID)
+	res.cpu, res.originCPU = self1-self0, origin1-origin0
+	return res, err
+}
+
+// config is one cell's load: its connections and range size.
+type config struct {
+	conns, bytes int
+	// origins limits the cell to these origins ("plain", "TLS"); nil: both.
+	origins []string
+}
+
+// in reports whether the cell runs against origin.
+func (c config) in(origin string) bool { return c.origins == nil || slices.Contains(c.origins, origin) }
+
+// allConfigs are the cells measured without -cells.
+var allConfigs = []config{{conns: 16, bytes: 4 << 10}, {conns: 256, bytes: 4 << 10}, {conns: 16, bytes: 64 << 10},
+	{conns: 16, bytes: 256 << 10}, {conns: 256, bytes: 256 << 10}}
+
+// chooseConfigs parses -cells: ORIGIN/KiB/CONNS, comma-separated.
+func chooseConfigs(cells string) ([]config, error) {
+	if cells == "" {
+		return allConfigs, nil
+	}
+	var out []config
+	for cell := range strings.SplitSeq(cells, ",") {
+		parts := strings.Split(cell, "/")
+		if len(parts) != 3 || parts[0] != "plain" && parts[0] != "TLS" {
+			return nil, fmt.Errorf("-cells: %q is not ORIGIN/KiB/CONNS (ORIGIN plain or TLS)", cell)
+		}
+		kib, err1 := strconv.Atoi(parts[1])
+		conns, err2 := strconv.Atoi(parts[2])
+		if err1 != nil || err2 != nil || kib <= 0 || conns <= 0 {
+			return nil, fmt.Errorf("-cells: %q is not ORIGIN/KiB/CONNS", cell)
+		}
+		i := slices.IndexFunc(out, func(c config) bool { return c.conns == conns && c.bytes == kib<<10 })
+		if i < 0 {
+			out, i = append(out, config{conns: conns, bytes: kib << 10, origins: []string{}}), len(out)
+		}
+		out[i].origins = append(out[i].origins, parts[0])
+	}
+	return out, nil
+}
+
+// printTables prints, per cell, requests per second and CPU time per
+// request, then throughput and latency.
+func printTables(results map[string][]result, stacks []stack, configs []config, rounds int, round time.Duration) {
+	fmt.Printf("s3-helper load test: %s, %d CPUs, GOMAXPROCS %d, %d rounds of %v; req/s are medians, CPU µs per request the sum over the rounds\n\n",
 		runtime.GOOS+"/"+runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0), rounds, round)
-	fmt.Println("| origin | range | conns | direct req/s | ReverseProxy req/s | s3-helper req/s | s3-helper MiB/s | c/a | c/b | p50 a/b/c | p99 a/b/c |")
-	fmt.Println("|---|---|---|---|---|---|---|---|---|---|---|")
+	targets := stacks[0].targets
+	proxies := targets[1:]
+	head := "| origin | range | conns |"
+	for _, tg := range targets {
+		head += " " + tg.name + " req/s |"
+	}
+	for _, tg := range proxies {
+		head += " " + tg.name + " CPU µs/req |"
+	}
+	head += " origin CPU µs/req " + shorts(targets) + " | c/b req/s | c/b CPU |"
+	if len(targets) > 3 {
+		head += " c/c' req/s | c/c' CPU |"
+	}
+	fmt.Println(head)
+	fmt.Println(strings.Repeat("|---", strings.Count(head, "|")-1) + "|")
 	for _, st := range stacks {
 		for _, c := range configs {
-			a := median(results[fmt.Sprintf("%s/direct/%d/%d", st.origin, c.conns, c.bytes)])
-			b := median(results[fmt.Sprintf("%s/ReverseProxy/%d/%d", st.origin, c.conns, c.bytes)])
-			h := median(results[fmt.Sprintf("%s/s3-helper/%d/%d", st.origin, c.conns, c.bytes)])
-			fmt.Printf("| %s | %d KiB | %d | %.0f | %.0f | %.0f | %.0f | %.2f | %.2f | %s/%s/%s | %s/%s/%s |\n",
-				st.origin, c.bytes>>10, c.conns, a.rps(), b.rps(), h.rps(), h.mibps(), h.rps()/a.rps(), h.rps()/b.rps(),
-				ms(a.pct(0.5)), ms(b.pct(0.5)), ms(h.pct(0.5)), ms(a.pct(0.99)), ms(b.pct(0.99)), ms(h.pct(0.99)))
+			if !c.in(st.origin) {
+				continue
+			}
+			all := make([][]result, len(st.targets))
+			for i, tg := range st.targets {
+				all[i] = results[st.key(tg, c)]
+			}
+			line := fmt.Sprintf("| %s | %d KiB | %d |", st.origin, c.bytes>>10, c.conns)
+			for i := range st.targets {
+				line += fmt.Sprintf(" %.0f |", median(all[i]).rps())
+			}
+			for i := range proxies {
+				line += fmt.Sprintf(" %.1f |", cpuPerRequest(all[i+1], false))
+			}
+			var origin []string
+			for i := range st.targets {
+				origin = append(origin, strconv.FormatFloat(cpuPerRequest(all[i], true), 'f', 1, 64))
+			}
+			line += " " + strings.Join(origin, "/") + " |"
+			ratio := func(x, y int) string {
+				return fmt.Sprintf(" %.2f | %.2f |", median(all[x]).rps()/median(all[y]).rps(), cpuPerRequest(all[x], false)/cpuPerRequest(all[y], false))
+			}
+			line += ratio(2, 1)
+			if len(st.targets) > 3 {
+				line += ratio(2, 3)
+			}
+			fmt.Println(line)
+		}
+	}
+	fmt.Println()
+	fmt.Println("| origin | range | conns | s3-helper MiB/s | c/a req/s | p50 " + shorts(targets) + " | p99 " + shorts(targets) + " |")
+	fmt.Println("|---|---|---|---|---|---|---|")
+	for _, st := range stacks {
+		for _, c := range configs {
+			if !c.in(st.origin) {
+				continue
+			}
+			var p50, p99 []string
+			for _, tg := range st.targets {
+				m := median(results[st.key(tg, c)])
+				p50, p99 = append(p50, ms(m.pct(0.5))), append(p99, ms(m.pct(0.99)))
+			}
+			a, h := median(results[st.key(st.targets[0], c)]), median(results[st.key(st.targets[2], c)])
+			fmt.Printf("| %s | %d KiB | %d | %.0f | %.2f | %s | %s |\n", st.origin, c.bytes>>10, c.conns, h.mibps(), h.rps()/a.rps(),
+				strings.Join(p50, "/"), strings.Join(p99, "/"))
 		}
 	}
 	for _, st := range stacks {
-		fmt.Printf("\ns3-helper (%s origin) peak RSS after the load: %.1f MiB", st.origin, peakRSSMiB(st.helperPID))
+		for _, tg := range st.targets[2:] {
+			fmt.Printf("\n%s (%s origin) peak RSS after the load: %.1f MiB", tg.name, st.origin, peakRSSMiB(tg.pid))
+		}
 	}
 	fmt.Println()
+}
+
+// shorts is the targets' letters, a/b/c.
+func shorts(targets []target) string {
+	var s []string
+	for _, tg := range targets {
+		s = append(s, tg.short)
+	}
+	return strings.Join(s, "/")
 }
 
 // waitFirstObject polls until s3-helper serves an object.
