@@ -335,6 +335,7 @@ func measure(o options) error {
 	defer func() {
 		for _, p := range procs {
 			p.Process.Kill()
+			p.Wait() // reaped, not left a zombie
 		}
 	}()
 	launch := func(name string, args, env []string, stderr io.Writer) (*exec.Cmd, error) {
