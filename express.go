@@ -6,7 +6,6 @@ package main
 // configuration's directory buckets are checked against their regions.
 
 import (
-	"context"
 	"log/slog"
 	"net"
 	"net/http"
@@ -83,33 +82,27 @@ func withDirectoryBuckets(routes []route, region string, custom *url.URL, region
 }
 
 // withDialAddrs returns t itself when no route has a dial address, else a
-// clone whose dialer connects each such route's host to its dial address.
-// The request's URL keeps the host, so TLS verifies the host's name and
+// copy that connects each such route's host to its dial address. The
+// request's URL keeps the host, so TLS verifies the host's name and
 // connections are pooled by it.
-func withDialAddrs(t *http.Transport, routes []route) *http.Transport {
+func withDialAddrs(t *leanTransport, routes []route) *leanTransport {
 	addrs := map[string]string{}
 	for _, r := range routes {
 		for _, c := range append([]route{r}, r.replicas...) {
 			if c.dialAddr != "" {
-				addrs[c.host] = c.dialAddr
+				if host, _, err := net.SplitHostPort(c.host); err == nil {
+					addrs[host] = c.dialAddr
+				} else {
+					addrs[c.host] = c.dialAddr
+				}
 			}
 		}
 	}
 	if len(addrs) == 0 {
 		return t
 	}
-	dial := t.DialContext
-	if dial == nil {
-		dial = (&net.Dialer{}).DialContext
-	}
-	clone := t.Clone()
-	clone.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		if host, _, err := net.SplitHostPort(addr); err == nil && addrs[host] != "" {
-			addr = addrs[host]
-		}
-		return dial(ctx, network, addr)
-	}
-	return clone
+	return &leanTransport{addr: t.addr, dialAddrs: addrs, dial: t.dial, timeout: t.timeout, tlsConfig: t.tlsConfig,
+		maxIdlePerHost: t.maxIdlePerHost, maxIdle: t.maxIdle, idleTimeout: t.idleTimeout, now: t.now}
 }
 
 // withSessions gives every route (and replica) to a directory bucket the

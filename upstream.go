@@ -14,7 +14,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"time"
@@ -334,33 +333,26 @@ const (
 	upstreamIdleTimeout = 90 * time.Second
 )
 
-// frontEndTransport is the keep-alive Transport of one front-end address:
+// frontEndTransport is the keep-alive pool of one front-end address:
 // newUpstreamTransport whose every dial goes to addr. The request's URL
 // keeps the name, so the Host header and TLS's server name (and the
 // certificate it verifies) are the name's.
-func frontEndTransport(timeout time.Duration, addr netip.AddrPort) *http.Transport {
+func frontEndTransport(timeout time.Duration, addr netip.AddrPort) *leanTransport {
 	t := newUpstreamTransport(timeout)
-	d := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
-	t.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
-		return d.DialContext(ctx, network, addr.String())
-	}
+	t.addr = addr
 	return t
 }
 
-// newUpstreamTransport is the one keep-alive Transport all S3 requests
-// share. Its proxy function stays nil: S3 is reached directly, and a stray
-// HTTPS_PROXY must never see signed requests.
-func newUpstreamTransport(timeout time.Duration) *http.Transport {
-	return &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext,
-		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
-		TLSHandshakeTimeout:   timeout,
-		ResponseHeaderTimeout: timeout,
-		MaxIdleConns:          maxIdleConns,
-		MaxIdleConnsPerHost:   maxIdleConnsPerHost,
-		IdleConnTimeout:       upstreamIdleTimeout,
-		// Otherwise net/http adds Accept-Encoding: gzip to non-Range GETs
-		// and silently decodes the body, changing its length.
-		DisableCompression: true,
+// newUpstreamTransport is the one keep-alive transport all S3 requests to
+// a host without front ends of its own share: the lean client
+// (leanclient.go), which never goes through a proxy (a stray HTTPS_PROXY
+// must never see signed requests) and never asks for compression.
+func newUpstreamTransport(timeout time.Duration) *leanTransport {
+	return &leanTransport{
+		timeout:        timeout,
+		tlsConfig:      &tls.Config{MinVersion: tls.VersionTLS12},
+		maxIdle:        maxIdleConns,
+		maxIdlePerHost: maxIdleConnsPerHost,
+		idleTimeout:    upstreamIdleTimeout,
 	}
 }

@@ -1,0 +1,597 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"cmp"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// rawServer is an HTTP/1.1 peer that answers with raw bytes: answer gets
+// the index of the connection (from 1), the request and the connection,
+// and returns false to close the connection. It counts the connections
+// it accepted.
+type rawServer struct {
+	ln     net.Listener
+	conns  atomic.Int32
+	answer func(conn int, req *http.Request, c net.Conn) bool
+	wg     sync.WaitGroup
+}
+
+func newRawServer(t *testing.T, answer func(conn int, req *http.Request, c net.Conn) bool) *rawServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &rawServer{ln: ln, answer: answer}
+	s.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n := int(s.conns.Add(1))
+			s.wg.Go(func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil || !s.answer(n, req, c) {
+						return
+					}
+				}
+			})
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		s.wg.Wait()
+	})
+	return s
+}
+
+// url is where the server answers.
+func (s *rawServer) url() string { return "http://" + s.ln.Addr().String() }
+
+// leanGet sends one GET (or method) through t and returns the response and its body, read to
+// its end, and the body's error.
+func leanGet(t *testing.T, lt *leanTransport, method, target string) (*http.Response, []byte, error) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), method, target, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := lt.RoundTrip(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp, body, err
+}
+
+// idleConns is how many of lt's connections to key's host are idle.
+func (lt *leanTransport) idleConns(key leanKey) int {
+	lt.mu.Lock()
+	defer lt.mu.Unlock()
+	return len(lt.idle[key])
+}
+
+// testLean is the lean client as the S3 client makes it, with timeout.
+func testLean(timeout time.Duration) *leanTransport {
+	return newUpstreamTransport(timeout)
+}
+
+// TestLeanFraming: each way a response says where its body ends, strictly
+// checked, and whether the connection is used again after it (a second
+// request shows it: one connection, or two).
+func TestLeanFraming(t *testing.T) {
+	tests := []struct {
+		name, method string
+		// answer is what the server writes; close ends the connection
+		// after it.
+		answer string
+		close  bool
+		// want is the body; wantErr the error of the round trip or of
+		// reading the body (a substring); wantLength resp.ContentLength.
+		want, wantErr string
+		wantLength    int64
+		reused        bool
+	}{
+		{name: "content-length", answer: "HTTP/1.1 206 Partial Content\r\nContent-Length: 5\r\nContent-Range: bytes 0-4/10\r\n\r\nhello",
+			want: "hello", wantLength: 5, reused: true},
+		{name: "content-length twice, agreeing", answer: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi",
+			want: "hi", wantLength: 2, reused: true},
+		{name: "empty body", answer: "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", wantLength: 0, reused: true},
+		{name: "chunked, extensions and trailers", answer: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" +
+			"5;name=value\r\nhello\r\n7\r\n, world\r\n0\r\nX-Checksum: abc\r\nX-Other: d\r\n\r\n",
+			want: "hello, world", wantLength: -1, reused: true},
+		{name: "chunked, upper-case hex", answer: "HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\nA\r\n0123456789\r\n0\r\n\r\n",
+			want: "0123456789", wantLength: -1, reused: true},
+		{name: "interim responses skipped", answer: "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" +
+			"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nyes", want: "yes", wantLength: 3, reused: true},
+		{name: "Connection: close honoured", answer: "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi",
+			want: "hi", wantLength: 2},
+		{name: "HTTP/1.0 without keep-alive", answer: "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi", want: "hi", wantLength: 2},
+		{name: "HTTP/1.0 with keep-alive", answer: "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nhi",
+			want: "hi", wantLength: 2, reused: true},
+		{name: "body until close", answer: "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it", close: true,
+			want: "all of it", wantLength: -1},
+		{name: "HEAD has no body", method: "HEAD", answer: "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n",
+			wantLength: 1000, reused: true},
+		{name: "204 has no body", answer: "HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n", wantLength: 0, reused: true},
+		{name: "304 has no body", answer: "HTTP/1.1 304 Not Modified\r\nEtag: \"e\"\r\n\r\n", wantLength: 0, reused: true},
+		{name: "longer than its length: not reused", answer: "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhelloEXTRA",
+			want: "hello", wantLength: 5},
+		{name: "shorter than its length: an error", answer: "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello", close: true,
+			wantErr: "unexpected EOF"},
+		{name: "chunked, ends inside a chunk", answer: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nhello", close: true,
+			wantErr: "unexpected EOF"},
+		{name: "chunked, ends before the last chunk", answer: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", close: true,
+			wantErr: "unexpected EOF"},
+		{name: "chunked, data longer than its size", answer: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhello\r\n0\r\n\r\n",
+			wantErr: "chunk data longer"},
+		{name: "chunked, bad size", answer: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+			wantErr: "chunk size"},
+		{name: "chunked, size without CRLF", answer: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+			wantErr: "chunked framing line"},
+		{name: "chunked, bad trailer", answer: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nno colon\r\n\r\n",
+			wantErr: "trailer field"},
+		{name: "both Transfer-Encoding and Content-Length", answer: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+			wantErr: "both Transfer-Encoding and Content-Length"},
+		{name: "unsupported Transfer-Encoding", answer: "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+			wantErr: "unsupported Transfer-Encoding"},
+		{name: "content-lengths that disagree", answer: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nhi",
+			wantErr: "Content-Length"},
+		{name: "signed content-length", answer: "HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nhi", wantErr: "Content-Length"},
+		{name: "101 to a request for none", answer: "HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", wantErr: "101"},
+		{name: "too many interim responses", answer: strings.Repeat("HTTP/1.1 100 Continue\r\n\r\n", 6) + "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+			wantErr: "interim responses"},
+		{name: "obsolete line folding", answer: "HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 0\r\n\r\n", wantErr: "header line"},
+		{name: "space before the colon", answer: "HTTP/1.1 200 OK\r\nContent-Length : 0\r\n\r\n", wantErr: "header line"},
+		{name: "bare LF", answer: "HTTP/1.1 200 OK\nContent-Length: 0\n\n", close: true, wantErr: "response head"},
+		{name: "not HTTP/1.x", answer: "HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n", wantErr: "status line"},
+		{name: "a control character in a value", answer: "HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 0\r\n\r\n", wantErr: "header field"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s := newRawServer(t, func(conn int, req *http.Request, c net.Conn) bool {
+				if req.URL.Path == "/second" {
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+					return true
+				}
+				io.WriteString(c, tt.answer)
+				return !tt.close
+			})
+			lt := testLean(5 * time.Second)
+			defer lt.CloseIdleConnections()
+			resp, body, err := leanGet(t, lt, cmp.Or(tt.method, "GET"), s.url()+"/first")
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("got body %q, error %v; want an error with %q", body, err, tt.wantErr)
+				}
+				if errors.Is(err, io.EOF) {
+					t.Errorf("error %v is io.EOF: a broken body would read as complete", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(body) != tt.want || resp.ContentLength != tt.wantLength {
+				t.Errorf("body %q, ContentLength %d; want %q, %d", body, resp.ContentLength, tt.want, tt.wantLength)
+			}
+			if _, body, err := leanGet(t, lt, "GET", s.url()+"/second"); err != nil || string(body) != "ok" {
+				t.Fatalf("second request: %q, %v", body, err)
+			}
+			if conns := s.conns.Load(); (conns == 1) != tt.reused {
+				t.Errorf("two requests took %d connections; reused %v, want %v", conns, conns == 1, tt.reused)
+			}
+		})
+	}
+}
+
+// TestLeanRetriesAReusedConnectionTheServerClosed: S3 closes an idle
+// connection as a request goes out on it; the request is sent again, once,
+// on a new connection. On a new connection that closes, it is not.
+func TestLeanRetriesAReusedConnectionTheServerClosed(t *testing.T) {
+	s := newRawServer(t, func(conn int, req *http.Request, c net.Conn) bool {
+		if conn == 1 && req.URL.Path == "/second" {
+			return false // closes without answering
+		}
+		if conn == 3 {
+			return false // a new connection closed before answering
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		return true
+	})
+	lt := testLean(5 * time.Second)
+	defer lt.CloseIdleConnections()
+	for _, path := range []string{"/first", "/second"} {
+		if _, body, err := leanGet(t, lt, "GET", s.url()+path); err != nil || string(body) != "ok" {
+			t.Fatalf("%s: %q, %v", path, body, err)
+		}
+	}
+	if n := s.conns.Load(); n != 2 {
+		t.Errorf("%d connections, want 2 (the closed one, and the retry's)", n)
+	}
+	lt.CloseIdleConnections()
+	_, _, err := leanGet(t, lt, "GET", s.url()+"/third")
+	if err == nil || !errors.Is(err, errClosedBeforeAnswer) {
+		t.Errorf("a new connection closed before answering: %v, want errClosedBeforeAnswer", err)
+	}
+	if n := s.conns.Load(); n != 3 {
+		t.Errorf("%d connections, want 3: a new connection's failure is not retried", n)
+	}
+}
+
+// TestLeanLeftoverBytesAreNoAnswer: bytes that arrive after a response
+// that was longer than it said are found when the connection is used
+// again: that connection is dropped and the request sent on a new one.
+func TestLeanLeftoverBytesAreNoAnswer(t *testing.T) {
+	s := newRawServer(t, func(conn int, req *http.Request, c net.Conn) bool {
+		if conn == 1 && req.URL.Path == "/first" {
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			time.Sleep(50 * time.Millisecond)
+			io.WriteString(c, "garbage after the body")
+			return true
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")
+		return true
+	})
+	lt := testLean(5 * time.Second)
+	defer lt.CloseIdleConnections()
+	if _, body, err := leanGet(t, lt, "GET", s.url()+"/first"); err != nil || string(body) != "ok" {
+		t.Fatalf("first: %q, %v", body, err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if _, body, err := leanGet(t, lt, "GET", s.url()+"/second"); err != nil || string(body) != "next" {
+		t.Fatalf("second: %q, %v", body, err)
+	}
+	if n := s.conns.Load(); n != 2 {
+		t.Errorf("%d connections, want 2", n)
+	}
+}
+
+// TestLeanCloseBeforeTheEnd: a body closed before its end keeps the
+// connection only when the rest of it is already in the buffer.
+func TestLeanCloseBeforeTheEnd(t *testing.T) {
+	big := strings.Repeat("x", 1<<20)
+	s := newRawServer(t, func(conn int, req *http.Request, c net.Conn) bool {
+		body := "small"
+		if req.URL.Path == "/big" {
+			body = big
+		}
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+		return true
+	})
+	lt := testLean(5 * time.Second)
+	defer lt.CloseIdleConnections()
+	key := leanKey{host: strings.TrimPrefix(s.url(), "http://")}
+	for _, tt := range []struct {
+		path string
+		kept bool
+	}{{"/small", true}, {"/big", false}} {
+		req, _ := http.NewRequestWithContext(t.Context(), "GET", s.url()+tt.path, nil)
+		resp, err := lt.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond) // the small body has arrived
+		resp.Body.Close()
+		if n, err := resp.Body.Read(make([]byte, 1)); n != 0 || err == nil {
+			t.Errorf("%s: Read after Close = %d, %v; want an error", tt.path, n, err)
+		}
+		if kept := lt.idleConns(key) == 1; kept != tt.kept {
+			t.Errorf("%s closed unread: connection kept %v, want %v", tt.path, kept, tt.kept)
+		}
+		lt.CloseIdleConnections()
+	}
+}
+
+// TestLeanRequestHead: exactly what newRequest builds goes out: the
+// target as signed (a key starting with '/' in the absolute form), Host
+// first, the other fields sorted; nothing is added.
+func TestLeanRequestHead(t *testing.T) {
+	tests := []struct {
+		name string
+		url  *url.URL
+		host string
+		h    http.Header
+		want string
+	}{
+		{"opaque target and query", upstreamURL("https", "b.s3.amazonaws.com", "/a%20b/c.mp4", "versionId=1"), "b.s3.amazonaws.com",
+			http.Header{"Range": {"bytes=0-9"}, "User-Agent": {"s3-helper"}, "Authorization": {"AWS4-HMAC-SHA256 x"}},
+			"GET /a%20b/c.mp4?versionId=1 HTTP/1.1\r\nHost: b.s3.amazonaws.com\r\nAuthorization: AWS4-HMAC-SHA256 x\r\nRange: bytes=0-9\r\nUser-Agent: s3-helper\r\n\r\n"},
+		{"a key starting with a slash", upstreamURL("https", "b.s3.amazonaws.com", "//k", ""), "b.s3.amazonaws.com", http.Header{},
+			"GET https://b.s3.amazonaws.com//k HTTP/1.1\r\nHost: b.s3.amazonaws.com\r\n\r\n"},
+		{"a path and a bare query", &url.URL{Scheme: "https", Host: "z:443", Path: "/", RawQuery: "session"}, "",
+			http.Header{"X-Amz-Create-Session-Mode": {"ReadOnly"}, "Host": {"ignored"}},
+			"GET /?session HTTP/1.1\r\nHost: z:443\r\nX-Amz-Create-Session-Mode: ReadOnly\r\n\r\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := &http.Request{Method: "GET", URL: tt.url, Host: tt.host, Header: tt.h}
+			got, err := appendRequestHead(nil, req)
+			if err != nil || string(got) != tt.want {
+				t.Errorf("appendRequestHead = %q, %v\nwant %q", got, err, tt.want)
+			}
+		})
+	}
+	refused := []struct {
+		name string
+		req  *http.Request
+	}{
+		{"POST", &http.Request{Method: "POST", URL: &url.URL{Scheme: "http", Host: "h", Path: "/"}, Header: http.Header{}}},
+		{"a body", &http.Request{Method: "GET", URL: &url.URL{Scheme: "http", Host: "h", Path: "/"}, Header: http.Header{}, Body: io.NopCloser(strings.NewReader("x")), ContentLength: 1}},
+		{"a CRLF in a value", &http.Request{Method: "GET", URL: &url.URL{Scheme: "http", Host: "h", Path: "/"}, Header: http.Header{"Range": {"bytes=0-1\r\nX-Evil: 1"}}}},
+		{"a name that is no token", &http.Request{Method: "GET", URL: &url.URL{Scheme: "http", Host: "h", Path: "/"}, Header: http.Header{"Bad Name": {"v"}}}},
+		{"no host", &http.Request{Method: "GET", URL: &url.URL{Scheme: "http", Path: "/"}, Header: http.Header{}}},
+		{"ftp", &http.Request{Method: "GET", URL: &url.URL{Scheme: "ftp", Host: "h", Path: "/"}, Header: http.Header{}}},
+	}
+	for _, tt := range refused {
+		t.Run("refuses "+tt.name, func(t *testing.T) {
+			req := tt.req.WithContext(t.Context())
+			if resp, err := testLean(time.Second).RoundTrip(req); err == nil {
+				resp.Body.Close()
+				t.Errorf("RoundTrip sent a request with %s", tt.name)
+			}
+		})
+	}
+}
+
+// TestLeanContextEndsTheWait: when the request's context ends, a
+// RoundTrip waiting for the head returns at once and a body Read blocked
+// on S3 ends; the connection is closed (the server sees it).
+func TestLeanContextEndsTheWait(t *testing.T) {
+	closed := make(chan int, 2)
+	s := newRawServer(t, func(conn int, req *http.Request, c net.Conn) bool {
+		if req.URL.Path == "/body" {
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart")
+		}
+		c.Read(make([]byte, 1)) // until the client closes
+		closed <- conn
+		return false
+	})
+	lt := testLean(10 * time.Second)
+	defer lt.CloseIdleConnections()
+
+	ctx, cancel := context.WithCancel(t.Context())
+	req, _ := http.NewRequestWithContext(ctx, "GET", s.url()+"/head", nil)
+	time.AfterFunc(50*time.Millisecond, cancel)
+	start := time.Now()
+	if resp, err := lt.RoundTrip(req); err == nil || !errors.Is(err, context.Canceled) {
+		t.Errorf("RoundTrip = %v, %v; want context.Canceled", resp, err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("RoundTrip returned %v after the cancel", d)
+	}
+	<-closed
+
+	ctx, cancel = context.WithCancel(t.Context())
+	req, _ = http.NewRequestWithContext(ctx, "GET", s.url()+"/body", nil)
+	resp, err := lt.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(50*time.Millisecond, cancel)
+	body, err := io.ReadAll(resp.Body)
+	if err == nil || string(body) != "part" {
+		t.Errorf("body %q, %v; want \"part\" and an error", body, err)
+	}
+	resp.Body.Close()
+	<-closed
+}
+
+// TestLeanFailuresClassify: the lean client's failures read as net/http's
+// did to classifyTransport: a refused dial is a connect error; no head
+// within the timeout, or a TLS handshake that never completes, a timeout.
+func TestLeanFailuresClassify(t *testing.T) {
+	silent, err := net.Listen("tcp", "127.0.0.1:0") // accepts, never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	})
+	refused := freeTCPAddr(t)
+	tests := []struct {
+		name, target string
+		kind         string
+	}{
+		{"refused", "http://" + refused + "/k", kindConnect},
+		{"no head in time", "http://" + silent.Addr().String() + "/k", kindTimeout},
+		{"no TLS handshake in time", "https://" + silent.Addr().String() + "/k", kindTimeout},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			lt := testLean(100 * time.Millisecond)
+			_, _, err := leanGet(t, lt, "GET", tt.target)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if got := classifyTransport(err).kind; got != tt.kind {
+				t.Errorf("classifyTransport(%v) = %s, want %s", err, got, tt.kind)
+			}
+		})
+	}
+}
+
+// TestLeanIdlePool: connections idle for the idle timeout are closed; the
+// pool keeps at most maxIdlePerHost per host; CloseIdleConnections
+// empties it.
+func TestLeanIdlePool(t *testing.T) {
+	release := make(chan struct{})
+	s := newRawServer(t, func(conn int, req *http.Request, c net.Conn) bool {
+		if req.URL.Path == "/slow" {
+			<-release
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		return true
+	})
+	now := time.Unix(1e9, 0)
+	lt := testLean(5 * time.Second)
+	lt.maxIdlePerHost = 2
+	lt.now = func() time.Time { return now }
+	key := leanKey{host: strings.TrimPrefix(s.url(), "http://")}
+	var wg sync.WaitGroup
+	for range 3 { // three at once: three connections
+		wg.Go(func() {
+			if _, body, err := leanGet(t, lt, "GET", s.url()+"/slow"); err != nil || string(body) != "ok" {
+				t.Errorf("%q, %v", body, err)
+			}
+		})
+	}
+	for s.conns.Load() < 3 {
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	wg.Wait()
+	if n := lt.idleConns(key); n != 2 {
+		t.Errorf("%d idle connections, want maxIdlePerHost 2", n)
+	}
+	now = now.Add(upstreamIdleTimeout / 2)
+	leanGet(t, lt, "GET", s.url()+"/fresh") // one is used again, and goes idle anew
+	now = now.Add(upstreamIdleTimeout/2 + time.Second)
+	lt.sweep()
+	if n := lt.idleConns(key); n != 1 {
+		t.Errorf("after the idle timeout: %d idle connections, want 1 (the one used since)", n)
+	}
+	lt.CloseIdleConnections()
+	if n := lt.idleConns(key); n != 0 {
+		t.Errorf("after CloseIdleConnections: %d idle", n)
+	}
+}
+
+// TestLeanTLS: over TLS, the server's name verified, a body of many
+// records arrives whole and the connection is used again.
+func TestLeanTLS(t *testing.T) {
+	body := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB: 64 records
+	var conns atomic.Int32
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", fmt.Sprint(len(body)))
+		w.Write(body)
+	}))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the handshake the last request refuses
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.StartTLS()
+	defer srv.Close()
+	lt := testLean(5 * time.Second)
+	lt.tlsConfig = srv.Client().Transport.(*http.Transport).TLSClientConfig
+	defer lt.CloseIdleConnections()
+	for range 3 {
+		_, got, err := leanGet(t, lt, "GET", srv.URL+"/k")
+		if err != nil || !bytes.Equal(got, body) {
+			t.Fatalf("%d bytes, %v; want %d bytes", len(got), err, len(body))
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("%d connections for 3 requests, want 1", n)
+	}
+	lt.tlsConfig = &tls.Config{MinVersion: tls.VersionTLS12} // the system's roots: the test's certificate is not among them
+	lt.CloseIdleConnections()
+	if _, _, err := leanGet(t, lt, "GET", srv.URL+"/k"); err == nil {
+		t.Error("a certificate no root signed was accepted")
+	}
+}
+
+// FuzzLeanResponse reads arbitrary bytes as S3's answer to a GET and
+// compares with net/http's reading: neither may panic or hang; where both
+// accept the response and its body, they agree on the status, the length
+// and every byte; a body the lean client ends cleanly is exactly as long
+// as its Content-Length says.
+func FuzzLeanResponse(f *testing.F) {
+	for _, seed := range []string{
+		"HTTP/1.1 206 Partial Content\r\nContent-Length: 5\r\nEtag: \"e\"\r\n\r\nhello",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: v\r\n\r\n",
+		"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+		"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end",
+		"HTTP/1.1 204 No Content\r\n\r\n",
+		"HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+		"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabcdef",
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		lt := &leanTransport{dial: func(context.Context, string, string) (net.Conn, error) {
+			return &scriptConn{in: bytes.NewReader(raw)}, nil
+		}}
+		req, _ := http.NewRequest("GET", "http://s3.example/k", nil)
+		resp, err := lt.RoundTrip(req)
+		var body []byte
+		var berr error
+		if err == nil {
+			body, berr = io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if berr == nil && resp.ContentLength >= 0 && int64(len(body)) != resp.ContentLength {
+				t.Fatalf("a clean body of %d bytes, Content-Length %d", len(body), resp.ContentLength)
+			}
+		}
+		std, serr := http.ReadResponse(bufio.NewReader(bytes.NewReader(raw)), req)
+		// net/http's Transport skips 1xx responses; ReadResponse does not.
+		if err != nil || berr != nil || serr != nil || std.StatusCode < 200 {
+			return
+		}
+		sbody, sberr := io.ReadAll(std.Body)
+		if sberr != nil {
+			return
+		}
+		if std.StatusCode != resp.StatusCode || !bytes.Equal(sbody, body) {
+			t.Fatalf("lean: %d %q; net/http: %d %q", resp.StatusCode, body, std.StatusCode, sbody)
+		}
+	})
+}
+
+// scriptConn is a connection whose peer's bytes are in: writes vanish,
+// reads end with io.EOF.
+type scriptConn struct {
+	net.Conn
+	in *bytes.Reader
+}
+
+func (c *scriptConn) Read(p []byte) (int, error)         { return c.in.Read(p) }
+func (c *scriptConn) Write(p []byte) (int, error)        { return len(p), nil }
+func (c *scriptConn) Close() error                       { return nil }
+func (c *scriptConn) SetReadDeadline(time.Time) error    { return nil }
+func (c *scriptConn) SetDeadline(time.Time) error        { return nil }
+func (c *scriptConn) RemoteAddr() net.Addr               { return &net.TCPAddr{} }
+func (c *scriptConn) LocalAddr() net.Addr                { return &net.TCPAddr{} }
+func (c *scriptConn) SetWriteDeadline(t time.Time) error { return nil }
