@@ -583,8 +583,9 @@ func (c *leanConn) readResponse(req *http.Request) (*http.Response, error) {
 			continue
 		}
 		end += c.r + scanned + len(crlfcrlf)
-		var h responseHead
-		if err := h.parse((*c.buf)[c.r:end]); err != nil {
+		lr := &leanResponse{}
+		h := &lr.head
+		if err := h.parse((*c.buf)[c.r:end], lr.values[:]); err != nil {
 			if c.reused && !bytes.HasPrefix((*c.buf)[c.r:end], []byte("HTTP/")) {
 				// Bytes left over from an earlier response that was
 				// longer than it said: no answer to this request.
@@ -605,7 +606,7 @@ func (c *leanConn) readResponse(req *http.Request) (*http.Response, error) {
 			}
 			continue
 		}
-		return c.response(req, &h)
+		return c.response(req, lr)
 	}
 }
 
@@ -614,9 +615,8 @@ const crlfcrlf = "\r\n\r\n"
 
 // response makes the http.Response of a final head: its framing per RFC
 // 9112 §6.3, and a body that gives the connection back when it ends.
-func (c *leanConn) response(req *http.Request, h *responseHead) (*http.Response, error) {
-	lr := &leanResponse{}
-	resp := &lr.resp
+func (c *leanConn) response(req *http.Request, lr *leanResponse) (*http.Response, error) {
+	h, resp := &lr.head, &lr.resp
 	*resp = http.Response{Status: h.statusText, StatusCode: h.status, Proto: h.proto, ProtoMajor: 1, ProtoMinor: h.minor,
 		Header: h.header, Close: h.close || req.Close, Request: req, ContentLength: h.contentLength}
 	noBody := req.Method == http.MethodHead || h.status == http.StatusNoContent || h.status == http.StatusNotModified
@@ -711,10 +711,13 @@ func (u *underTLS) release() {
 	}
 }
 
-// leanResponse is a response and its body, allocated together.
+// leanResponse is a response with its head's fields and its body,
+// allocated together.
 type leanResponse struct {
-	resp http.Response
-	body leanBody
+	resp   http.Response
+	body   leanBody
+	head   responseHead
+	values [16]string // the header's values, when no more
 }
 
 // leanBody is a response's body on its connection. Read and Close are
@@ -1009,7 +1012,7 @@ type responseHead struct {
 // place. Transfer-Encoding moves out of the header into chunked; a
 // Content-Length given twice must agree; both together are refused (RFC
 // 9112 §6.3: they "ought to be handled as an error").
-func (h *responseHead) parse(block []byte) error {
+func (h *responseHead) parse(block []byte, slab []string) error {
 	lines := bytes.Count(block, []byte("\r\n")) - 2 // header fields
 	if lines < 0 {
 		return fmt.Errorf("%w: no status line", errMalformedResponse)
@@ -1037,7 +1040,10 @@ func (h *responseHead) parse(block []byte) error {
 	h.status, h.statusText, h.proto, h.minor = code, status[9:], status[:8], int(status[7]-'0')
 	h.header = make(http.Header, lines)
 	h.contentLength = -1
-	values := make([]string, lines) // one backing array for every value
+	values := slab // one backing array for every value
+	if len(values) < lines {
+		values = make([]string, lines)
+	}
 	var te, connection []string
 	rest := s[eol+2 : len(s)-2]
 	pos := eol + 2 // where rest starts in block
