@@ -41,6 +41,7 @@ bench-load:
 
 fuzz:
 	S3_HELPER_E2E=0 $(GO) test -run '^$$' -fuzz FuzzCanonicalURI -fuzztime 30s .
+	S3_HELPER_E2E=0 $(GO) test -run '^$$' -fuzz FuzzLeanResponse -fuzztime 30s .
 
 clean:
 	rm -f $(BINARY)

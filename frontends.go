@@ -108,8 +108,8 @@ type frontEnds struct {
 	leftOuts atomic.Int64
 }
 
-// frontTransport is one address's pool of connections: an
-// *http.Transport whose every dial goes to it (frontEndTransport).
+// frontTransport is one address's pool of connections: the lean client
+// (leanclient.go) whose every dial goes to it (frontEndTransport).
 type frontTransport interface {
 	http.RoundTripper
 	CloseIdleConnections()
