@@ -49,11 +49,16 @@ import (
 const (
 	// leanBufferBytes is the buffer a connection borrows for one round
 	// trip: the request is written from it and the response head (with the
-	// body bytes that came along) read into it. It goes back to the pool
-	// once drained; no larger than the handler's copy buffer, the first
-	// body read drains it, so a response in flight to a slow client holds
-	// none (64 KiB measured 17 MiB more under 1000 slow clients).
-	leanBufferBytes = 32 << 10
+	// body bytes that came along) read into it; it goes back to the pool
+	// once drained, and the body is read straight into the caller's
+	// buffer. A head and a 4 KiB body fit in one read; every request in
+	// flight holds one at first, so it is small: 64 KiB measured 17 MiB
+	// more under 1000 slow clients, 32 KiB up to 20 MiB more.
+	leanBufferBytes = 8 << 10
+	// maxResponseHeadBytes bounds a response's head: a head that does not
+	// fit the buffer gets a larger one, up to this (S3's are a few KiB;
+	// user metadata is at most 2 KB).
+	maxResponseHeadBytes = 64 << 10
 	// maxRequestHeadBytes bounds the request line and header fields sent.
 	maxRequestHeadBytes = 32 << 10
 	// maxInterimResponses bounds the 1xx responses skipped before the
@@ -71,7 +76,7 @@ const (
 // Errors of a response that breaks HTTP/1.1's rules.
 var (
 	errMalformedResponse = errors.New("malformed HTTP response")
-	errResponseTooLarge  = errors.New("HTTP response header larger than the buffer")
+	errResponseTooLarge  = errors.New("HTTP response head over 64 KiB")
 	errBodyClosed        = errors.New("read on a closed response body")
 )
 
@@ -420,7 +425,7 @@ func (t *leanTransport) dialConn(ctx context.Context, key leanKey) (*leanConn, e
 	if cfg.ServerName == "" {
 		cfg.ServerName = serverName
 	}
-	c.under = &underTLS{Conn: raw, t: t}
+	c.under = &underTLS{Conn: raw}
 	tc := tls.Client(c.under, cfg)
 	if t.timeout > 0 {
 		raw.SetDeadline(t.now.read().Add(t.timeout))
@@ -452,19 +457,19 @@ func (t *leanTransport) getBuffer() *[]byte {
 func (c *leanConn) close() {
 	c.dead.Store(true)
 	c.releaseBuffer()
-	if c.under != nil {
-		c.under.release()
-	}
 	if c.headTimer != nil {
 		c.headTimer.Stop()
 	}
 	c.conn.Close()
 }
 
-// releaseBuffer gives the borrowed buffer back.
+// releaseBuffer gives the borrowed buffer back (one grown for a large
+// head is left to the collector).
 func (c *leanConn) releaseBuffer() {
 	if c.buf != nil {
-		c.t.bufs.Put(c.buf)
+		if len(*c.buf) == leanBufferBytes {
+			c.t.bufs.Put(c.buf)
+		}
 		c.buf, c.r, c.w = nil, 0, 0
 	}
 }
@@ -522,7 +527,7 @@ func (c *leanConn) abandon() {
 func (c *leanConn) finish(reusable bool) {
 	stopped := c.stop == nil || c.stop()
 	c.stop = nil
-	if c.r != c.w || c.under != nil && c.under.buffered() > 0 {
+	if c.r != c.w {
 		reusable = false // bytes after the response: it was longer than it said
 	}
 	if !reusable || !stopped || c.dead.Load() {
@@ -534,15 +539,23 @@ func (c *leanConn) finish(reusable bool) {
 }
 
 // fill reads more of the response into the buffer; the bytes not yet
-// consumed move to its start when it is full.
+// consumed move to its start when it is full, and a buffer full of them
+// is replaced by one twice as large, up to maxResponseHeadBytes.
 func (c *leanConn) fill() error {
 	b := *c.buf
 	if c.w == len(b) {
-		if c.r == 0 {
+		switch {
+		case c.r > 0:
+			c.w = copy(b, b[c.r:c.w])
+			c.r = 0
+		case len(b) >= maxResponseHeadBytes:
 			return errResponseTooLarge
+		default:
+			larger := make([]byte, 2*len(b))
+			copy(larger, b)
+			c.t.bufs.Put(c.buf)
+			c.buf, b = &larger, larger
 		}
-		c.w = copy(b, b[c.r:c.w])
-		c.r = 0
 	}
 	n, err := c.conn.Read(b[c.w:])
 	c.w += n
@@ -646,18 +659,17 @@ func (c *leanConn) response(req *http.Request, lr *leanResponse) (*http.Response
 	return resp, nil
 }
 
-// underTLS is a TLS connection's TCP side as crypto/tls reads it: from a
-// buffer borrowed while it holds bytes, filled by one read of the socket,
-// so TLS's reads of a record each cost a system call per buffer, not per
-// record. Writes, deadlines and Close go straight to the connection.
+// underTLS is a TLS connection's TCP side as crypto/tls reads it: reads
+// go straight to the socket, except while noWait is set, when a read
+// returns errWouldWait at once. Writes, deadlines and Close go straight to
+// the connection. (A buffer here, to read the socket in larger pieces,
+// measured no faster: the copy out of it cost what the system calls
+// saved.)
 type underTLS struct {
 	net.Conn
-	t    *leanTransport
-	buf  *[]byte
-	r, w int
-	// noWait makes a Read that would wait on the network return
-	// errWouldWait instead: crypto/tls keeps a temporary error's partial
-	// record and reads on next time.
+	// noWait makes a Read return errWouldWait instead of waiting on the
+	// network: crypto/tls keeps a temporary error's partial record and
+	// reads on next time.
 	noWait bool
 }
 
@@ -673,42 +685,12 @@ func (wouldWaitError) Error() string   { return "read would wait" }
 func (wouldWaitError) Timeout() bool   { return true }
 func (wouldWaitError) Temporary() bool { return true }
 
-// Read reads from the buffer, filling it first when it is empty; a read
-// as large as half the buffer goes straight to the socket.
+// Read reads from the socket unless noWait is set.
 func (u *underTLS) Read(p []byte) (int, error) {
-	if u.r == u.w {
-		if u.noWait {
-			return 0, errWouldWait
-		}
-		if len(p) >= leanBufferBytes/2 {
-			return u.Conn.Read(p)
-		}
-		if u.buf == nil {
-			u.buf = u.t.getBuffer()
-		}
-		n, err := u.Conn.Read(*u.buf)
-		if n == 0 {
-			return 0, err
-		}
-		u.r, u.w = 0, n
+	if u.noWait {
+		return 0, errWouldWait
 	}
-	n := copy(p, (*u.buf)[u.r:u.w])
-	u.r += n
-	if u.r == u.w {
-		u.release()
-	}
-	return n, nil
-}
-
-// buffered is how many bytes were read from the socket and not yet by TLS.
-func (u *underTLS) buffered() int { return u.w - u.r }
-
-// release gives the buffer back.
-func (u *underTLS) release() {
-	if u.buf != nil {
-		u.t.bufs.Put(u.buf)
-		u.buf, u.r, u.w = nil, 0, 0
-	}
+	return u.Conn.Read(p)
 }
 
 // leanResponse is a response with its head's fields and its body,

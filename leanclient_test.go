@@ -166,6 +166,10 @@ func TestLeanFraming(t *testing.T) {
 		{name: "space before the colon", answer: "HTTP/1.1 200 OK\r\nContent-Length : 0\r\n\r\n", wantErr: "header line"},
 		{name: "bare LF", answer: "HTTP/1.1 200 OK\nContent-Length: 0\n\n", close: true, wantErr: "response head"},
 		{name: "not HTTP/1.x", answer: "HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n", wantErr: "status line"},
+		{name: "a head larger than the buffer", answer: "HTTP/1.1 200 OK\r\nX-Amz-Meta-Big: " + strings.Repeat("m", 20<<10) +
+			"\r\nContent-Length: 2\r\n\r\nhi", want: "hi", wantLength: 2, reused: true},
+		{name: "a head over 64 KiB", answer: "HTTP/1.1 200 OK\r\nX-Amz-Meta-Big: " + strings.Repeat("m", 70<<10) +
+			"\r\nContent-Length: 2\r\n\r\nhi", wantErr: "head over 64 KiB"},
 		{name: "a control character in a value", answer: "HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 0\r\n\r\n", wantErr: "header field"},
 	}
 	for _, tt := range tests {
