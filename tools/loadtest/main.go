@@ -298,6 +298,14 @@ func peakRSSMiB(pid int) float64 {
 	return -1
 }
 
+// resetPeakRSS starts process pid's peak RSS (VmHWM) over from its RSS
+// now (proc(5), /proc/PID/clear_refs).
+func resetPeakRSS(pid int) {
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0); err != nil {
+		log.Printf("reset the peak RSS of %d: %v", pid, err)
+	}
+}
+
 // start runs a process of the harness; its log goes to stderr.
 func start(name string, args []string, env []string, stderr io.Writer) (*exec.Cmd, error) {
 	cmd := exec.Command(name, args...)
@@ -451,14 +459,33 @@ func measure(o options) error {
 		}
 	}
 	if o.slowClients > 0 {
+		fmt.Printf("\n%d slow clients reading 1 MiB each at once, %d rounds interleaved; peak RSS of each round (the peak reset before it)\n\n",
+			o.slowClients, max(o.rounds, 1))
+		fmt.Println("| origin | s3-helper | complete | failed | peak RSS, median | peak RSS, each round |")
+		fmt.Println("|---|---|---|---|---|---|")
 		for _, st := range stacks {
-			for _, tg := range st.targets[2:] {
-				n, sf, dur := slowLoad(tg.base, o.slowClients)
-				failed += sf
-				fmt.Printf("%d slow clients reading 1 MiB each from %s (%s origin): %d complete, %d failed in %v; its peak RSS %.1f MiB\n",
-					o.slowClients, tg.name, st.origin, n, sf, dur.Round(time.Millisecond), peakRSSMiB(tg.pid))
+			helpers := st.targets[2:]
+			peaks := make([][]float64, len(helpers))
+			complete, fails := make([]int64, len(helpers)), make([]int64, len(helpers))
+			for range max(o.rounds, 1) {
+				for i, tg := range helpers {
+					resetPeakRSS(tg.pid)
+					n, sf, _ := slowLoad(tg.base, o.slowClients)
+					complete[i], fails[i] = complete[i]+n, fails[i]+sf
+					peaks[i] = append(peaks[i], peakRSSMiB(tg.pid))
+				}
+			}
+			for i, tg := range helpers {
+				failed += fails[i]
+				var each []string
+				for _, p := range peaks[i] {
+					each = append(each, strconv.FormatFloat(p, 'f', 1, 64))
+				}
+				sorted := slices.Sorted(slices.Values(peaks[i]))
+				fmt.Printf("| %s | %s | %d | %d | %.1f MiB | %s |\n", st.origin, tg.name, complete[i], fails[i], sorted[len(sorted)/2], strings.Join(each, ", "))
 			}
 		}
+		fmt.Println()
 	}
 	fmt.Printf("start to first served request: %v; static binary: %.1f MB\n", firstServed.Round(time.Millisecond), float64(fi.Size())/1e6)
 	if o.badDays {
