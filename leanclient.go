@@ -180,11 +180,11 @@ func (t *leanTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	resp, err := c.roundTrip(ctx, req)
 	if err != nil && c.reused && errors.Is(err, errClosedBeforeAnswer) && ctx.Err() == nil {
-		// S3 closed the idle connection as the request went out (as
-		// net/http does for a request that can be replayed, try once
-		// more, on a new connection); the connections idle longer than
-		// it are likely closed too.
-		t.closeIdleSince(key, c.idleSince)
+		// S3 closed the idle connection, or closed it as the request
+		// went out: as net/http does for a request that can be replayed,
+		// try once more, on a new connection. The other idle ones stay:
+		// one closed alone (a reset) says nothing of them, and a stale
+		// one costs little to find (its end has usually arrived).
 		if c, err = t.conn(ctx, key, true); err != nil {
 			return nil, t.failure(ctx, err)
 		}
@@ -340,31 +340,6 @@ func (t *leanTransport) sweep() {
 	}
 	t.mu.Unlock()
 	for _, c := range expired {
-		c.close()
-	}
-}
-
-// closeIdleSince closes key's idle connections that went idle no later
-// than since.
-func (t *leanTransport) closeIdleSince(key leanKey, since time.Time) {
-	var stale []*leanConn
-	t.mu.Lock()
-	cs := t.idle[key]
-	keep := cs[:0]
-	for _, c := range cs {
-		if c.idleSince.After(since) {
-			keep = append(keep, c)
-		} else {
-			stale = append(stale, c)
-		}
-	}
-	clear(cs[len(keep):])
-	t.idleN -= len(stale)
-	if len(cs) > 0 {
-		t.idle[key] = keep
-	}
-	t.mu.Unlock()
-	for _, c := range stale {
 		c.close()
 	}
 }
