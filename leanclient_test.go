@@ -660,19 +660,7 @@ func BenchmarkProxyLean(b *testing.B) {
 			lt := newUpstreamTransport(5 * time.Second)
 			defer lt.CloseIdleConnections()
 			p.upstream.transport = lt
-			req := httptest.NewRequest("GET", "/videos/2026/11/some-show/episode-01/video_1080p_h264.mp4", nil)
-			req.Header.Set("Range", fmt.Sprintf("bytes=0-%d", size-1))
-			w := &discardResponse{h: make(http.Header, 8)}
-			b.SetBytes(int64(size))
-			b.ReportAllocs()
-			for b.Loop() {
-				clear(w.h)
-				w.n = 0
-				p.ServeHTTP(w, req)
-			}
-			if w.status != 206 || w.n != int64(size) {
-				b.Fatalf("status %d, %d bytes", w.status, w.n)
-			}
+			benchServe(b, p, size)
 		})
 	}
 }
