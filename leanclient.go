@@ -19,8 +19,8 @@ package main
 // compression (s3-helper turned it off: it would change the body's
 // length), redirects (RoundTrip never follows them), request bodies and
 // Expect: 100-continue (GET and HEAD have none), trailers (read and
-// ignored: S3 sends none), pipelining, and response header blocks larger
-// than its buffer (S3's are a few KiB).
+// ignored: S3 sends none), pipelining, and response heads over 64 KiB
+// (S3's are a few KiB).
 //
 // A connection goes back to its pool only after its response was read to
 // its end, with nothing after it, no Connection: close, and its request's
@@ -53,7 +53,7 @@ const (
 	// once drained, and the body is read straight into the caller's
 	// buffer. A head and a 4 KiB body fit in one read; every request in
 	// flight holds one at first, so it is small: 64 KiB measured 17 MiB
-	// more under 1000 slow clients, 32 KiB up to 20 MiB more.
+	// more under 1000 slow clients, 32 KiB 20 MiB more in one run.
 	leanBufferBytes = 8 << 10
 	// maxResponseHeadBytes bounds a response's head: a head that does not
 	// fit the buffer gets a larger one, up to this (S3's are a few KiB;
@@ -62,14 +62,15 @@ const (
 	// maxRequestHeadBytes bounds the request line and header fields sent.
 	maxRequestHeadBytes = 32 << 10
 	// maxInterimResponses bounds the 1xx responses skipped before the
-	// final one, as net/http does.
+	// final one (net/http bounds their heads' total size instead).
 	maxInterimResponses = 5
 	// maxChunkLineBytes bounds a chunk-size line (extensions included) and
 	// a trailer field line.
 	maxChunkLineBytes = 4 << 10
 	// maxTrailerBytes bounds a chunked body's trailer section.
 	maxTrailerBytes = 16 << 10
-	// tcpKeepAlive is the dialer's keep-alive probe interval, as before.
+	// tcpKeepAlive is the dialer's keep-alive probe interval, as
+	// net/http's dialer had it.
 	tcpKeepAlive = 30 * time.Second
 )
 
