@@ -546,7 +546,7 @@ func newS3Client(cfg config, routes []route, creds credentialGetter, metrics *Me
 		policy: retryPolicy{limit: cfg.retries, budget: newRetryBudget(int64(cfg.retryBudget), log), hedge: cfg.hedgePolicy, hedges: newHedgeAllowance()},
 	}
 	c.fronts = &frontDoor{newTransport: func(addr netip.AddrPort) frontTransport { return frontEndTransport(cfg.timeout, addr) },
-		log: log.With("component", "front-ends"), metrics: metrics, background: &c.background}
+		log: log.With("component", "front-ends"), metrics: metrics, background: &c.background, timeout: cfg.timeout}
 	return c
 }
 

@@ -281,7 +281,7 @@ func (p *Proxy) respond(w http.ResponseWriter, r *http.Request, answer upstreamA
 		resp.Body.Close()
 		return
 	}
-	p.stream(r.Context(), w, resp, up, x)
+	p.stream(r.Context(), w, answer, up, x)
 }
 
 // note records in x the answer err gives the client, and returns it.
@@ -376,12 +376,12 @@ func (p *Proxy) getBuffer() *[]byte {
 // When that is impossible the client connection is aborted: the status was
 // sent, and a broken connection is the only honest answer left
 // (httputil.ReverseProxy does the same), never a short body that looks
-// complete.
-func (p *Proxy) stream(ctx context.Context, w http.ResponseWriter, resp *http.Response, up *upstreamRequest, x *exchange) {
+// complete. A body that fails counts against the front end it came from.
+func (p *Proxy) stream(ctx context.Context, w http.ResponseWriter, answer upstreamAnswer, up *upstreamRequest, x *exchange) {
 	buf := p.getBuffer()
 	defer p.bufs.Put(buf)
-	plan, resumable := planResume(resp)
-	body := resp.Body
+	plan, resumable := planResume(answer.resp)
+	body, front := answer.resp.Body, answer.front
 	defer func() { body.Close() }()
 	for {
 		n, err := copyBody(w, body, *buf)
@@ -394,11 +394,13 @@ func (p *Proxy) stream(ctx context.Context, w http.ResponseWriter, resp *http.Re
 			p.note(x, clientGone(fmt.Errorf("client went away after %d bytes: %w", x.bytes, err)))
 			return
 		case !resumable || plan.complete():
+			front.bodyFailed()
 			p.metrics.UpstreamError(kindBody)
 			p.abort(x, fmt.Errorf("upstream body failed after %d bytes, aborting the client response: %w", x.bytes, err))
 		}
+		front.bodyFailed()
 		p.log.Info("resuming upstream body", "key", x.key, "after_bytes", x.bytes, "err", err)
-		answer, tr, rerr := p.upstream.resume(ctx, up, plan.rest(), x.resumes)
+		answer, tr, rerr := p.upstream.resume(ctx, up, plan.rest(), x.resumes, front)
 		x.add(tr, false)
 		var next io.ReadCloser
 		switch {
@@ -406,6 +408,7 @@ func (p *Proxy) stream(ctx context.Context, w http.ResponseWriter, resp *http.Re
 			p.abort(x, fmt.Errorf("upstream body failed after %d bytes and %w, aborting the client response: %w", x.bytes, rerr, err))
 		case rerr == nil:
 			x.resumes++
+			front = answer.front
 			next, rerr = plan.acceptRest(answer.resp, answer.status)
 		default:
 			x.resumes++
