@@ -22,8 +22,9 @@ package main
 //	           hedge race, once it has 16 samples (4 on probation)
 //
 // A left-out address gets no request for frontEndRest, its idle
-// connections are closed, and it comes back on probation, which 16 good
-// samples end. At most half the addresses are left out at once: when they
+// connections are closed, and it comes back on probation: one request at
+// a time, left out again on one failure, two lost races or 4 slow
+// samples, and back for good after 16 good ones. At most half the addresses are left out at once: when they
 // all fail, S3 is failing, not a host, and the rest stay in use. A first
 // attempt the hedge race cancelled counts its wait as a time to first
 // byte (it was at least that slow), so a host that hangs is found as
@@ -348,12 +349,24 @@ func (fs *frontEnds) pick(avoid *frontEnd, now time.Time) *frontEnd {
 	defer fs.mu.Unlock()
 	var buf [maxFrontEnds]*frontEnd // on the stack: no allocation per pick
 	use := buf[:0]
+	trials := 0
 	for _, fe := range fs.addrs {
 		if fe.leftOut && !now.Before(fe.until) {
 			fe.comeBack()
 		}
-		if !fe.leftOut {
+		switch {
+		case fe.leftOut:
+		case fe.probation && fe.inFlight.Load() > 0:
+			trials++ // on probation one request at a time, as a trial
+		default:
 			use = append(use, fe)
+		}
+	}
+	if len(use) == 0 && trials > 0 { // only trials left: use them all the same
+		for _, fe := range fs.addrs {
+			if !fe.leftOut {
+				use = append(use, fe)
+			}
 		}
 	}
 	if len(use) == 1 && use[0] == avoid && len(fs.addrs) > 1 {
@@ -461,8 +474,13 @@ func (fe *frontEnd) observe(d time.Duration, lost bool) {
 // judgeFront says why fe should be left out, or "" when it should not.
 // fs.mu must be held.
 func (fs *frontEnds) judgeFront(fe *frontEnd) string {
-	if fe.failures >= failuresToLeaveOut || fe.probation && fe.failures > 0 {
+	switch {
+	case fe.failures >= failuresToLeaveOut || fe.probation && fe.failures > 0:
 		return strconv.Itoa(fe.failures) + " failures in a row (connect errors, timeouts, resets, 5xx, broken bodies)"
+	case fe.probation && fe.lostN >= 2:
+		// A healthy host loses a race on 1 request in 40 or so: two on
+		// probation say it is still slow, or hangs.
+		return strconv.Itoa(fe.lostN) + " hedge races lost on probation"
 	}
 	need := judgeAfter
 	if fe.probation {

@@ -191,7 +191,7 @@ func TestFrontEndLeftOutForSlowness(t *testing.T) {
 
 // TestFrontEndHangingFound: an address whose first attempts are always
 // outraced by hedges (it hangs) collects its waits as times to first byte
-// and is left out; on probation, 4 lost races leave it out again.
+// and is left out; on probation, 2 lost races leave it out again.
 func TestFrontEndHangingFound(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		td := newTestDoor(8)
@@ -201,8 +201,8 @@ func TestFrontEndHangingFound(t *testing.T) {
 			t.Fatalf("the hanging address got %d requests, want %d", picks[bad], judgeAfter)
 		}
 		time.Sleep(frontEndRest)
-		if picks := td.serve(t, 2000, end); picks[bad] != judgeOnProbation {
-			t.Errorf("on probation the hanging address got %d requests, want %d", picks[bad], judgeOnProbation)
+		if picks := td.serve(t, 2000, end); picks[bad] != 2 {
+			t.Errorf("on probation the hanging address got %d requests, want 2", picks[bad])
 		}
 	})
 }
@@ -229,6 +229,31 @@ func TestEquallySlowNotLeftOut(t *testing.T) {
 	if _, _, leftOut := td.frontEndsOf("https", "s3.test").tally(); leftOut > 0 {
 		t.Errorf("%d of 8 equally healthy addresses left out:\n%s", leftOut, td.logs)
 	}
+}
+
+// TestProbationIsOneAtATime: an address back on probation takes one
+// request at a time while the others are in use.
+func TestProbationIsOneAtATime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		td := newTestDoor(4)
+		td.serve(t, 100, healthy("127.0.0.12", func() (frontOutcome, time.Duration) { return frontFailed, 0 }))
+		time.Sleep(frontEndRest)
+		trials := 0
+		var held []*frontEnd
+		for range 100 {
+			fe := td.pick(t.Context(), "https", "s3.test", nil)
+			if fe.addr.Addr().String() == "127.0.0.12" {
+				trials++
+			}
+			held = append(held, fe)
+		}
+		if trials != 1 {
+			t.Errorf("100 requests in flight: %d at the address on probation, want 1", trials)
+		}
+		for _, fe := range held {
+			fe.report(frontAnswered, 5*time.Millisecond)
+		}
+	})
 }
 
 // TestAvoidedWhenItIsTheOnlyOneInUse: when the address a hedge or a retry
