@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
@@ -524,14 +525,23 @@ func (c *config) discoverRegion(ctx context.Context) error {
 }
 
 // newRoutes builds the routes from the configuration: buckets, their
-// replicas, and directory buckets at their zonal endpoints.
+// replicas, and directory buckets at their zonal endpoints. A replica in
+// -region is reached at -endpoint (a VPC endpoint serves the region's
+// buckets), unless -region-endpoint names that region.
 func newRoutes(cfg config) []route {
-	routes := withReplicas(buildRoutes(cfg.routeSpecs, cfg.endpointURL, cfg.pathStyle, cfg.endpoint != ""), cfg.replicaSpecs, cfg.regionEndpointURLs, cfg.pathStyle)
+	regionEndpoints := maps.Clone(cfg.regionEndpointURLs)
 	var custom *url.URL
 	if cfg.endpoint != "" {
 		custom = cfg.endpointURL
+		if regionEndpoints == nil {
+			regionEndpoints = map[string]*url.URL{}
+		}
+		if regionEndpoints[cfg.region] == nil {
+			regionEndpoints[cfg.region] = cfg.endpointURL
+		}
 	}
-	return withDirectoryBuckets(routes, cfg.region, custom, cfg.regionEndpointURLs)
+	routes := withReplicas(buildRoutes(cfg.routeSpecs, cfg.endpointURL, cfg.pathStyle, cfg.endpoint != ""), cfg.replicaSpecs, regionEndpoints, cfg.pathStyle)
+	return withDirectoryBuckets(routes, cfg.region, custom, regionEndpoints)
 }
 
 // newS3Client builds the S3 client from the configuration: requests to a

@@ -61,11 +61,14 @@ func badRequest(err error) *proxyError { return &proxyError{kind: kindClient, er
 
 // exchange is the state of one client request.
 type exchange struct {
-	start       time.Time
-	method      string
-	remote      string
-	key         string
-	rangeHeader string
+	start  time.Time
+	method string
+	remote string
+	// key is the client's, relative to its route; bucket and s3Key are
+	// the object S3 was asked for (the copy that answered, after a
+	// failover).
+	key, bucket, s3Key string
+	rangeHeader        string
 	// status is what the client was answered.
 	status int
 	// upstreamStatus is S3's status on the response the client's answer
@@ -226,6 +229,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	answer, tr, err := p.upstream.fetch(r.Context(), &up)
 	x.add(tr, true)
+	x.bucket = up.route.bucket
 	if err != nil {
 		p.fail(w, r, &x, err)
 		return
@@ -246,7 +250,7 @@ func (p *Proxy) upstreamFor(r *http.Request, x *exchange) (upstreamRequest, erro
 		x.rangeHeader = vs[0]
 	}
 	rt, key, err := mapPath(p.routes, r.URL.Path)
-	x.key = key
+	x.key, x.bucket, x.s3Key = key, rt.bucket, rt.keyPrefix+key
 	if err != nil {
 		return upstreamRequest{}, badRequest(err)
 	}
@@ -340,6 +344,8 @@ func (p *Proxy) finish(ctx context.Context, x *exchange) {
 	attrs := []slog.Attr{
 		slog.String("method", clip(x.method, maxLoggedMethodBytes)),
 		slog.String("key", clip(x.key, maxKeyBytes)),
+		slog.String("bucket", x.bucket),
+		slog.String("s3_key", clip(x.s3Key, maxKeyBytes)),
 		slog.Int("status", status),
 		slog.Int("upstream_status", x.upstreamStatus),
 		slog.Int64("bytes", x.bytes),

@@ -1347,3 +1347,16 @@ func TestFailoverOnConnectErrorsButNotMidBody(t *testing.T) {
 		}
 	})
 }
+
+// TestAccessLogNamesTheObject: the access log line names the bucket and
+// the whole key S3 was asked for, beside the client's key.
+func TestAccessLogNamesTheObject(t *testing.T) {
+	tp := newTestProxy(t)
+	tp.s3.put("ads/spot.mp4", []byte("an ad"))
+	if resp, _ := get(t, "GET", tp.url+"/avod/spot.mp4", nil); resp.StatusCode != 200 {
+		t.Fatalf("GET = %d", resp.StatusCode)
+	}
+	if !tp.logs.waitFor("key=spot.mp4 bucket=media s3_key=ads/spot.mp4") {
+		t.Errorf("the access log does not name the object:\n%s", tp.logs)
+	}
+}

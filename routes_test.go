@@ -136,3 +136,27 @@ func TestMultiRegionAccessPointARN(t *testing.T) {
 		t.Errorf("access point behind -endpoint: host %q, uri %q", rt.host, rt.uri("k.mp4"))
 	}
 }
+
+// TestReplicaInTheRegionUsesTheEndpoint: a replica in -region is reached
+// at -endpoint (a VPC endpoint serves the region), unless
+// -region-endpoint names the region; one in another region at its own.
+func TestReplicaInTheRegionUsesTheEndpoint(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		args []string
+		host string
+	}{
+		{"same region: -endpoint", []string{"-endpoint", "http://10.0.0.5:9000", "-replica", "media=media-copy@us-east-1"}, "10.0.0.5:9000"},
+		{"same region, -region-endpoint wins", []string{"-endpoint", "http://10.0.0.5:9000", "-replica", "media=media-copy@us-east-1",
+			"-region-endpoint", "us-east-1=http://10.0.0.6:9000"}, "10.0.0.6:9000"},
+		{"another region: its own", []string{"-endpoint", "http://10.0.0.5:9000", "-replica", "media=media-copy@us-west-2"}, "media-copy.s3.us-west-2.amazonaws.com"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := testExpressConfig(t, append([]string{"-bucket", "media"}, tt.args...)...)
+			routes := newRoutes(cfg)
+			if got := routes[0].replicas[0].host; got != tt.host {
+				t.Errorf("the replica is reached at %s, want %s", got, tt.host)
+			}
+		})
+	}
+}
