@@ -5,8 +5,9 @@ package main
 // hang or vanish while the others are fine. net/http dials the first
 // address that answers and keeps its pool there, so one host would carry
 // every request, and a hedge or a retry would go to the host it replaces.
-// Here each endpoint's name is resolved, and re-resolved every few
-// seconds; each address has a keep-alive pool of its own; requests are
+// Here each endpoint's name is resolved, and resolved again in the
+// background when a request finds the answer older than frontEndRefresh;
+// each address has a keep-alive pool of its own; requests are
 // spread over the addresses in use by the power of two choices on requests
 // in flight; and an address clearly worse than the rest is left out for a
 // while. The Host header, TLS's server name and the signature keep the
@@ -50,8 +51,9 @@ import (
 )
 
 const (
-	// frontEndRefresh is how often an endpoint's name is resolved again:
-	// S3's answers live 5 s, and Go's resolver does not say how long.
+	// frontEndRefresh is the age past which a request's pick resolves the
+	// name again, in the background: S3's answers live 5 s, and Go's
+	// resolver does not say how long.
 	frontEndRefresh = 5 * time.Second
 	// maxFrontEnds bounds the addresses kept per name (S3 gives 8).
 	maxFrontEnds = 16
@@ -476,7 +478,11 @@ func (fe *frontEnd) observe(d time.Duration, lost bool) {
 func (fs *frontEnds) judgeFront(fe *frontEnd) string {
 	switch {
 	case fe.failures >= failuresToLeaveOut || fe.probation && fe.failures > 0:
-		return strconv.Itoa(fe.failures) + " failures in a row (connect errors, timeouts, resets, 5xx, broken bodies)"
+		failures := " failures in a row"
+		if fe.failures == 1 { // on probation one is enough
+			failures = " failure in a row"
+		}
+		return strconv.Itoa(fe.failures) + failures + " (connect errors, timeouts, resets, 5xx, broken bodies)"
 	case fe.probation && fe.lostN >= 2:
 		// A healthy host loses a race on 1 request in 40 or so: two on
 		// probation say it is still slow, or hangs.

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -680,4 +681,74 @@ func TestFrontEndsInTheRequestLoop(t *testing.T) {
 			}
 		})
 	})
+}
+
+// TestJudgeFrontFailuresReadRight: the reason an address is left out for
+// failures reads right for one (on probation) and for more.
+func TestJudgeFrontFailuresReadRight(t *testing.T) {
+	tests := []struct {
+		name      string
+		failures  int
+		probation bool
+		want      string
+	}{
+		{"one on probation", 1, true, "1 failure in a row (connect errors, timeouts, resets, 5xx, broken bodies)"},
+		{"two", failuresToLeaveOut, false, "2 failures in a row (connect errors, timeouts, resets, 5xx, broken bodies)"},
+		{"three on probation", 3, true, "3 failures in a row (connect errors, timeouts, resets, 5xx, broken bodies)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fs := &frontEnds{}
+			fe := &frontEnd{set: fs, failures: tt.failures, probation: tt.probation}
+			if got := fs.judgeFront(fe); got != tt.want {
+				t.Errorf("judgeFront(failures %d, probation %v) = %q, want %q", tt.failures, tt.probation, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestFrontEndsResolveAgainOnUse: what the README says of re-resolution. A
+// name is resolved again only when a request finds the last answer older
+// than frontEndRefresh, in the background: that request does not wait for
+// DNS, and an idle name is not resolved at all.
+func TestFrontEndsResolveAgainOnUse(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		td := newTestDoor(4)
+		defer td.background.close()
+		resolve := td.resolve
+		release := make(chan struct{})
+		td.resolve = func(ctx context.Context, host string) ([]netip.Addr, error) {
+			if td.lookups > 0 { // every lookup after the first hangs until released
+				select {
+				case <-release:
+				case <-ctx.Done():
+				}
+			}
+			return resolve(ctx, host)
+		}
+		td.serve(t, 1, healthy("", nil))
+		time.Sleep(10 * frontEndRefresh)
+		synctest.Wait()
+		if td.lookups != 1 {
+			t.Errorf("%d lookups after %v idle, want 1: no request, no resolution", td.lookups, 10*frontEndRefresh)
+		}
+		start := time.Now()
+		td.serve(t, 1, healthy("", nil)) // finds the answer old: starts a lookup, which hangs
+		if waited := time.Since(start); waited != 0 {
+			t.Errorf("the request that found the answer old waited %v for DNS, want 0", waited)
+		}
+		close(release)
+		synctest.Wait()
+		if td.lookups != 2 {
+			t.Errorf("%d lookups, want 2", td.lookups)
+		}
+	})
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Join(strings.Fields(string(readme)), " ")
+	if want := "resolves it again when a request finds the last answer older than 5 s: in the background, without holding that request"; !strings.Contains(text, want) {
+		t.Errorf("README's \"S3's front ends\" lacks %q", want)
+	}
 }
