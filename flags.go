@@ -211,10 +211,10 @@ var oneShotFlags = map[string]bool{"presign": true, "check": true, "check-key": 
 // name is checked.
 const envNamesQuery = "=" + envPrefix + "*"
 
-// environment returns the getenv run reads from environ (os.Environ's
+// getenvOf returns the getenv run reads from environ (os.Environ's
 // NAME=value form): each variable's value, the first of a repeated name
 // as os.Getenv has it, and the S3_HELPER_* names for envNamesQuery.
-func environment(environ []string) func(string) string {
+func getenvOf(environ []string) func(string) string {
 	vars := map[string]string{}
 	var names []string
 	for _, kv := range environ {

@@ -212,7 +212,7 @@ func TestEnvironmentVariablesChecked(t *testing.T) {
 
 // TestEnvironment: the getenv main builds from os.Environ's form.
 func TestEnvironment(t *testing.T) {
-	getenv := environment([]string{"PATH=/bin", "S3_HELPER_BUCKET=a=b", "S3_HELPER_BUCKET=shadowed", "S3_HELPER_X=", "broken", "=x"})
+	getenv := getenvOf([]string{"PATH=/bin", "S3_HELPER_BUCKET=a=b", "S3_HELPER_BUCKET=shadowed", "S3_HELPER_X=", "broken", "=x"})
 	for name, want := range map[string]string{"PATH": "/bin", "S3_HELPER_BUCKET": "a=b", "S3_HELPER_X": "", "broken": "", envNamesQuery: "S3_HELPER_BUCKET,S3_HELPER_X"} {
 		if got := getenv(name); got != want {
 			t.Errorf("getenv(%q) = %q, want %q", name, got, want)

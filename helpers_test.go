@@ -250,7 +250,7 @@ func envFrom(m map[string]string) func(string) string {
 	for k, v := range m {
 		environ = append(environ, k+"="+v)
 	}
-	return environment(environ)
+	return getenvOf(environ)
 }
 
 // daemon is run() in a goroutine.

@@ -43,7 +43,7 @@ const (
 // (there is no configuration to reload: a restart reads it).
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	err := run(ctx, os.Args[1:], environment(os.Environ()), os.Stdout, os.Stderr)
+	err := run(ctx, os.Args[1:], getenvOf(os.Environ()), os.Stdout, os.Stderr)
 	stop()
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
