@@ -165,6 +165,10 @@ func TestE2EFrontEnds(t *testing.T) {
 	res := run(10 * time.Second)
 	shares, _ := frontsShares(fronts, before)
 	check("all healthy", res, shares, 0, func(_ int, s float64) bool { return s >= 0.05 && s <= 0.25 })
+	// The p99 targets hold on a quiet machine (10 ms healthy); on a busy
+	// one the healthy p99 itself grows, so a target is never below twice
+	// it: an address left in the path would still show its 300 ms or 5 s.
+	healthyP99 := res.quantile(0.99)
 
 	for _, bad := range []struct {
 		name string
@@ -177,7 +181,7 @@ func TestE2EFrontEnds(t *testing.T) {
 		before = frontsSeen(fronts)
 		res = run(10 * time.Second)
 		shares, _ = frontsShares(fronts, before)
-		check(bad.name+", after 10 s", res, shares, bad.p99, func(i int, s float64) bool { return i != 2 || s < 0.05 })
+		check(bad.name+", after 10 s", res, shares, max(bad.p99, 2*healthyP99), func(i int, s float64) bool { return i != 2 || s < 0.05 })
 		fronts[2].mode.Store(frontNormal)
 		run(20 * time.Second) // back, on probation
 		before = frontsSeen(fronts)
