@@ -77,12 +77,16 @@ type upstreamRequest struct {
 	// rest is set on a resume: the bytes still owed, pinned to the
 	// object's version. Its Range and If-Match replace the client's.
 	rest *restOfResponse
+	// avoid is a front end the first attempt does not go to (the one
+	// whose body broke, for a resume); nil for none.
+	avoid *frontEnd
 }
 
-// resumeOf is the upstream request for the rest of a response.
-func (up *upstreamRequest) resumeOf(rest *restOfResponse) *upstreamRequest {
+// resumeOf is the upstream request for the rest of a response whose body
+// broke at the front end broken.
+func (up *upstreamRequest) resumeOf(rest *restOfResponse, broken *frontEnd) *upstreamRequest {
 	r := *up
-	r.rest = rest
+	r.rest, r.avoid = rest, broken
 	return &r
 }
 
@@ -171,7 +175,7 @@ func (c *s3Client) credsFor(rt *route) credentialGetter {
 // of a passed-on response is watched for stalls.
 func (c *s3Client) attempt(ctx context.Context, up *upstreamRequest, avoid *frontEnd) attemptFacts {
 	actx, cancel := context.WithCancel(ctx)
-	return c.attemptWithin(ctx, actx, cancel, up, c.pickFront(ctx, up, avoid))
+	return c.attemptWithin(ctx, actx, cancel, up, c.pickFront(ctx, up, avoid), false)
 }
 
 // pickFront is the front end (frontends.go) an attempt at up goes to,
@@ -188,8 +192,12 @@ func (c *s3Client) pickFront(ctx context.Context, up *upstreamRequest, avoid *fr
 // attemptWithin is attempt sent to fe (nil: the shared transport) on
 // actx, a context of its own that cancel ends (the body's close, a stall,
 // or a hedge race); ctx is the request's (or its witness's), which tells a
-// client gone from an attempt cancelled. fe hears the outcome.
-func (c *s3Client) attemptWithin(ctx, actx context.Context, cancel context.CancelFunc, up *upstreamRequest, fe *frontEnd) attemptFacts {
+// client gone from an attempt cancelled; hedge marks a race's second
+// attempt. fe hears the outcome. A dial to fe that fails goes once more to
+// another address within the attempt, as net.Dialer tries a name's next
+// address: nothing was sent, and an address this host cannot reach (an
+// IPv6 one without a route) must not cost a retry.
+func (c *s3Client) attemptWithin(ctx, actx context.Context, cancel context.CancelFunc, up *upstreamRequest, fe *frontEnd, hedge bool) attemptFacts {
 	now := c.now.read()
 	creds, err := c.credsFor(&up.route).Get(ctx, now)
 	if err != nil {
@@ -197,14 +205,29 @@ func (c *s3Client) attemptWithin(ctx, actx context.Context, cancel context.Cance
 		fe.report(frontUnjudged, 0)
 		return attemptFacts{err: credentialsFailure(ctx, err)}
 	}
-	f := attemptFacts{creds: creds, front: fe}
 	req := c.newRequest(actx, up, creds, now)
-	transport := c.transport
-	if fe != nil {
-		transport = fe.transport
+	var resp *http.Response
+	var sent time.Time
+	for try := 0; ; try++ {
+		transport := c.transport
+		if fe != nil {
+			transport = fe.transport
+		}
+		sent = c.now.read()
+		resp, err = transport.RoundTrip(req)
+		if err == nil || fe == nil || try > 0 || ctx.Err() != nil || actx.Err() != nil || classifyTransport(err).kind != kindConnect {
+			break
+		}
+		next := c.pickFront(ctx, up, fe)
+		fe.report(frontFailed, 0)
+		if next == nil || next == fe { // no other address: the failure stands
+			next.report(frontUnjudged, 0)
+			fe = nil
+			break
+		}
+		fe = next
 	}
-	sent := c.now.read()
-	resp, err := transport.RoundTrip(req)
+	f := attemptFacts{creds: creds, front: fe}
 	switch {
 	case ctx.Err() != nil:
 		if resp != nil {
@@ -215,11 +238,16 @@ func (c *s3Client) attemptWithin(ctx, actx context.Context, cancel context.Cance
 		fe.report(frontUnjudged, 0)
 		return f
 	case err != nil && actx.Err() != nil:
-		// The hedge race cancelled it: its wait is a lower bound of its
-		// time to first byte.
+		// The hedge race cancelled it. A first attempt's wait is a lower
+		// bound of its time to first byte; a hedge cancelled because the
+		// first attempt answered says nothing of its address.
 		cancel()
 		f.err = classifyTransport(err)
-		fe.report(frontOutraced, c.now.read().Sub(sent))
+		if hedge {
+			fe.report(frontUnjudged, 0)
+		} else {
+			fe.report(frontOutraced, c.now.read().Sub(sent))
+		}
 		return f
 	case err != nil:
 		cancel()
@@ -228,7 +256,12 @@ func (c *s3Client) attemptWithin(ctx, actx context.Context, cancel context.Cance
 		return f
 	}
 	f.ttfb, f.status = c.now.read().Sub(sent), resp.StatusCode
-	fe.report(frontAnswered, f.ttfb)
+	switch resp.StatusCode {
+	case http.StatusInternalServerError, http.StatusBadGateway, http.StatusGatewayTimeout:
+		fe.report(frontFailed, 0) // the host failing; 503 SlowDown is S3 asking for less
+	default:
+		fe.report(frontAnswered, f.ttfb)
+	}
 	if resp.StatusCode < 300 || resp.StatusCode == http.StatusNotModified {
 		resp.Body = watchBody(resp.Body, cancel, c.timeout)
 		f.resp = resp
@@ -355,7 +388,7 @@ func (fr *fetchRace) sendAttempt(actx context.Context, cancel context.CancelFunc
 	if n == 1 {
 		fr.first.Store(fe)
 	}
-	return fr.c.attemptWithin(fr.ctx, actx, cancel, &fr.up, fe)
+	return fr.c.attemptWithin(fr.ctx, actx, cancel, &fr.up, fe, n == 2)
 }
 
 // wins is the policy's word: an answer that passes on.

@@ -252,8 +252,12 @@ func (c *checker) checkBucket(ctx context.Context, s3 *s3Client, rt route, regio
 	missing := "s3-helper-check/" + randomHex() + "/no-such-key"
 	pr, err := c.probe(ctx, s3, rt, http.MethodGet, missing)
 	at := cmp.Or(rt.scheme, s3.scheme) + "://" + rt.host
+	endpointFlag := "-endpoint"
+	if rt.region != "" {
+		endpointFlag = "-region-endpoint " + rt.region + "=URL (a replica in -region: -endpoint)"
+	}
 	if err != nil {
-		c.fail(step, "S3 at "+at+" did not answer: "+err.Error(), "check -endpoint, DNS and outbound HTTPS from this host")
+		c.fail(step, "S3 at "+at+" did not answer: "+err.Error(), "check "+endpointFlag+", DNS and outbound HTTPS from this host")
 		return pr, false
 	}
 	d := pr.details
@@ -279,10 +283,19 @@ func (c *checker) checkBucket(ctx context.Context, s3 *s3Client, rt route, regio
 	case d.code == "RequestTimeTooSkewed":
 		c.checkClock(pr)
 		return pr, false
-	case pr.status == http.StatusNotFound || pr.status == http.StatusForbidden && d.code == "AccessDenied" ||
-		pr.status == http.StatusOK || pr.status == http.StatusPartialContent || pr.status == http.StatusRequestedRangeNotSatisfiable:
+	case pr.status == http.StatusNotFound && d.code == "NoSuchKey" || pr.status == http.StatusForbidden && d.code == "AccessDenied":
 		c.pass(step, answers+" at "+at)
 		return pr, true
+	case pr.status < 300 || pr.status == http.StatusRequestedRangeNotSatisfiable:
+		// S3 never serves a key that cannot exist: whatever answered is
+		// not S3, or does not check signatures.
+		c.fail(step, fmt.Sprintf("%s answered %d for a key that cannot exist (%s): it is not S3, or it does not check signatures", at, pr.status, missing),
+			"point -endpoint at S3 (or an S3-compatible server that checks signatures)")
+		return pr, false
+	case pr.status == http.StatusNotFound || pr.status == http.StatusForbidden:
+		c.fail(step, fmt.Sprintf("%s answered %d without S3's error code: it is not S3, or something in between answers for it", at, pr.status),
+			"point -endpoint at S3 (or an S3-compatible server); check for a proxy on the way")
+		return pr, false
 	}
 	c.fail(step, fmt.Sprintf("unexpected answer %d %s", pr.status, d.code), "check -endpoint and -path-style")
 	return pr, false

@@ -45,6 +45,24 @@ func TestCheck(t *testing.T) {
 		{"missing object", nil, []string{"-check-key", "/videos/nope.mp4"}, nil, true, []string{
 			"FAIL  read /videos/nope.mp4: s3://media/videos/nope.mp4 does not exist (HEAD 404)",
 		}},
+		{"not S3: a server that serves anything", func(f *fakeS3) {
+			f.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
+				w.Write([]byte("<html>a file server, a captive portal</html>"))
+				return true
+			}
+		}, nil, nil, true, []string{
+			"answered 200 for a key that cannot exist (s3-helper-check/",
+			"): it is not S3, or it does not check signatures",
+			"fix: point -endpoint at S3",
+		}},
+		{"not S3: a 404 without S3's code", func(f *fakeS3) {
+			f.fault = func(w http.ResponseWriter, r *http.Request, n int) bool {
+				http.NotFound(w, r)
+				return true
+			}
+		}, nil, nil, true, []string{
+			"answered 404 without S3's error code: it is not S3, or something in between answers for it",
+		}},
 		{"wrong secret", func(f *fakeS3) { f.secret = "another-secret" }, nil, nil, true, []string{
 			"FAIL  bucket media: S3 answered 403 SignatureDoesNotMatch: the secret key does not belong to the access key ID",
 			"fix: check the credential source",

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
@@ -223,6 +224,9 @@ func (c *config) resolveReplicas(p *problems) {
 		primaries[sp.bucket] = true
 	}
 	c.replicaSpecs = map[string][]replicaSpec{}
+	// A bucket's health is kept by its name: one name is one copy, so a
+	// replica has one region, -region when it is also a route's bucket.
+	replicaRegion := map[string]string{}
 	for _, v := range c.replicas {
 		primary, rs, err := parseReplica(v)
 		switch {
@@ -234,7 +238,12 @@ func (c *config) resolveReplicas(p *problems) {
 			p.bad("replica", v, "the replica is the primary itself")
 		case slices.Contains(c.replicaSpecs[primary], rs):
 			p.bad("replica", v, "given twice")
+		case primaries[rs.bucket] && rs.region != c.region:
+			p.bad("replica", v, "the replica "+rs.bucket+" is also served as a bucket in -region "+c.region+", not in "+rs.region)
+		case replicaRegion[rs.bucket] != "" && replicaRegion[rs.bucket] != rs.region:
+			p.bad("replica", v, "the replica "+rs.bucket+" is given in two regions, "+replicaRegion[rs.bucket]+" and "+rs.region)
 		default:
+			replicaRegion[rs.bucket] = rs.region
 			if _, mrap, _ := mrapAlias(primary); mrap {
 				p.bad("replica", v, "a Multi-Region Access Point fails over by itself")
 				continue
@@ -372,6 +381,9 @@ func (c *config) resolveCredentialSource(p *problems, getenv func(string) string
 	c.imdsURL = strings.TrimRight(cmp.Or(c.imdsEndpoint, getenv("AWS_EC2_METADATA_SERVICE_ENDPOINT"), defaultIMDSEndpoint), "/")
 	if u, err := url.Parse(c.imdsURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		p.bad("imds-endpoint", c.imdsURL, "must be an http:// or https:// URL with a host")
+	} else if u.User != nil || u.Path != "" || u.RawQuery != "" || u.Fragment != "" {
+		// User info would be printed in the start-up log and /healthz.
+		p.bad("imds-endpoint", u.Redacted(), "must have no path, query or user info")
 	}
 	c.checkAssumeRole(p, getenv)
 }
@@ -524,14 +536,23 @@ func (c *config) discoverRegion(ctx context.Context) error {
 }
 
 // newRoutes builds the routes from the configuration: buckets, their
-// replicas, and directory buckets at their zonal endpoints.
+// replicas, and directory buckets at their zonal endpoints. A replica in
+// -region is reached at -endpoint (a VPC endpoint serves the region's
+// buckets), unless -region-endpoint names that region.
 func newRoutes(cfg config) []route {
-	routes := withReplicas(buildRoutes(cfg.routeSpecs, cfg.endpointURL, cfg.pathStyle, cfg.endpoint != ""), cfg.replicaSpecs, cfg.regionEndpointURLs, cfg.pathStyle)
+	regionEndpoints := maps.Clone(cfg.regionEndpointURLs)
 	var custom *url.URL
 	if cfg.endpoint != "" {
 		custom = cfg.endpointURL
+		if regionEndpoints == nil {
+			regionEndpoints = map[string]*url.URL{}
+		}
+		if regionEndpoints[cfg.region] == nil {
+			regionEndpoints[cfg.region] = cfg.endpointURL
+		}
 	}
-	return withDirectoryBuckets(routes, cfg.region, custom, cfg.regionEndpointURLs)
+	routes := withReplicas(buildRoutes(cfg.routeSpecs, cfg.endpointURL, cfg.pathStyle, cfg.endpoint != ""), cfg.replicaSpecs, regionEndpoints, cfg.pathStyle)
+	return withDirectoryBuckets(routes, cfg.region, custom, regionEndpoints)
 }
 
 // newS3Client builds the S3 client from the configuration: requests to a
@@ -546,7 +567,7 @@ func newS3Client(cfg config, routes []route, creds credentialGetter, metrics *Me
 		policy: retryPolicy{limit: cfg.retries, budget: newRetryBudget(int64(cfg.retryBudget), log), hedge: cfg.hedgePolicy, hedges: newHedgeAllowance()},
 	}
 	c.fronts = &frontDoor{newTransport: func(addr netip.AddrPort) frontTransport { return frontEndTransport(cfg.timeout, addr) },
-		log: log.With("component", "front-ends"), metrics: metrics, background: &c.background}
+		log: log.With("component", "front-ends"), metrics: metrics, background: &c.background, timeout: cfg.timeout}
 	return c
 }
 

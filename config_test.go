@@ -20,6 +20,7 @@ func TestValidationReportsEveryProblem(t *testing.T) {
 		"-listen", "0.0.0.0:8080", "-admin", "10.0.0.1:9000", "-region", "US_EAST",
 		"-endpoint", "ftp://s3", "-timeout", "1ms", "-retries", "-1", "-statsd", "nohost",
 		"-log-format", "xml", "-log-level", "loud", "-route", "avod=b", "-prefix", "/abs",
+		"-imds-endpoint", "http://user:pw@127.0.0.1:1338/x",
 	}, envFrom(map[string]string{"AWS_ACCESS_KEY_ID": "AKIA"}), io.Discard, &stderr)
 	var ce configError
 	if !errors.As(err, &ce) {
@@ -39,6 +40,7 @@ func TestValidationReportsEveryProblem(t *testing.T) {
 		`-route "avod=b": path prefix must start with '/'`,
 		`-prefix "/abs": must not start with '/'`,
 		`$AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY: set both or neither`,
+		`-imds-endpoint "http://user:xxxxx@127.0.0.1:1338/x": must have no path, query or user info`,
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("validation error lacks %q:\n%v", want, err)
@@ -83,6 +85,7 @@ func TestReplicaFlagsReportEveryProblem(t *testing.T) {
 	err := run(t.Context(), []string{"-bucket", "media", "-region", "eu-west-1", "-route", "/ads/=ads",
 		"-replica", "other=other-west@us-west-2", "-replica", "media=media@us-west-2", "-replica", "media=media-west",
 		"-replica", "media=media-west@US_WEST", "-replica", "ads=ads-west@us-west-2", "-replica", "ads=ads-west@us-west-2",
+		"-replica", "ads=media@us-west-2", "-replica", "media=ads-west@us-east-1",
 		"-region-endpoint", "us-west-2", "-region-endpoint", "us-west-2=ftp://x", "-region-endpoint", "us-west-2=http://127.0.0.1:9000/path",
 	}, envFrom(staticEnv()), io.Discard, io.Discard)
 	var ce configError
@@ -95,6 +98,8 @@ func TestReplicaFlagsReportEveryProblem(t *testing.T) {
 		`-replica "media=media-west": must be PRIMARY=REPLICA@REGION`,
 		`-replica "media=media-west@US_WEST": region "US_WEST": must look like us-west-2`,
 		`-replica "ads=ads-west@us-west-2": given twice`,
+		`-replica "ads=media@us-west-2": the replica media is also served as a bucket in -region eu-west-1, not in us-west-2`,
+		`-replica "media=ads-west@us-east-1": the replica ads-west is given in two regions, us-west-2 and us-east-1`,
 		`-region-endpoint "us-west-2": must be REGION=URL`,
 		`-region-endpoint "us-west-2=ftp://x": must be an http:// or https:// URL`,
 		`-region-endpoint "us-west-2=http://127.0.0.1:9000/path": must have no path`,
@@ -103,8 +108,8 @@ func TestReplicaFlagsReportEveryProblem(t *testing.T) {
 			t.Errorf("validation error lacks %q:\n%v", want, err)
 		}
 	}
-	if n := strings.Count(err.Error(), "\n  -replica") + strings.Count(err.Error(), "\n  -region-endpoint"); n != 8 {
-		t.Errorf("%d replica problems reported, want 8:\n%v", n, err)
+	if n := strings.Count(err.Error(), "\n  -replica") + strings.Count(err.Error(), "\n  -region-endpoint"); n != 10 {
+		t.Errorf("%d replica problems reported, want 10:\n%v", n, err)
 	}
 }
 

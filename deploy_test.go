@@ -269,7 +269,8 @@ const (
 // wantAlerts are the conditions the rules must cover, by alert name.
 var wantAlerts = []string{
 	"S3HelperBucketDown", "S3HelperAllCopiesDown", "S3HelperRetryBudgetEmpty", "S3HelperCredentialsExpiringSoon",
-	"S3HelperCredentialRefreshFailing", "S3HelperServerErrors", "S3HelperHedgeRateAtCap",
+	"S3HelperCredentialRefreshFailing", "S3HelperExpiredCredentialsInUse", "S3HelperAccessRefused",
+	"S3HelperServerErrors", "S3HelperHedgeRateAtCap",
 }
 
 // alertRule is one rule of the alert rules file.

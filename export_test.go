@@ -51,7 +51,9 @@ func (f *fakeNewRelic) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if status != http.StatusAccepted {
 		w.WriteHeader(status)
-		fmt.Fprintf(w, `{"error":{"type":"standard","message":"injected %d"}}`, status)
+		// Echoing the key, as a careless endpoint might: it must not
+		// reach the log.
+		fmt.Fprintf(w, `{"error":{"type":"standard","message":"injected %d for key %s"}}`, status, r.Header.Get("Api-Key"))
 		return
 	}
 	if err := f.check(r); err != nil {

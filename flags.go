@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 )
@@ -79,7 +80,9 @@ Usage: s3-helper -bucket NAME [flags]
 
 Every flag can also be set in the environment as S3_HELPER_<FLAG> (upper
 case, '-' as '_'), e.g. S3_HELPER_BUCKET=media or S3_HELPER_ROUTE=/a/=b1,/b/=b2;
-a flag on the command line wins. Credentials come from the first source
+a flag on the command line wins. -presign, -check, -check-key and -version
+are command-line only, and an S3_HELPER_* variable that is no flag's is an
+error. Credentials come from the first source
 configured, in the AWS SDKs' order: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY;
 AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN (IRSA); AWS_CONTAINER_CREDENTIALS_*
 (ECS, EKS Pod Identity); else the instance metadata service (IMDSv2).
@@ -110,9 +113,18 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 		return nil, err
 	}
 	cfg.fromEnv = map[string]envSetting{}
+	problems = append(problems, unknownVariables(fs, getenv)...)
 	fs.VisitAll(func(f *flag.Flag) {
 		env := envVariable(f.Name)
 		v := getenv(env)
+		if oneShotFlags[f.Name] && v != "" {
+			why := "it is a one-shot action, not a setting of the daemon"
+			if f.Name == "presign" {
+				why += ", and a presigned URL in the journal is a bearer credential"
+			}
+			problems = append(problems, fmt.Errorf("$%s: -%s is given on the command line only: %s", env, f.Name, why))
+			return
+		}
 		if given[f.Name] || v == "" {
 			return
 		}
@@ -128,7 +140,7 @@ func parseConfig(args []string, getenv func(string) string, stdout io.Writer) (*
 			}
 		}
 	})
-	cfg.presignRequested = given["presign"] || getenv(envPrefix+"PRESIGN") != ""
+	cfg.presignRequested = given["presign"]
 	cfg.listenGiven = given["listen"] || getenv(envPrefix+"LISTEN") != ""
 	cfg.adminGiven = given["admin"] || getenv(envPrefix+"ADMIN") != ""
 	if len(problems) > 0 {
@@ -184,6 +196,93 @@ func parseArgs(fs *flag.FlagSet, args []string) (given map[string]bool, problems
 		}
 	}
 	return given, problems, nil
+}
+
+// oneShotFlags ask for an action and an exit, not for a setting of the
+// daemon: they are taken from the command line only. From an
+// EnvironmentFile they would turn every start of the service into that
+// action, and -presign would write a bearer credential into the journal.
+var oneShotFlags = map[string]bool{"presign": true, "check": true, "check-key": true, "version": true}
+
+// envNamesQuery, asked of a getenv made by environment, answers the names
+// of the S3_HELPER_* variables set, comma-separated. A variable's name
+// cannot hold '=' (the environment is NAME=value), so no real variable
+// answers it; a getenv that does not know it answers "", and then no
+// name is checked.
+const envNamesQuery = "=" + envPrefix + "*"
+
+// getenvOf returns the getenv run reads from environ (os.Environ's
+// NAME=value form): each variable's value, the first of a repeated name
+// as os.Getenv has it, and the S3_HELPER_* names for envNamesQuery.
+func getenvOf(environ []string) func(string) string {
+	vars := map[string]string{}
+	var names []string
+	for _, kv := range environ {
+		k, v, ok := strings.Cut(kv, "=")
+		if _, seen := vars[k]; !ok || k == "" || seen {
+			continue
+		}
+		vars[k] = v
+		if strings.HasPrefix(k, envPrefix) {
+			names = append(names, k)
+		}
+	}
+	vars[envNamesQuery] = strings.Join(names, ",")
+	return func(name string) string { return vars[name] }
+}
+
+// unknownVariables reports each S3_HELPER_* variable set (not empty) that
+// is no flag's, in name order: a typo such as S3_HELPER_BUCKKET would
+// otherwise leave its flag at the default without a word. It suggests the
+// closest flag's variable when one is near.
+func unknownVariables(fs *flag.FlagSet, getenv func(string) string) []error {
+	var names []string
+	for name := range strings.SplitSeq(getenv(envNamesQuery), ",") {
+		if name != "" && getenv(name) != "" {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	var problems []error
+	for _, name := range names {
+		flagName := strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(name, envPrefix), "_", "-"))
+		if fs.Lookup(flagName) != nil && envVariable(flagName) == name {
+			continue
+		}
+		near, best := "", 3 // at most 2 edits away
+		fs.VisitAll(func(f *flag.Flag) {
+			if d := editDistance(flagName, f.Name); d < best {
+				near, best = f.Name, d
+			}
+		})
+		if near != "" {
+			problems = append(problems, fmt.Errorf("$%s: no flag has this variable; did you mean $%s (-%s)?", clip(name, maxQuotedValueBytes), envVariable(near), near))
+			continue
+		}
+		problems = append(problems, fmt.Errorf("$%s: no flag has this variable (each S3_HELPER_* variable sets the flag of its name; see -help)", clip(name, maxQuotedValueBytes)))
+	}
+	return problems
+}
+
+// editDistance is the Levenshtein distance between a and b, in bytes
+// (flag names are ASCII).
+func editDistance(a, b string) int {
+	prev, cur := make([]int, len(b)+1), make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			sub := prev[j-1]
+			if a[i-1] != b[j-1] {
+				sub++
+			}
+			cur[j] = min(sub, prev[j]+1, cur[j-1]+1)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // envVariable is the S3_HELPER_* variable of a flag.

@@ -151,3 +151,71 @@ func TestOneProblemPerBadValue(t *testing.T) {
 		})
 	}
 }
+
+// TestEnvironmentVariablesChecked: an S3_HELPER_* variable that is no
+// flag's is a configuration problem naming it, with the closest flag's
+// variable when one is near; the one-shot flags are refused from the
+// environment. Every problem comes at once, with the others.
+func TestEnvironmentVariablesChecked(t *testing.T) {
+	tests := []struct {
+		name string
+		env  map[string]string
+		want []string
+	}{
+		{"typo near a flag", map[string]string{"S3_HELPER_BUCKKET": "media"},
+			[]string{"$S3_HELPER_BUCKKET: no flag has this variable; did you mean $S3_HELPER_BUCKET (-bucket)?"}},
+		{"typo with a dash", map[string]string{"S3_HELPER_SHUTDOWN_TIMOUT": "10s"},
+			[]string{"$S3_HELPER_SHUTDOWN_TIMOUT: no flag has this variable; did you mean $S3_HELPER_SHUTDOWN_TIMEOUT (-shutdown-timeout)?"}},
+		{"nothing near", map[string]string{"S3_HELPER_COLOUR_SCHEME": "dark"},
+			[]string{"$S3_HELPER_COLOUR_SCHEME: no flag has this variable (each S3_HELPER_* variable sets the flag of its name; see -help)"}},
+		{"a flag's name in the wrong form", map[string]string{"S3_HELPER_log-level": "debug"},
+			[]string{"$S3_HELPER_log-level: no flag has this variable; did you mean $S3_HELPER_LOG_LEVEL (-log-level)?"}},
+		{"presign", map[string]string{"S3_HELPER_PRESIGN": "/a.mp4"},
+			[]string{"$S3_HELPER_PRESIGN: -presign is given on the command line only", "bearer credential"}},
+		{"check", map[string]string{"S3_HELPER_CHECK": "true"},
+			[]string{"$S3_HELPER_CHECK: -check is given on the command line only"}},
+		{"check-key", map[string]string{"S3_HELPER_CHECK_KEY": "/a.mp4"},
+			[]string{"$S3_HELPER_CHECK_KEY: -check-key is given on the command line only"}},
+		{"version", map[string]string{"S3_HELPER_VERSION": "true"},
+			[]string{"$S3_HELPER_VERSION: -version is given on the command line only"}},
+		{"all at once, in name order, with a bad value", map[string]string{"S3_HELPER_ZZZ": "1", "S3_HELPER_BUCKKET": "m", "S3_HELPER_TIMEOUT": "banana"},
+			[]string{"$S3_HELPER_BUCKKET:", "$S3_HELPER_ZZZ:", `$S3_HELPER_TIMEOUT "banana"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := loadConfig([]string{"-bucket", "media", "-region", "us-east-1"}, envFrom(tt.env), io.Discard)
+			var ce configError
+			if !errors.As(err, &ce) {
+				t.Fatalf("loadConfig = %v, want a configError (exit 2)", err)
+			}
+			last := -1
+			for _, want := range tt.want {
+				i := strings.Index(err.Error(), want)
+				if i < 0 {
+					t.Errorf("error lacks %q:\n%v", want, err)
+				} else if i < last {
+					t.Errorf("%q comes before the problem listed ahead of it:\n%v", want, err)
+				}
+				last = i
+			}
+		})
+	}
+
+	// Known and empty variables are no problem, and a one-shot flag on the
+	// command line still works.
+	var stdout bytes.Buffer
+	err := run(t.Context(), []string{"-version"}, envFrom(map[string]string{"S3_HELPER_BUCKET": "media", "S3_HELPER_ROUTE": "", "S3_HELPER_BUCKKET": ""}), &stdout, io.Discard)
+	if err != nil || !strings.HasPrefix(stdout.String(), "s3-helper ") {
+		t.Errorf("run -version = %v, %q; want the version", err, stdout.String())
+	}
+}
+
+// TestEnvironment: the getenv main builds from os.Environ's form.
+func TestEnvironment(t *testing.T) {
+	getenv := getenvOf([]string{"PATH=/bin", "S3_HELPER_BUCKET=a=b", "S3_HELPER_BUCKET=shadowed", "S3_HELPER_X=", "broken", "=x"})
+	for name, want := range map[string]string{"PATH": "/bin", "S3_HELPER_BUCKET": "a=b", "S3_HELPER_X": "", "broken": "", envNamesQuery: "S3_HELPER_BUCKET,S3_HELPER_X"} {
+		if got := getenv(name); got != want {
+			t.Errorf("getenv(%q) = %q, want %q", name, got, want)
+		}
+	}
+}

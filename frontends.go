@@ -5,8 +5,9 @@ package main
 // hang or vanish while the others are fine. net/http dials the first
 // address that answers and keeps its pool there, so one host would carry
 // every request, and a hedge or a retry would go to the host it replaces.
-// Here each endpoint's name is resolved, and re-resolved every few
-// seconds; each address has a keep-alive pool of its own; requests are
+// Here each endpoint's name is resolved, and resolved again in the
+// background when a request finds the answer older than frontEndRefresh;
+// each address has a keep-alive pool of its own; requests are
 // spread over the addresses in use by the power of two choices on requests
 // in flight; and an address clearly worse than the rest is left out for a
 // while. The Host header, TLS's server name and the signature keep the
@@ -14,18 +15,23 @@ package main
 //
 // The rule that leaves an address out, judged on each outcome it reports:
 //
-//	failures   2 connect errors, timeouts or resets in a row (1 on probation)
+//	failures   2 in a row (1 on probation): a connect error, a timeout, a
+//	           reset, a 500, 502 or 504, or its body failing mid-way
 //	slowness   the median of its last 32 times to first byte is more than
-//	           4× the median of the others' and either more than 50 ms
-//	           above it or made of attempts that mostly lost the hedge
-//	           race, once it has 16 (on probation 4) and the others 16
+//	           4× the median of the others' medians and either more than
+//	           50 ms above it or made of attempts that mostly lost the
+//	           hedge race, once it has 16 samples (4 on probation)
 //
 // A left-out address gets no request for frontEndRest, its idle
-// connections are closed, and it comes back on probation. Never is every
-// address left out: with all of them bad, all are used. An attempt the
-// hedge race cancelled after waiting counts its wait as a time to first
-// byte (it was at least that slow); on probation, being cancelled so is a
-// failure, so a host that hangs is found as surely as one that refuses.
+// connections are closed, and it comes back on probation: one request at
+// a time, left out again on one failure, two lost races or 4 slow
+// samples, and back for good after 16 good ones. At most half the addresses are left out at once: when they
+// all fail, S3 is failing, not a host, and the rest stay in use. A first
+// attempt the hedge race cancelled counts its wait as a time to first
+// byte (it was at least that slow), so a host that hangs is found as
+// surely as one that refuses. S3's DNS answers rotate: an address DNS
+// stops naming keeps its pool and its record for frontEndForget, in case
+// it comes back, and then gets no request.
 
 import (
 	"cmp"
@@ -45,8 +51,9 @@ import (
 )
 
 const (
-	// frontEndRefresh is how often an endpoint's name is resolved again:
-	// S3's answers live 5 s, and Go's resolver does not say how long.
+	// frontEndRefresh is the age past which a request's pick resolves the
+	// name again, in the background: S3's answers live 5 s, and Go's
+	// resolver does not say how long.
 	frontEndRefresh = 5 * time.Second
 	// maxFrontEnds bounds the addresses kept per name (S3 gives 8).
 	maxFrontEnds = 16
@@ -64,6 +71,8 @@ const (
 	failuresToLeaveOut = 2
 	// frontEndRest is how long a left-out address gets no request.
 	frontEndRest = 10 * time.Second
+	// frontEndForget is how long an address DNS no longer names is kept.
+	frontEndForget = 10 * time.Second
 )
 
 // frontDoor keeps the front ends of every endpoint name the S3 client
@@ -78,6 +87,9 @@ type frontDoor struct {
 	// default of each.
 	now  clock
 	rand func(n int) int
+	// timeout bounds the first resolution of a name, which a request
+	// waits for; zero means frontEndRefresh.
+	timeout time.Duration
 	// log must be set; metrics may be nil.
 	log     *slog.Logger
 	metrics *Metrics
@@ -96,16 +108,15 @@ type frontEnds struct {
 	port uint16
 
 	mu sync.Mutex // guards the fields below
-	// addrs is the latest DNS answer's addresses, in its order.
+	// addrs are the addresses DNS names, or named within frontEndForget.
 	addrs []*frontEnd
-	// retired are addresses DNS no longer names, kept until their last
-	// request ended so their connections can be closed.
+	// retired are addresses forgotten, kept until their last request
+	// ended so their connections can be closed.
 	retired    []*frontEnd
 	resolvedAt time.Time
 	refreshing bool
 	// lastErr is the last resolution that failed, for /healthz.
-	lastErr  error
-	leftOuts atomic.Int64
+	lastErr error
 }
 
 // frontTransport is one address's pool of connections: the lean client
@@ -128,13 +139,15 @@ type frontEnd struct {
 	// counts them.
 	lost  [frontEndSamples]bool
 	lostN int
-	// median is the window's, as last judged.
+	// median is the window's, kept every 4 samples.
 	median    time.Duration
 	n, next   int
 	failures  int
 	leftOut   bool
 	probation bool
 	until     time.Time
+	// absentSince is when DNS stopped naming it; zero while it does.
+	absentSince time.Time
 	// reason is why it was last left out.
 	reason string
 }
@@ -147,9 +160,11 @@ const (
 	frontAnswered frontOutcome = iota
 	// frontFailed: a connect error, a timeout or a reset.
 	frontFailed
-	// frontOutraced: the hedge race cancelled it after it waited ttfb.
+	// frontOutraced: the hedge race cancelled it, a first attempt, after
+	// it waited ttfb for its answer.
 	frontOutraced
-	// frontUnjudged: anything else (the client left, no credentials).
+	// frontUnjudged: anything else (the client left, no credentials, a
+	// hedge cancelled because the first attempt answered).
 	frontUnjudged
 )
 
@@ -172,9 +187,10 @@ func (d *frontDoor) pick(ctx context.Context, scheme, host string, avoid *frontE
 
 // frontEndsOf is host's frontEnds, made on first use; nil for an address.
 func (d *frontDoor) frontEndsOf(scheme, host string) *frontEnds {
+	key := scheme + "://" + host // the default port is the scheme's
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if fs, ok := d.names[host]; ok {
+	if fs, ok := d.names[key]; ok {
 		return fs
 	}
 	name, portText, err := net.SplitHostPort(host)
@@ -192,13 +208,13 @@ func (d *frontDoor) frontEndsOf(scheme, host string) *frontEnds {
 	if d.names == nil {
 		d.names = map[string]*frontEnds{}
 	}
-	d.names[host] = fs // nil for an address: asked once
+	d.names[key] = fs // nil for an address: asked once
 	return fs
 }
 
-// fresh resolves the name when it was never resolved (the caller waits:
-// there is nothing to pick from) or, in the background, when the last
-// answer is older than frontEndRefresh.
+// refreshIfDue resolves the name when it was never resolved (the caller
+// waits, within the door's timeout: there is nothing to pick from) or, in
+// the background, when the last answer is older than frontEndRefresh.
 func (fs *frontEnds) refreshIfDue(ctx context.Context, now time.Time) {
 	fs.mu.Lock()
 	first := fs.resolvedAt.IsZero()
@@ -209,7 +225,9 @@ func (fs *frontEnds) refreshIfDue(ctx context.Context, now time.Time) {
 	fs.mu.Unlock()
 	switch {
 	case first:
-		fs.resolveNow(ctx)
+		rctx, cancel := context.WithTimeout(ctx, cmp.Or(fs.door.timeout, frontEndRefresh))
+		defer cancel()
+		fs.resolveNow(rctx)
 	case due:
 		closing, ok := fs.door.background.start()
 		if !ok {
@@ -231,10 +249,9 @@ func (fs *frontEnds) refreshIfDue(ctx context.Context, now time.Time) {
 	}
 }
 
-// resolveNow resolves the name and takes the answer: new addresses get a
-// pool, addresses DNS no longer names get no new request and their
-// connections are closed once idle. A resolution that fails keeps the last
-// answer.
+// resolveNow resolves the name and takes the answer (takeAddrs). A
+// resolution that fails keeps the last answer; one whose context ended (a
+// client that left) is tried again by the next request.
 func (fs *frontEnds) resolveNow(ctx context.Context) {
 	resolve := fs.door.resolve
 	if resolve == nil {
@@ -246,7 +263,11 @@ func (fs *frontEnds) resolveNow(ctx context.Context) {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	fs.refreshing = false
-	fs.resolvedAt = fs.door.now.read()
+	if err != nil && ctx.Err() != nil {
+		return
+	}
+	now := fs.door.now.read()
+	fs.resolvedAt = now
 	fs.lastErr = err
 	if err != nil || len(ips) == 0 {
 		if err == nil {
@@ -254,35 +275,56 @@ func (fs *frontEnds) resolveNow(ctx context.Context) {
 		}
 		return
 	}
-	fs.takeAddrs(ips)
+	fs.takeAddrs(ips, now)
 }
 
-// take makes ips the name's addresses. fs.mu must be held.
-func (fs *frontEnds) takeAddrs(ips []netip.Addr) {
-	next := make([]*frontEnd, 0, min(len(ips), maxFrontEnds))
+// takeAddrs takes a DNS answer: a new address gets a pool, one named again
+// is present, one no longer named is marked absent and, absent for
+// frontEndForget (or the longest absent, past maxFrontEnds), forgotten: no
+// new request, its connections closed once idle. fs.mu must be held.
+func (fs *frontEnds) takeAddrs(ips []netip.Addr, now time.Time) {
+	named := make([]netip.AddrPort, 0, len(ips))
 	for _, ip := range ips {
-		if len(next) == maxFrontEnds {
-			break
+		if ap := netip.AddrPortFrom(ip.Unmap(), fs.port); !slices.Contains(named, ap) && len(named) < maxFrontEnds {
+			named = append(named, ap)
 		}
-		ap := netip.AddrPortFrom(ip.Unmap(), fs.port)
-		if slices.ContainsFunc(next, func(fe *frontEnd) bool { return fe.addr == ap }) {
-			continue
-		}
-		if i := slices.IndexFunc(fs.addrs, func(fe *frontEnd) bool { return fe.addr == ap }); i >= 0 {
-			next = append(next, fs.addrs[i])
-			continue
-		}
-		next = append(next, &frontEnd{set: fs, addr: ap, transport: fs.door.newTransport(ap)})
 	}
 	for _, fe := range fs.addrs {
-		if !slices.Contains(next, fe) {
-			fs.door.log.Info("front end gone from DNS: no new request goes there; its connections close once idle",
-				"name", fs.name, "address", fe.addr.String())
-			fs.retired = append(fs.retired, fe)
+		switch {
+		case slices.Contains(named, fe.addr):
+			fe.absentSince = time.Time{}
+		case fe.absentSince.IsZero():
+			fe.absentSince = now
+			fs.door.log.Info("front end no longer in DNS: kept a while in case DNS names it again, then left",
+				"name", fs.name, "address", fe.addr.String(), "for", frontEndForget)
 		}
 	}
-	fs.addrs = next
+	for _, ap := range named {
+		if !slices.ContainsFunc(fs.addrs, func(fe *frontEnd) bool { return fe.addr == ap }) {
+			fs.addrs = append(fs.addrs, &frontEnd{set: fs, addr: ap, transport: fs.door.newTransport(ap)})
+		}
+	}
+	// The longest absent last: forgotten first when there are too many.
+	slices.SortStableFunc(fs.addrs, func(a, b *frontEnd) int { return cmp.Compare(absence(a, now), absence(b, now)) })
+	for n := len(fs.addrs); n > 0; n = len(fs.addrs) {
+		last := fs.addrs[n-1]
+		if n <= maxFrontEnds && absence(last, now) < frontEndForget {
+			break
+		}
+		fs.door.log.Info("front end gone from DNS: no new request goes there; its connections close once idle",
+			"name", fs.name, "address", last.addr.String())
+		fs.retired = append(fs.retired, last)
+		fs.addrs = fs.addrs[:n-1]
+	}
 	fs.closeRetired()
+}
+
+// absence is how long fe has been absent from DNS at now; 0 while named.
+func absence(fe *frontEnd, now time.Time) time.Duration {
+	if fe.absentSince.IsZero() {
+		return 0
+	}
+	return now.Sub(fe.absentSince)
 }
 
 // closeRetired closes the connections of retired addresses whose last
@@ -301,22 +343,36 @@ func (fs *frontEnds) closeRetired() {
 // two at random, the one with fewer requests in flight. It spreads
 // requests as evenly as round-robin while steering them off an address
 // whose requests pile up (a slow one), without every instance of a fleet
-// herding to the same least-loaded host.
+// herding to the same least-loaded host. When avoid is the only address in
+// use, a left-out one is taken instead: a hedge or a retry must not go
+// back to the host it replaces.
 func (fs *frontEnds) pick(avoid *frontEnd, now time.Time) *frontEnd {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	var buf [maxFrontEnds]*frontEnd // on the stack: no allocation per pick
 	use := buf[:0]
+	trials := 0
 	for _, fe := range fs.addrs {
 		if fe.leftOut && !now.Before(fe.until) {
 			fe.comeBack()
 		}
-		if !fe.leftOut {
+		switch {
+		case fe.leftOut:
+		case fe.probation && fe.inFlight.Load() > 0:
+			trials++ // on probation one request at a time, as a trial
+		default:
 			use = append(use, fe)
 		}
 	}
-	if len(use) == 0 {
-		use = append(use, fs.addrs...) // never every address left out
+	if len(use) == 0 && trials > 0 { // only trials left: use them all the same
+		for _, fe := range fs.addrs {
+			if !fe.leftOut {
+				use = append(use, fe)
+			}
+		}
+	}
+	if len(use) == 1 && use[0] == avoid && len(fs.addrs) > 1 {
+		use = append(use[:0], fs.addrs...)
 	}
 	if len(use) > 1 && avoid != nil {
 		if i := slices.Index(use, avoid); i >= 0 {
@@ -344,7 +400,7 @@ func (fs *frontEnds) pick(avoid *frontEnd, now time.Time) *frontEnd {
 	return fe
 }
 
-// intn is a random int in [0, n).
+// randIndex is a random int in [0, n).
 func (d *frontDoor) randIndex(n int) int {
 	if d.rand != nil {
 		return d.rand(n)
@@ -353,8 +409,8 @@ func (d *frontDoor) randIndex(n int) int {
 }
 
 // report records what an attempt picked at fe came to; ttfb is the time
-// to response headers, or how long it waited before the race cancelled it.
-// A nil fe reports nothing.
+// to response headers, or how long a first attempt waited before the
+// race cancelled it. A nil fe reports nothing.
 func (fe *frontEnd) report(o frontOutcome, ttfb time.Duration) {
 	if fe == nil {
 		return
@@ -368,23 +424,40 @@ func (fe *frontEnd) report(o frontOutcome, ttfb time.Duration) {
 		fe.failures = 0
 		fe.observe(ttfb, false)
 	case frontOutraced:
-		if fe.probation {
-			fe.failures = failuresToLeaveOut
-		}
 		fe.observe(ttfb, true)
 	case frontFailed:
 		fe.failures++
 	}
-	if !fe.leftOut && len(fs.addrs) > 1 { // one address is never left out
-		if reason := fs.judgeFront(fe); reason != "" {
-			fs.leaveOut(fe, reason)
-		}
-	}
+	fs.judgeAndRest(fe)
 	fs.closeRetired()
 }
 
+// bodyFailed records that a body fe sent failed mid-way (a reset, a
+// stall), after its headers were reported. A nil fe records nothing.
+func (fe *frontEnd) bodyFailed() {
+	if fe == nil {
+		return
+	}
+	fe.set.mu.Lock()
+	defer fe.set.mu.Unlock()
+	fe.failures++
+	fe.set.judgeAndRest(fe)
+}
+
+// judgeAndRest leaves fe out when the rule says so. fs.mu must be held.
+func (fs *frontEnds) judgeAndRest(fe *frontEnd) {
+	if fe.leftOut || len(fs.addrs) < 2 { // one address is never left out
+		return
+	}
+	if reason := fs.judgeFront(fe); reason != "" {
+		fs.leaveOut(fe, reason)
+	}
+}
+
 // observe adds one time to first byte, or a lost race's wait, and keeps
-// the window's count of lost races. fs.mu must be held.
+// the window's count of lost races and its median (every 4 samples once
+// the window judges: sorting on every request would cost more than the
+// pick). fs.mu must be held.
 func (fe *frontEnd) observe(d time.Duration, lost bool) {
 	if fe.n == frontEndSamples && fe.lost[fe.next] {
 		fe.lostN--
@@ -395,13 +468,25 @@ func (fe *frontEnd) observe(d time.Duration, lost bool) {
 	fe.samples[fe.next], fe.lost[fe.next] = d, lost
 	fe.next = (fe.next + 1) % frontEndSamples
 	fe.n = min(fe.n+1, frontEndSamples)
+	if fe.n <= judgeAfter || fe.next%4 == 0 {
+		fe.median = medianTTFB(fe.samples[:fe.n])
+	}
 }
 
-// judge says why fe should be left out, or "" when it should not. fs.mu
-// must be held.
+// judgeFront says why fe should be left out, or "" when it should not.
+// fs.mu must be held.
 func (fs *frontEnds) judgeFront(fe *frontEnd) string {
-	if fe.failures >= failuresToLeaveOut || fe.probation && fe.failures > 0 {
-		return strconv.Itoa(fe.failures) + " connect errors, timeouts or resets in a row"
+	switch {
+	case fe.failures >= failuresToLeaveOut || fe.probation && fe.failures > 0:
+		failures := " failures in a row"
+		if fe.failures == 1 { // on probation one is enough
+			failures = " failure in a row"
+		}
+		return strconv.Itoa(fe.failures) + failures + " (connect errors, timeouts, resets, 5xx, broken bodies)"
+	case fe.probation && fe.lostN >= 2:
+		// A healthy host loses a race on 1 request in 40 or so: two on
+		// probation say it is still slow, or hangs.
+		return strconv.Itoa(fe.lostN) + " hedge races lost on probation"
 	}
 	need := judgeAfter
 	if fe.probation {
@@ -409,9 +494,6 @@ func (fs *frontEnds) judgeFront(fe *frontEnd) string {
 	}
 	if fe.n < need {
 		return ""
-	}
-	if fe.n <= judgeAfter || fe.next%4 == 0 { // sorting every 4th is enough
-		fe.median = medianTTFB(fe.samples[:fe.n])
 	}
 	// The others' median is the median of their medians: each address
 	// counts once, however many requests it carried.
@@ -447,21 +529,20 @@ func medianTTFB(ds []time.Duration) time.Duration {
 	return s[len(s)/2]
 }
 
-// leaveOut rests fe, unless it is the last address in use. fs.mu must be
-// held.
+// leaveOut rests fe, unless half the addresses are left out already.
+// fs.mu must be held.
 func (fs *frontEnds) leaveOut(fe *frontEnd, reason string) {
-	inUse := 0
+	leftOut := 0
 	for _, o := range fs.addrs {
-		if !o.leftOut {
-			inUse++
+		if o.leftOut {
+			leftOut++
 		}
 	}
-	if inUse <= 1 || !slices.Contains(fs.addrs, fe) {
-		return // never every address
+	if leftOut+1 > len(fs.addrs)/2 || !slices.Contains(fs.addrs, fe) {
+		return
 	}
 	fe.leftOut, fe.reason = true, reason
 	fe.until = fs.door.now.read().Add(frontEndRest)
-	fs.leftOuts.Add(1)
 	fs.door.metrics.Inc(mFrontEndsLeftOut)
 	fe.transport.CloseIdleConnections()
 	fs.door.log.Warn("front end left out: it is worse than the others; requests go to the rest, and it is tried again later",
@@ -472,79 +553,4 @@ func (fs *frontEnds) leaveOut(fe *frontEnd, reason string) {
 func (fe *frontEnd) comeBack() {
 	fe.leftOut, fe.probation, fe.failures, fe.n, fe.next, fe.lostN = false, true, 0, 0, 0, 0
 	fe.set.door.log.Info("front end back in use, on probation", "name", fe.set.name, "address", fe.addr.String())
-}
-
-// frontEndState is one address as /healthz and -check list it.
-type frontEndState struct {
-	addr              netip.AddrPort
-	leftOut           bool
-	inFlight          int64
-	median            time.Duration
-	reason            string
-	probation, tested bool
-}
-
-// states lists the name's addresses.
-func (fs *frontEnds) frontStates() []frontEndState {
-	fs.mu.Lock()
-	defer fs.mu.Unlock()
-	out := make([]frontEndState, 0, len(fs.addrs))
-	for _, fe := range fs.addrs {
-		st := frontEndState{addr: fe.addr, leftOut: fe.leftOut, inFlight: fe.inFlight.Load(), reason: fe.reason, probation: fe.probation}
-		if fe.n > 0 {
-			st.median, st.tested = medianTTFB(fe.samples[:fe.n]), true
-		}
-		out = append(out, st)
-	}
-	return out
-}
-
-// tally is how many addresses the name has, in use and left out.
-func (fs *frontEnds) tally() (known, inUse, leftOut int) {
-	fs.mu.Lock()
-	defer fs.mu.Unlock()
-	for _, fe := range fs.addrs {
-		if fe.leftOut {
-			leftOut++
-		}
-	}
-	return len(fs.addrs), len(fs.addrs) - leftOut, leftOut
-}
-
-// describe is one /healthz line per address of the name.
-func (fs *frontEnds) describeLines() []string {
-	var lines []string
-	for _, st := range fs.frontStates() {
-		state := "in use"
-		switch {
-		case st.leftOut:
-			state = "left out: " + st.reason
-		case st.probation:
-			state = "in use, on probation"
-		}
-		line := fmt.Sprintf("front end %s %s: %s, %d in flight", fs.name, st.addr, state, st.inFlight)
-		if st.tested {
-			line += ", median time to first byte " + st.median.Round(time.Millisecond).String()
-		}
-		lines = append(lines, line)
-	}
-	if len(lines) == 0 {
-		lines = append(lines, "front end "+fs.name+": no address yet: "+cmp.Or(errorText(fs.lastErrLocked()), "not resolved yet"))
-	}
-	return lines
-}
-
-// lastErrLocked is the last resolution's error.
-func (fs *frontEnds) lastErrLocked() error {
-	fs.mu.Lock()
-	defer fs.mu.Unlock()
-	return fs.lastErr
-}
-
-// errText is err's text, "" for nil.
-func errorText(err error) string {
-	if err == nil {
-		return ""
-	}
-	return err.Error()
 }

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -189,9 +190,9 @@ func TestFrontEndLeftOutForSlowness(t *testing.T) {
 	})
 }
 
-// TestFrontEndHangingFound: an address whose attempts are always
+// TestFrontEndHangingFound: an address whose first attempts are always
 // outraced by hedges (it hangs) collects its waits as times to first byte
-// and is left out; on probation, being outraced once leaves it out again.
+// and is left out; on probation, 2 lost races leave it out again.
 func TestFrontEndHangingFound(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		td := newTestDoor(8)
@@ -201,21 +202,133 @@ func TestFrontEndHangingFound(t *testing.T) {
 			t.Fatalf("the hanging address got %d requests, want %d", picks[bad], judgeAfter)
 		}
 		time.Sleep(frontEndRest)
-		if picks := td.serve(t, 2000, end); picks[bad] != 1 {
-			t.Errorf("on probation the hanging address got %d requests, want 1", picks[bad])
+		if picks := td.serve(t, 2000, end); picks[bad] != 2 {
+			t.Errorf("on probation the hanging address got %d requests, want 2", picks[bad])
 		}
 	})
 }
 
-// TestFrontEndsNeverAllLeftOut: with every address failing, the last in
-// use is never left out, and requests still go somewhere.
+// TestFrontEndsNeverAllLeftOut: with every address failing, S3 is
+// failing, not a host: at most half the addresses are left out, and the
+// requests spread over the rest instead of piling onto one.
 func TestFrontEndsNeverAllLeftOut(t *testing.T) {
-	td := newTestDoor(3)
-	td.serve(t, 100, func(*frontEnd) (frontOutcome, time.Duration) { return frontFailed, 0 })
-	fs := td.frontEndsOf("https", "s3.test")
-	if known, inUse, leftOut := fs.tally(); known != 3 || inUse != 1 || leftOut != 2 {
-		t.Errorf("known %d, in use %d, left out %d; want 3, 1, 2", known, inUse, leftOut)
+	for _, n := range []int{2, 3, 8} {
+		td := newTestDoor(n)
+		td.serve(t, 100, func(*frontEnd) (frontOutcome, time.Duration) { return frontFailed, 0 })
+		if known, inUse, leftOut := td.frontEndsOf("https", "s3.test").tally(); known != n || leftOut != n/2 || inUse != n-n/2 {
+			t.Errorf("%d addresses all failing: known %d, in use %d, left out %d; want %d left out", n, known, inUse, leftOut, n/2)
+		}
 	}
+}
+
+// TestEquallySlowNotLeftOut: 8 addresses all answering in 80 ms (a far
+// region, a slow server) are all healthy: none is left out, from the
+// first request on.
+func TestEquallySlowNotLeftOut(t *testing.T) {
+	td := newTestDoor(8)
+	td.serve(t, 2000, func(*frontEnd) (frontOutcome, time.Duration) { return frontAnswered, 80 * time.Millisecond })
+	if _, _, leftOut := td.frontEndsOf("https", "s3.test").tally(); leftOut > 0 {
+		t.Errorf("%d of 8 equally healthy addresses left out:\n%s", leftOut, td.logs)
+	}
+}
+
+// TestProbationIsOneAtATime: an address back on probation takes one
+// request at a time while the others are in use.
+func TestProbationIsOneAtATime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		td := newTestDoor(4)
+		td.serve(t, 100, healthy("127.0.0.12", func() (frontOutcome, time.Duration) { return frontFailed, 0 }))
+		time.Sleep(frontEndRest)
+		trials := 0
+		var held []*frontEnd
+		for range 100 {
+			fe := td.pick(t.Context(), "https", "s3.test", nil)
+			if fe.addr.Addr().String() == "127.0.0.12" {
+				trials++
+			}
+			held = append(held, fe)
+		}
+		if trials != 1 {
+			t.Errorf("100 requests in flight: %d at the address on probation, want 1", trials)
+		}
+		for _, fe := range held {
+			fe.report(frontAnswered, 5*time.Millisecond)
+		}
+	})
+}
+
+// TestAvoidedWhenItIsTheOnlyOneInUse: when the address a hedge or a retry
+// must avoid is the only one in use, it goes to one left out instead.
+func TestAvoidedWhenItIsTheOnlyOneInUse(t *testing.T) {
+	td := newTestDoor(2)
+	td.serve(t, 20, healthy("127.0.0.12", func() (frontOutcome, time.Duration) { return frontFailed, 0 }))
+	first := td.pick(t.Context(), "https", "s3.test", nil)
+	if first.addr.Addr().String() != "127.0.0.11" {
+		t.Fatalf("the address in use is %s", first.addr)
+	}
+	if second := td.pick(t.Context(), "https", "s3.test", first); second == first {
+		t.Error("the retry went back to the address it must avoid")
+	}
+}
+
+// TestBodyFailuresLeaveOut: bodies that break mid-way count as failures
+// of their front end.
+func TestBodyFailuresLeaveOut(t *testing.T) {
+	td := newTestDoor(4)
+	var bad *frontEnd
+	for bad == nil || bad.addr.Addr().String() != "127.0.0.13" {
+		bad = td.pick(t.Context(), "https", "s3.test", nil)
+		bad.report(frontAnswered, 5*time.Millisecond)
+	}
+	bad.bodyFailed()
+	bad.bodyFailed()
+	if picks := td.serve(t, 100, healthy("", nil)); picks["127.0.0.13"] != 0 {
+		t.Errorf("after two broken bodies the address got %d of 100 requests", picks["127.0.0.13"])
+	}
+}
+
+// TestFirstResolutionBounded: a resolver that hangs holds a request for
+// the door's timeout at most; the name is then tried again by the next
+// request, not written off for frontEndRefresh.
+func TestFirstResolutionBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		td := newTestDoor(2)
+		td.timeout = time.Second
+		hang := true
+		resolve := td.resolve
+		td.resolve = func(ctx context.Context, host string) ([]netip.Addr, error) {
+			if hang {
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			return resolve(ctx, host)
+		}
+		start := time.Now()
+		if fe := td.pick(t.Context(), "https", "s3.test", nil); fe != nil || time.Since(start) != time.Second {
+			t.Fatalf("with the resolver hanging: %v after %v, want nil after 1s", fe, time.Since(start))
+		}
+		hang = false
+		if fe := td.pick(t.Context(), "https", "s3.test", nil); fe == nil {
+			t.Error("the next request did not resolve the name again")
+		}
+	})
+}
+
+// TestRestOverReadsAsBack: an address whose rest is over reads as in use
+// in the gauges and /healthz even before a request finds it.
+func TestRestOverReadsAsBack(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		td := newTestDoor(4)
+		td.serve(t, 100, healthy("127.0.0.12", func() (frontOutcome, time.Duration) { return frontFailed, 0 }))
+		fs := td.frontEndsOf("https", "s3.test")
+		if _, _, leftOut := fs.tally(); leftOut != 1 {
+			t.Fatalf("left out %d, want 1", leftOut)
+		}
+		time.Sleep(frontEndRest)
+		if _, _, leftOut := fs.tally(); leftOut != 0 {
+			t.Errorf("its rest over, the address still reads as left out")
+		}
+	})
 }
 
 // TestFrontEndAvoided: a hedge or a retry told to avoid an address goes
@@ -274,12 +387,20 @@ func TestFrontEndsFollowDNS(t *testing.T) {
 		defer td.background.close()
 		td.serve(t, 100, healthy("", nil))
 		td.setAddrs(7) // 127.0.0.18 is gone
-		time.Sleep(frontEndRefresh)
-		td.serve(t, 1, healthy("", nil)) // starts the re-resolution
-		synctest.Wait()
+		refresh := func() {
+			time.Sleep(frontEndRefresh)
+			td.serve(t, 1, healthy("", nil)) // starts the re-resolution
+			synctest.Wait()
+		}
+		refresh()
+		if picks := td.serve(t, 800, healthy("", nil)); picks["127.0.0.18"] == 0 {
+			t.Errorf("just after DNS dropped 127.0.0.18 it got no request: a rotating answer would churn pools")
+		}
+		refresh()
+		refresh()
 		picks := td.serve(t, 800, healthy("", nil))
 		if picks["127.0.0.18"] != 0 || len(picks) != 7 {
-			t.Errorf("after DNS dropped 127.0.0.18: %v", picks)
+			t.Errorf("%v after DNS dropped 127.0.0.18: %v", 3*frontEndRefresh, picks)
 		}
 		if !strings.Contains(td.logs.String(), "front end gone from DNS") {
 			t.Errorf("not logged:\n%s", td.logs)
@@ -291,8 +412,8 @@ func TestFrontEndsFollowDNS(t *testing.T) {
 		if picks := td.serve(t, 900, healthy("", nil)); picks["127.0.0.18"] < 50 || picks["127.0.0.19"] < 50 {
 			t.Errorf("after DNS named 127.0.0.18 and .19: %v", picks)
 		}
-		if td.lookups != 3 {
-			t.Errorf("%d lookups, want 3 (one each %v of use)", td.lookups, frontEndRefresh)
+		if td.lookups != 5 {
+			t.Errorf("%d lookups, want 5 (one each %v of use)", td.lookups, frontEndRefresh)
 		}
 	})
 }
@@ -304,7 +425,7 @@ func TestFrontEndsDescribe(t *testing.T) {
 	lines := strings.Join(td.frontEndsOf("https", "s3.test").describeLines(), "\n")
 	for _, want := range []string{
 		"front end s3.test 127.0.0.11:443: in use, 0 in flight, median time to first byte 5ms",
-		"front end s3.test 127.0.0.12:443: left out: 2 connect errors, timeouts or resets in a row, 0 in flight",
+		"front end s3.test 127.0.0.12:443: left out: 2 failures in a row (connect errors, timeouts, resets, 5xx, broken bodies), 0 in flight",
 	} {
 		if !strings.Contains(lines, want) {
 			t.Errorf("describe lacks %q:\n%s", want, lines)
@@ -345,10 +466,10 @@ func loopbackFronts(t *testing.T, n int, handler http.Handler, delay func(i int)
 }
 
 // TestFrontEndsThroughTheProxy: the proxy in front of a strict S3
-// stand-in at 4 loopback addresses of one name, over real connections: the
+// stand-in at 4 loopback addresses of one name, over real connections
+// (each its own pool, the Host header and the signature the name's): the
 // requests spread over all four; one address 300 ms late is left out and
-// gets almost nothing after; a hedge goes to another address than the
-// attempt it races.
+// gets almost nothing after.
 func TestFrontEndsThroughTheProxy(t *testing.T) {
 	tp := newTestProxy(t)
 	tp.s3.put("k", []byte("through every front end"))
@@ -404,25 +525,6 @@ func TestFrontEndsThroughTheProxy(t *testing.T) {
 	if !tp.logs.waitFor("front end left out") {
 		t.Errorf("no leave-out logged:\n%s\n%s", tp.logs, strings.Join(tp.frontEndLines(), "\n"))
 	}
-
-	slowAddr.Store(0)
-	time.Sleep(frontEndRest) // every address back, 0 slow now
-	tp.upstream.policy.hedge = hedgePolicy{mode: hedgeFixed, fixed: 50 * time.Millisecond}
-	tp.upstream.policy.limit = 3
-	before = count()
-	for range 40 {
-		if resp, _ := get(t, "GET", tp.url+"/k", nil); resp.StatusCode != 200 {
-			t.Fatalf("GET = %d", resp.StatusCode)
-		}
-	}
-	after := count()
-	var hedges int64
-	for i := range after {
-		hedges += after[i] - before[i]
-	}
-	if hedges <= 40 {
-		t.Errorf("S3 saw %d requests for 40 with address 0 slow, want some hedged", hedges)
-	}
 }
 
 // staticFront is a front end's pool answering from memory.
@@ -462,5 +564,191 @@ func BenchmarkProxyFrontEnds(b *testing.B) {
 				b.Fatalf("status %d, %d bytes", w.status, w.n)
 			}
 		})
+	}
+}
+
+// scriptedFront is one address's pool in memory: answer says what it does
+// with each request, and the addresses' requests are logged in order.
+type scriptedFront struct {
+	addr   netip.AddrPort
+	answer func(r *http.Request) (*http.Response, error)
+	log    *[]string
+	mu     *sync.Mutex
+}
+
+func (s scriptedFront) RoundTrip(r *http.Request) (*http.Response, error) {
+	s.mu.Lock()
+	*s.log = append(*s.log, s.addr.Addr().String())
+	s.mu.Unlock()
+	return s.answer(r)
+}
+
+func (scriptedFront) CloseIdleConnections() {}
+
+// frontsProxy is scriptedProxy over 2 in-memory front ends, 10.0.0.1 and
+// 10.0.0.2, the first always picked first (the choice is injected);
+// behave says what address i does.
+func frontsProxy(behave func(addr string, r *http.Request) (*http.Response, error)) (*Proxy, *[]string) {
+	var mu sync.Mutex
+	seen := &[]string{}
+	p := scriptedProxy(&scriptedS3{}, hedgePolicy{mode: hedgeFixed, fixed: 10 * time.Millisecond}, &syncBuffer{})
+	setPause(p, 0)
+	addrs := []netip.Addr{netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")}
+	p.upstream.fronts = &frontDoor{
+		resolve: func(context.Context, string) ([]netip.Addr, error) { return addrs, nil },
+		newTransport: func(ap netip.AddrPort) frontTransport {
+			return scriptedFront{addr: ap, log: seen, mu: &mu, answer: func(r *http.Request) (*http.Response, error) {
+				return behave(ap.Addr().String(), r)
+			}}
+		},
+		rand: func(int) int { return 0 }, // 10.0.0.1 unless it must be avoided
+		log:  p.log, background: &p.upstream.background,
+	}
+	return p, seen
+}
+
+// TestFrontEndsInTheRequestLoop: through the handler, a hedge goes to
+// another address than the attempt it races, a retry to another than the
+// attempt that failed, a dial that fails goes to the next address within
+// the attempt (no retry spent), and a hedge cancelled because the first
+// attempt answered counts nothing against its address.
+func TestFrontEndsInTheRequestLoop(t *testing.T) {
+	body := []byte("through the front ends")
+	ok := func(r *http.Request) (*http.Response, error) { return objectAnswer(r, body, `"v"`), nil }
+	for _, tt := range []struct {
+		name   string
+		behave func(addr string, r *http.Request) (*http.Response, error)
+		seen   string
+		limit  int
+	}{
+		{"the hedge goes elsewhere", func(addr string, r *http.Request) (*http.Response, error) {
+			if addr == "10.0.0.1" && !hold(r, time.Second) {
+				return nil, r.Context().Err()
+			}
+			return ok(r)
+		}, "10.0.0.1 10.0.0.2", 3},
+		{"the retry goes elsewhere", func(addr string, r *http.Request) (*http.Response, error) {
+			if addr == "10.0.0.1" {
+				return errorAnswer(503, "SlowDown", time.Time{}), nil
+			}
+			return ok(r)
+		}, "10.0.0.1 10.0.0.2", 3},
+		{"a refused dial goes to the next address, no retry spent", func(addr string, r *http.Request) (*http.Response, error) {
+			if addr == "10.0.0.1" {
+				return nil, refused()
+			}
+			return ok(r)
+		}, "10.0.0.1 10.0.0.2", 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				p, seen := frontsProxy(tt.behave)
+				defer p.Close()
+				p.upstream.policy.limit = tt.limit
+				if tt.limit == 0 {
+					p.upstream.policy.hedge = hedgePolicy{mode: hedgeOff}
+				}
+				w := serveOne(p, httptest.NewRequest("GET", "/k", nil))
+				if w.Code != 200 || w.Body.String() != string(body) {
+					t.Fatalf("client got %d %q", w.Code, w.Body)
+				}
+				if got := strings.Join(*seen, " "); got != tt.seen {
+					t.Errorf("addresses asked in order: %s, want %s", got, tt.seen)
+				}
+			})
+		})
+	}
+	t.Run("a hedge that lost to an answer is no evidence", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			p, _ := frontsProxy(func(addr string, r *http.Request) (*http.Response, error) {
+				if !hold(r, 40*time.Millisecond) {
+					return nil, r.Context().Err()
+				}
+				return ok(r)
+			})
+			defer p.Close()
+			fs := p.upstream.fronts.frontEndsOf("https", p.routes[0].host)
+			serveOne(p, httptest.NewRequest("GET", "/k", nil)) // resolves
+			fs.mu.Lock()
+			second := fs.addrs[1]
+			second.probation = true
+			fs.mu.Unlock()
+			for range 10 {
+				serveOne(p, httptest.NewRequest("GET", "/k", nil))
+			}
+			if _, _, leftOut := fs.tally(); leftOut != 0 {
+				t.Errorf("hedges cancelled by the first attempt's answer left %d address out", leftOut)
+			}
+		})
+	})
+}
+
+// TestJudgeFrontFailuresReadRight: the reason an address is left out for
+// failures reads right for one (on probation) and for more.
+func TestJudgeFrontFailuresReadRight(t *testing.T) {
+	tests := []struct {
+		name      string
+		failures  int
+		probation bool
+		want      string
+	}{
+		{"one on probation", 1, true, "1 failure in a row (connect errors, timeouts, resets, 5xx, broken bodies)"},
+		{"two", failuresToLeaveOut, false, "2 failures in a row (connect errors, timeouts, resets, 5xx, broken bodies)"},
+		{"three on probation", 3, true, "3 failures in a row (connect errors, timeouts, resets, 5xx, broken bodies)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fs := &frontEnds{}
+			fe := &frontEnd{set: fs, failures: tt.failures, probation: tt.probation}
+			if got := fs.judgeFront(fe); got != tt.want {
+				t.Errorf("judgeFront(failures %d, probation %v) = %q, want %q", tt.failures, tt.probation, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestFrontEndsResolveAgainOnUse: what the README says of re-resolution. A
+// name is resolved again only when a request finds the last answer older
+// than frontEndRefresh, in the background: that request does not wait for
+// DNS, and an idle name is not resolved at all.
+func TestFrontEndsResolveAgainOnUse(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		td := newTestDoor(4)
+		defer td.background.close()
+		resolve := td.resolve
+		release := make(chan struct{})
+		td.resolve = func(ctx context.Context, host string) ([]netip.Addr, error) {
+			if td.lookups > 0 { // every lookup after the first hangs until released
+				select {
+				case <-release:
+				case <-ctx.Done():
+				}
+			}
+			return resolve(ctx, host)
+		}
+		td.serve(t, 1, healthy("", nil))
+		time.Sleep(10 * frontEndRefresh)
+		synctest.Wait()
+		if td.lookups != 1 {
+			t.Errorf("%d lookups after %v idle, want 1: no request, no resolution", td.lookups, 10*frontEndRefresh)
+		}
+		start := time.Now()
+		td.serve(t, 1, healthy("", nil)) // finds the answer old: starts a lookup, which hangs
+		if waited := time.Since(start); waited != 0 {
+			t.Errorf("the request that found the answer old waited %v for DNS, want 0", waited)
+		}
+		close(release)
+		synctest.Wait()
+		if td.lookups != 2 {
+			t.Errorf("%d lookups, want 2", td.lookups)
+		}
+	})
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Join(strings.Fields(string(readme)), " ")
+	if want := "resolves it again when a request finds the last answer older than 5 s: in the background, without holding that request"; !strings.Contains(text, want) {
+		t.Errorf("README's \"S3's front ends\" lacks %q", want)
 	}
 }

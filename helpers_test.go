@@ -246,7 +246,11 @@ func readPackets(t *testing.T, ln *net.UDPConn, wantLines int) []string {
 }
 
 func envFrom(m map[string]string) func(string) string {
-	return func(k string) string { return m[k] }
+	var environ []string
+	for k, v := range m {
+		environ = append(environ, k+"="+v)
+	}
+	return getenvOf(environ)
 }
 
 // daemon is run() in a goroutine.

@@ -43,7 +43,7 @@ const (
 // (there is no configuration to reload: a restart reads it).
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	err := run(ctx, os.Args[1:], getenvOf(os.Environ()), os.Stdout, os.Stderr)
 	stop()
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)
@@ -344,7 +344,9 @@ func listenAndServe(ctx context.Context, cfg config, passed inherited, proxy *Pr
 // listenProxy binds -listen: TCP, or a Unix socket with -socket-mode.
 func listenProxy(cfg config) (net.Listener, error) {
 	if cfg.listenNetwork == "unix" {
-		removeStaleSocket(cfg.listenAddress)
+		if err := removeStaleSocket(cfg.listenAddress); err != nil {
+			return nil, fmt.Errorf("-listen %q: %w", cfg.listen, err)
+		}
 	}
 	ln, err := net.Listen(cfg.listenNetwork, cfg.listenAddress)
 	if err != nil {
@@ -357,8 +359,45 @@ func listenProxy(cfg config) (net.Listener, error) {
 			ln.Close()
 			return nil, fmt.Errorf("-socket-mode %s: %w", cfg.socketMode, err)
 		}
+		return ownSocket(ln.(*net.UnixListener), cfg.listenAddress), nil
 	}
 	return ln, nil
+}
+
+// ownedSocket is a Unix listener that removes its socket file on Close
+// only while the file is still its own: a process that replaced it (a
+// restart that overlapped) keeps serving on it.
+type ownedSocket struct {
+	*net.UnixListener
+	path  string
+	inode uint64
+}
+
+// ownSocket takes over removing path from ln.
+func ownSocket(ln *net.UnixListener, path string) net.Listener {
+	ln.SetUnlinkOnClose(false)
+	return &ownedSocket{UnixListener: ln, path: path, inode: inodeOf(path)}
+}
+
+// Close closes the listener and removes the socket file if it is ours.
+func (o *ownedSocket) Close() error {
+	err := o.UnixListener.Close()
+	if ino := inodeOf(o.path); ino != 0 && ino == o.inode {
+		os.Remove(o.path)
+	}
+	return err
+}
+
+// inodeOf is path's inode number; 0 when it cannot be read.
+func inodeOf(path string) uint64 {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return 0
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Ino
+	}
+	return 0
 }
 
 // serving is one server and the listener it serves.
@@ -440,11 +479,19 @@ func isLoopbackListener(a net.Addr) bool {
 }
 
 // removeStaleSocket removes a socket file left by a previous run; it never
-// removes anything that is not a socket.
-func removeStaleSocket(path string) {
-	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
-		os.Remove(path)
+// removes anything that is not a socket, nor a socket a process still
+// serves: that is an error.
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if err != nil || fi.Mode()&os.ModeSocket == 0 {
+		return nil
 	}
+	if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		conn.Close()
+		return fmt.Errorf("another process serves the socket %s (an s3-helper still running?): stop it, or choose another -listen path", path)
+	}
+	os.Remove(path)
+	return nil
 }
 
 // adminHandler serves /healthz, /metrics (Prometheus) and, with withPprof,

@@ -147,6 +147,58 @@ func TestUnixSocketListener(t *testing.T) {
 	}
 }
 
+// TestUnixSocketNotTakenOver: a second s3-helper on a socket another one
+// serves is refused, naming the socket; when the first stops, the socket
+// file goes with it; a stale one left by a killed process is replaced.
+func TestUnixSocketNotTakenOver(t *testing.T) {
+	_, srv := newFakeS3(t)
+	sock := filepath.Join(t.TempDir(), "s3-helper.sock")
+	args := []string{"-listen", "unix:" + sock, "-bucket", testBucket, "-region", "us-east-1", "-endpoint", srv.URL}
+	first := startDaemon(t, args, staticEnv())
+	err := run(t.Context(), args, envFrom(staticEnv()), io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "another process serves the socket "+sock) {
+		t.Fatalf("a second s3-helper on a served socket = %v, want it refused", err)
+	}
+	if conn, err := net.Dial("unix", sock); err != nil {
+		t.Fatalf("the first s3-helper lost its socket: %v", err)
+	} else {
+		conn.Close()
+	}
+	first.stop()
+	<-first.done
+	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
+		t.Errorf("the socket file outlived its s3-helper: %v", err)
+	}
+	stale, err := net.Listen("unix", sock) // a process killed with its socket left behind
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.(*net.UnixListener).SetUnlinkOnClose(false)
+	stale.Close()
+	startDaemon(t, args, staticEnv())
+}
+
+// TestOwnedSocketKeepsAReplacement: a socket file that another process
+// replaced is not removed when the old listener closes.
+func TestOwnedSocketKeepsAReplacement(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	owned := ownSocket(ln.(*net.UnixListener), sock)
+	os.Remove(sock)
+	other, err := net.Listen("unix", sock) // the replacement
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	owned.Close()
+	if _, err := os.Lstat(sock); err != nil {
+		t.Errorf("closing the old listener removed the replacement's socket: %v", err)
+	}
+}
+
 func TestVersionAndPresign(t *testing.T) {
 	var out bytes.Buffer
 	if err := run(t.Context(), []string{"-version"}, envFrom(nil), &out, io.Discard); err != nil || !strings.HasPrefix(out.String(), "s3-helper "+releaseVersion) {

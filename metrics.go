@@ -11,7 +11,6 @@ package main
 
 import (
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -367,9 +366,21 @@ func (m *Metrics) GaugeSet(id metricID, values []string, read func(i int) int64)
 	}
 }
 
-// statsdSegment makes a configured value one statsd name segment: '.'
-// would split it, so it becomes '_'.
-func statsdSegment(v string) string { return strings.ReplaceAll(v, ".", "_") }
+// statsdSegment makes a configured value (a bucket name, an access
+// point's ARN) one statsd name segment: every byte outside A-Z a-z 0-9 _ -
+// becomes '_'. '.' would split the segment, and ':', '|', '@' and '#' end
+// the name in the line format; a Multi-Region Access Point ARN
+// (arn:aws:s3::111122223333:accesspoint/mfzwi23gnjvgw.mrap) has ':' and
+// '/', and bytes past ASCII mean nothing to a statsd server either.
+func statsdSegment(v string) string {
+	b := []byte(v)
+	for i, c := range b {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
+			b[i] = '_'
+		}
+	}
+	return string(b)
+}
 
 // gaugeSetOf returns the registered set of id.
 func (m *Metrics) gaugeSetOf(id metricID) gaugeSet {

@@ -56,7 +56,7 @@ type attemptFacts struct {
 
 // answer is what the facts give the client when they are passed on.
 func (f *attemptFacts) answer() upstreamAnswer {
-	return upstreamAnswer{resp: f.resp, status: f.status, s3: f.s3}
+	return upstreamAnswer{resp: f.resp, status: f.status, s3: f.s3, front: f.front}
 }
 
 // upstreamAnswer is what S3 answered an exchange: a response whose body is
@@ -67,6 +67,8 @@ type upstreamAnswer struct {
 	// status and s3 describe an error answer.
 	status int
 	s3     s3ErrorDetails
+	// front is the front end that answered; nil for the shared transport.
+	front *frontEnd
 }
 
 // statusCode is S3's status on the answer.

@@ -61,11 +61,14 @@ func badRequest(err error) *proxyError { return &proxyError{kind: kindClient, er
 
 // exchange is the state of one client request.
 type exchange struct {
-	start       time.Time
-	method      string
-	remote      string
-	key         string
-	rangeHeader string
+	start  time.Time
+	method string
+	remote string
+	// key is the client's, relative to its route; bucket and s3Key are
+	// the object S3 was asked for (the copy that answered, after a
+	// failover).
+	key, bucket, s3Key string
+	rangeHeader        string
 	// status is what the client was answered.
 	status int
 	// upstreamStatus is S3's status on the response the client's answer
@@ -226,6 +229,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	answer, tr, err := p.upstream.fetch(r.Context(), &up)
 	x.add(tr, true)
+	x.bucket = up.route.bucket
 	if err != nil {
 		p.fail(w, r, &x, err)
 		return
@@ -246,7 +250,7 @@ func (p *Proxy) upstreamFor(r *http.Request, x *exchange) (upstreamRequest, erro
 		x.rangeHeader = vs[0]
 	}
 	rt, key, err := mapPath(p.routes, r.URL.Path)
-	x.key = key
+	x.key, x.bucket, x.s3Key = key, rt.bucket, rt.keyPrefix+key
 	if err != nil {
 		return upstreamRequest{}, badRequest(err)
 	}
@@ -281,7 +285,7 @@ func (p *Proxy) respond(w http.ResponseWriter, r *http.Request, answer upstreamA
 		resp.Body.Close()
 		return
 	}
-	p.stream(r.Context(), w, resp, up, x)
+	p.stream(r.Context(), w, answer, up, x)
 }
 
 // note records in x the answer err gives the client, and returns it.
@@ -340,6 +344,8 @@ func (p *Proxy) finish(ctx context.Context, x *exchange) {
 	attrs := []slog.Attr{
 		slog.String("method", clip(x.method, maxLoggedMethodBytes)),
 		slog.String("key", clip(x.key, maxKeyBytes)),
+		slog.String("bucket", x.bucket),
+		slog.String("s3_key", clip(x.s3Key, maxKeyBytes)),
 		slog.Int("status", status),
 		slog.Int("upstream_status", x.upstreamStatus),
 		slog.Int64("bytes", x.bytes),
@@ -376,12 +382,12 @@ func (p *Proxy) getBuffer() *[]byte {
 // When that is impossible the client connection is aborted: the status was
 // sent, and a broken connection is the only honest answer left
 // (httputil.ReverseProxy does the same), never a short body that looks
-// complete.
-func (p *Proxy) stream(ctx context.Context, w http.ResponseWriter, resp *http.Response, up *upstreamRequest, x *exchange) {
+// complete. A body that fails counts against the front end it came from.
+func (p *Proxy) stream(ctx context.Context, w http.ResponseWriter, answer upstreamAnswer, up *upstreamRequest, x *exchange) {
 	buf := p.getBuffer()
 	defer p.bufs.Put(buf)
-	plan, resumable := planResume(resp)
-	body := resp.Body
+	plan, resumable := planResume(answer.resp)
+	body, front := answer.resp.Body, answer.front
 	defer func() { body.Close() }()
 	for {
 		n, err := copyBody(w, body, *buf)
@@ -394,11 +400,13 @@ func (p *Proxy) stream(ctx context.Context, w http.ResponseWriter, resp *http.Re
 			p.note(x, clientGone(fmt.Errorf("client went away after %d bytes: %w", x.bytes, err)))
 			return
 		case !resumable || plan.complete():
+			front.bodyFailed()
 			p.metrics.UpstreamError(kindBody)
 			p.abort(x, fmt.Errorf("upstream body failed after %d bytes, aborting the client response: %w", x.bytes, err))
 		}
+		front.bodyFailed()
 		p.log.Info("resuming upstream body", "key", x.key, "after_bytes", x.bytes, "err", err)
-		answer, tr, rerr := p.upstream.resume(ctx, up, plan.rest(), x.resumes)
+		answer, tr, rerr := p.upstream.resume(ctx, up, plan.rest(), x.resumes, front)
 		x.add(tr, false)
 		var next io.ReadCloser
 		switch {
@@ -406,6 +414,7 @@ func (p *Proxy) stream(ctx context.Context, w http.ResponseWriter, resp *http.Re
 			p.abort(x, fmt.Errorf("upstream body failed after %d bytes and %w, aborting the client response: %w", x.bytes, rerr, err))
 		case rerr == nil:
 			x.resumes++
+			front = answer.front
 			next, rerr = plan.acceptRest(answer.resp, answer.status)
 		default:
 			x.resumes++

@@ -114,6 +114,10 @@ func TestProxyRejections(t *testing.T) {
 		{"NUL", "GET", "/a%00b", nil, 400},
 		{"control character", "GET", "/a%0Ab", nil, 400},
 		{"DEL", "GET", "/a%7Fb", nil, 400},
+		{"C1 NEL", "GET", "/a%C2%85b", nil, 400},
+		{"C1 CSI", "GET", "/a%C2%9B31m", nil, 400},
+		{"C1 first", "GET", "/%C2%80", nil, 400},
+		{"C1 last", "GET", "/a%C2%9Fb", nil, 400},
 		{"invalid UTF-8", "GET", "/a%FFb", nil, 400},
 		{"overlong UTF-8", "GET", "/%C0%AE%C0%AE/x", nil, 400},
 		{"key too long", "GET", "/" + long, nil, 400},
@@ -1197,6 +1201,17 @@ func replicaProxy(s *scriptedS3) (*Proxy, *syncBuffer) {
 	return p, logs
 }
 
+// lastTo is the last request s saw at a host starting with prefix.
+func lastTo(s *scriptedS3, prefix string) scriptedRequest {
+	var last scriptedRequest
+	for _, r := range s.seen() {
+		if strings.HasPrefix(r.host, prefix) {
+			last = r
+		}
+	}
+	return last
+}
+
 // hostCounts counts the requests each bucket's host saw.
 func hostCounts(s *scriptedS3) (primary, replica int) {
 	for _, r := range s.seen() {
@@ -1256,7 +1271,7 @@ func TestFailoverToTheReplica(t *testing.T) {
 			t.Errorf("the request that found the probe due got %q, want the replica's", got)
 		}
 		synctest.Wait() // the probe: still failing
-		if primary, _ := hostCounts(s); primary != before+1 || s.seen()[len(s.seen())-1].method != http.MethodHead {
+		if primary, _ := hostCounts(s); primary != before+1 || lastTo(s, "media-bucket.").method != http.MethodHead {
 			t.Errorf("the probe cost the primary %d requests, want one HEAD", primary-before)
 		}
 		primaryUp.Store(true)
@@ -1341,4 +1356,17 @@ func TestFailoverOnConnectErrorsButNotMidBody(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestAccessLogNamesTheObject: the access log line names the bucket and
+// the whole key S3 was asked for, beside the client's key.
+func TestAccessLogNamesTheObject(t *testing.T) {
+	tp := newTestProxy(t)
+	tp.s3.put("ads/spot.mp4", []byte("an ad"))
+	if resp, _ := get(t, "GET", tp.url+"/avod/spot.mp4", nil); resp.StatusCode != 200 {
+		t.Fatalf("GET = %d", resp.StatusCode)
+	}
+	if !tp.logs.waitFor("key=spot.mp4 bucket=media s3_key=ads/spot.mp4") {
+		t.Errorf("the access log does not name the object:\n%s", tp.logs)
+	}
 }

@@ -229,9 +229,11 @@ func checkClientKey(key string) error {
 	if !utf8.ValidString(key) {
 		return fmt.Errorf("%w: not valid UTF-8", errInvalidKey)
 	}
-	for i := 0; i < len(key); i++ {
-		if c := key[i]; c < 0x20 || c == 0x7f {
-			return fmt.Errorf("%w: control character 0x%02x at byte %d", errInvalidKey, c, i)
+	for i, r := range key {
+		// C0 (below U+0020), DEL and C1 (U+0080 to U+009F, two bytes in
+		// UTF-8: %C2%85 is NEL, a line break to some log readers).
+		if r < 0x20 || r >= 0x7f && r <= 0x9f {
+			return fmt.Errorf("%w: control character %U at byte %d", errInvalidKey, r, i)
 		}
 	}
 	for seg := range strings.SplitSeq(key, "/") {

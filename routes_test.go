@@ -136,3 +136,60 @@ func TestMultiRegionAccessPointARN(t *testing.T) {
 		t.Errorf("access point behind -endpoint: host %q, uri %q", rt.host, rt.uri("k.mp4"))
 	}
 }
+
+// TestReplicaInTheRegionUsesTheEndpoint: a replica in -region is reached
+// at -endpoint (a VPC endpoint serves the region), unless
+// -region-endpoint names the region; one in another region at its own.
+func TestReplicaInTheRegionUsesTheEndpoint(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		args []string
+		host string
+	}{
+		{"same region: -endpoint", []string{"-endpoint", "http://10.0.0.5:9000", "-replica", "media=media-copy@us-east-1"}, "10.0.0.5:9000"},
+		{"same region, -region-endpoint wins", []string{"-endpoint", "http://10.0.0.5:9000", "-replica", "media=media-copy@us-east-1",
+			"-region-endpoint", "us-east-1=http://10.0.0.6:9000"}, "10.0.0.6:9000"},
+		{"another region: its own", []string{"-endpoint", "http://10.0.0.5:9000", "-replica", "media=media-copy@us-west-2"}, "media-copy.s3.us-west-2.amazonaws.com"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := testExpressConfig(t, append([]string{"-bucket", "media"}, tt.args...)...)
+			routes := newRoutes(cfg)
+			if got := routes[0].replicas[0].host; got != tt.host {
+				t.Errorf("the replica is reached at %s, want %s", got, tt.host)
+			}
+		})
+	}
+}
+
+// TestCheckClientKey: control characters are refused in all three ranges
+// (C0, DEL, C1), and the characters just past them are keys like others.
+func TestCheckClientKey(t *testing.T) {
+	tests := []struct {
+		name, key string
+		ok        bool
+	}{
+		{"plain", "videos/a.mp4", true},
+		{"space", "a b.mp4", true},
+		{"tilde", "a~b", true},
+		{"no-break space U+00A0", "a\u00a0b", true},
+		{"latin U+00E9", "caf\u00e9.mp4", true},
+		{"C0 line feed", "a\nb", false},
+		{"C0 unit separator", "a\x1fb", false},
+		{"DEL", "a\x7fb", false},
+		{"C1 first U+0080", "a\u0080b", false},
+		{"C1 NEL U+0085", "a\u0085b", false},
+		{"C1 CSI U+009B", "a\u009b31m", false},
+		{"C1 last U+009F", "a\u009fb", false},
+		{"dot-dot", "a/../b", false},
+		{"invalid UTF-8", "a\xffb", false},
+	}
+	for _, tt := range tests {
+		err := checkClientKey(tt.key)
+		if (err == nil) != tt.ok || err != nil && !errors.Is(err, errInvalidKey) {
+			t.Errorf("%s: checkClientKey(%q) = %v, want ok=%v", tt.name, tt.key, err, tt.ok)
+		}
+	}
+	if err := checkClientKey("a\u0085b"); err == nil || !strings.Contains(err.Error(), "U+0085 at byte 1") {
+		t.Errorf("checkClientKey(NEL) = %v, want it to name U+0085 at byte 1", err)
+	}
+}

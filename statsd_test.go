@@ -119,3 +119,41 @@ func BenchmarkMetricsAppend(b *testing.B) {
 		m.Count("requests.GET.206", 1)
 	}
 }
+
+// TestStatsdSegment: a configured value becomes one statsd name segment
+// of A-Z a-z 0-9 _ - only, whatever the bucket or access point is called.
+func TestStatsdSegment(t *testing.T) {
+	tests := []struct{ name, in, want string }{
+		{"plain", "media", "media"},
+		{"dots", "my.media.bucket", "my_media_bucket"},
+		{"directory bucket", "media--use1-az4--x-s3", "media--use1-az4--x-s3"},
+		{"legacy name", "Legacy_Bucket", "Legacy_Bucket"},
+		{"Multi-Region Access Point ARN", "arn:aws:s3::111122223333:accesspoint/mfzwi23gnjvgw.mrap",
+			"arn_aws_s3__111122223333_accesspoint_mfzwi23gnjvgw_mrap"},
+		{"line format bytes", "a|b@c#d e\nf", "a_b_c_d_e_f"},
+		{"past ASCII, byte by byte", "caf\u00e9", "caf__"},
+	}
+	for _, tt := range tests {
+		if got := statsdSegment(tt.in); got != tt.want {
+			t.Errorf("%s: statsdSegment(%q) = %q, want %q", tt.name, tt.in, got, tt.want)
+		}
+	}
+}
+
+// TestStatsdGaugeSetNames: bucket gauges named after an access point's ARN
+// and a directory bucket are well-formed statsd lines, one segment each.
+func TestStatsdGaugeSetNames(t *testing.T) {
+	ln, conn := udpListener(t)
+	m := newMetrics(newStatsdEmitter(conn, "s3helper", "", time.Hour), false)
+	buckets := []string{"arn:aws:s3::111122223333:accesspoint/mfzwi23gnjvgw.mrap", "media--use1-az4--x-s3"}
+	m.GaugeSet(mBucketUp, buckets, func(int) int64 { return 1 })
+	if err := m.statsd.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(readPackets(t, ln, 2), "")
+	want := "s3helper.upstream.bucket_up.arn_aws_s3__111122223333_accesspoint_mfzwi23gnjvgw_mrap:1|g\n" +
+		"s3helper.upstream.bucket_up.media--use1-az4--x-s3:1|g\n"
+	if got != want {
+		t.Errorf("packet:\n%s\nwant:\n%s", got, want)
+	}
+}

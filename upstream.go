@@ -76,10 +76,11 @@ var (
 	errNoBudget    = errors.New("the retry budget is empty")
 )
 
-// resume fetches the rest of a response whose body failed, given how
-// often it was resumed already: within the policy's limit and paid from
-// the budget, refunded if S3 serves the rest.
-func (c *s3Client) resume(ctx context.Context, up *upstreamRequest, rest *restOfResponse, resumes int) (upstreamAnswer, fetchTrace, error) {
+// resume fetches the rest of a response whose body failed at the front
+// end broken, given how often it was resumed already: within the policy's
+// limit and paid from the budget, refunded if S3 serves the rest, from
+// another address when there is one.
+func (c *s3Client) resume(ctx context.Context, up *upstreamRequest, rest *restOfResponse, resumes int, broken *frontEnd) (upstreamAnswer, fetchTrace, error) {
 	var tr fetchTrace
 	c.metrics.UpstreamError(kindBody)
 	if !c.policy.resume(resumes) {
@@ -91,7 +92,7 @@ func (c *s3Client) resume(ctx context.Context, up *upstreamRequest, rest *restOf
 		return upstreamAnswer{}, tr, errNoBudget
 	}
 	c.metrics.Inc(mResumes)
-	answer, err := c.fetchCopies(ctx, up.resumeOf(rest), &tr, tok)
+	answer, err := c.fetchCopies(ctx, up.resumeOf(rest, broken), &tr, tok)
 	return answer, tr, err
 }
 
@@ -196,7 +197,7 @@ func (c *s3Client) fetchFrom(ctx context.Context, up *upstreamRequest, tr *fetch
 	w := c.witness(ctx, health)
 	defer w.end()
 	tried := retryState{}
-	var last *frontEnd // a retry goes to another front end
+	last := up.avoid // a retry goes to another front end
 	for {
 		if ctx.Err() != nil { // the client left before another attempt
 			return upstreamAnswer{}, noEvidence, clientGone(ctx.Err())
