@@ -11,8 +11,9 @@ package main
 //	down   a request finds the probe due                  one background probe is sent
 //	down   the probe (or any fetch) served                up: it takes its traffic back
 //	down   the probe failed                               the next probe in probeInterval, jittered
-//	any    client gone, no credentials, budget refusal,   nothing
-//	       an attempt the hedge race cancelled
+//	any    client gone (no witness stayed), no           nothing
+//	       credentials, the budget refusing the retry of
+//	       a 5xx, an attempt the hedge race cancelled
 //
 // A region that hangs is found whatever the clients' patience: when a
 // client leaves while its attempt waits on S3, up to markDownAfter such
