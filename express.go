@@ -102,7 +102,7 @@ func withDialAddrs(t *leanTransport, routes []route) *leanTransport {
 		return t
 	}
 	return &leanTransport{addr: t.addr, dialAddrs: addrs, dial: t.dial, timeout: t.timeout, tlsConfig: t.tlsConfig,
-		maxIdlePerHost: t.maxIdlePerHost, maxIdle: t.maxIdle, idleTimeout: t.idleTimeout, now: t.now}
+		maxIdlePerHost: t.maxIdlePerHost, maxIdle: t.maxIdle, maxIdleTime: t.maxIdleTime, now: t.now}
 }
 
 // withSessions gives every route (and replica) to a directory bucket the

@@ -354,6 +354,6 @@ func newUpstreamTransport(timeout time.Duration) *leanTransport {
 		tlsConfig:      &tls.Config{MinVersion: tls.VersionTLS12},
 		maxIdle:        maxIdleConns,
 		maxIdlePerHost: maxIdleConnsPerHost,
-		idleTimeout:    upstreamIdleTimeout,
+		maxIdleTime:    upstreamIdleTimeout,
 	}
 }
