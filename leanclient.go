@@ -25,7 +25,8 @@ package main
 // A connection goes back to its pool only after its response was read to
 // its end, with nothing after it, no Connection: close, and its request's
 // context not ended (which closes the connection at once: a hedge race and
-// a client gone rely on that).
+// a client gone rely on that); it is taken again only if a peek finds
+// nothing arrived while it was idle (stale).
 
 import (
 	"context"
@@ -58,8 +59,8 @@ type leanTransport struct {
 	dialAddrs map[string]string
 	// dial connects; nil means a net.Dialer with timeout and tcpKeepAlive.
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)
-	// timeout bounds a dial, a TLS handshake and the wait for a response's
-	// head once the request was written; zero means no bound.
+	// timeout bounds a dial, a TLS handshake, and the request's write with
+	// the wait for its response's head; zero means no bound.
 	timeout time.Duration
 	// tlsConfig is cloned for each TLS connection with the host's server
 	// name; nil means TLS 1.2 or newer and the system's roots.
@@ -141,8 +142,9 @@ func checkLeanRequest(req *http.Request) error {
 	return nil
 }
 
-// CloseIdleConnections closes every idle connection; connections in use
-// close when their response ends.
+// CloseIdleConnections closes every idle connection; one in use goes
+// back to the pool when its response ends (as net/http's do), and is
+// closed maxIdleTime later unless used again.
 func (t *leanTransport) CloseIdleConnections() {
 	t.mu.Lock()
 	idle := t.idle
@@ -171,32 +173,35 @@ func (t *leanTransport) conn(ctx context.Context, key leanKey, fresh bool) (*lea
 }
 
 // takeIdle takes the most recently used idle connection to key's host
-// that is still alive; nil when there is none. One idle for maxIdleTime
-// is the sweeper's to close.
+// that can still carry a request; nil when there is none. One idle for
+// maxIdleTime is the sweeper's to close.
 func (t *leanTransport) takeIdle(key leanKey) *leanConn {
-	var expired []*leanConn
-	defer func() {
-		for _, c := range expired { // a TLS close writes: not under the lock
-			c.close()
+	for {
+		c := t.popIdle(key)
+		if c == nil {
+			return nil
 		}
-	}()
+		if !c.dead.Load() && !c.stale() {
+			c.reused = true
+			return c
+		}
+		c.close() // a TLS close writes: not under the lock
+	}
+}
+
+// popIdle takes key's most recently used idle connection off the pool.
+func (t *leanTransport) popIdle(key leanKey) *leanConn {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	cs := t.idle[key]
-	for len(cs) > 0 {
-		c := cs[len(cs)-1]
-		cs[len(cs)-1] = nil
-		cs = cs[:len(cs)-1]
-		t.idleN--
-		t.idle[key] = cs
-		if c.dead.Load() {
-			expired = append(expired, c)
-			continue
-		}
-		c.reused = true
-		return c
+	if len(cs) == 0 {
+		return nil
 	}
-	return nil
+	c := cs[len(cs)-1]
+	cs[len(cs)-1] = nil
+	t.idle[key] = cs[:len(cs)-1]
+	t.idleN--
+	return c
 }
 
 // putIdle keeps c for the next request to its host, or closes it when the
@@ -298,6 +303,7 @@ func (t *leanTransport) dialConn(ctx context.Context, key leanKey) (*leanConn, e
 	}
 	c := &leanConn{leanReader: leanReader{conn: raw, bufs: &t.bufs}, key: key, raw: raw,
 		backToPool: t.putIdle, headTimeout: t.timeout}
+	c.watchIdle()
 	c.interrupt = func() {
 		c.dead.Store(true)
 		c.raw.Close()
@@ -323,7 +329,7 @@ func (t *leanTransport) dialConn(ctx context.Context, key leanKey) (*leanConn, e
 	c.under = &underTLS{Conn: raw}
 	tc := tls.Client(c.under, cfg)
 	if t.timeout > 0 {
-		raw.SetDeadline(t.now.read().Add(t.timeout))
+		raw.SetDeadline(time.Now().Add(t.timeout)) // the network's clock, never a test's
 	}
 	if err := tc.HandshakeContext(ctx); err != nil {
 		c.close()

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -245,31 +246,172 @@ func TestLeanRetriesAReusedConnectionTheServerClosed(t *testing.T) {
 	}
 }
 
-// TestLeanLeftoverBytesAreNoAnswer: bytes that arrive after a response
-// that was longer than it said are found when the connection is used
-// again: that connection is dropped and the request sent on a new one.
-func TestLeanLeftoverBytesAreNoAnswer(t *testing.T) {
+// TestLeanIdleConnectionThatSpoke: bytes that arrive on an idle
+// connection (a whole response nobody asked for, a 408 before a close,
+// the rest of a response longer than it said) are no answer to the next
+// request: the peek when the connection is taken drops it, and the
+// request goes out on a new one. Read as an answer, they would serve one
+// object's bytes for another and keep the connection a response behind.
+func TestLeanIdleConnectionThatSpoke(t *testing.T) {
+	for _, tt := range []struct {
+		name, after string
+		close       bool
+	}{
+		{name: "a response nobody asked for", after: "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nSTALE"},
+		{name: "a 408, then the end", after: "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", close: true},
+		{name: "bytes after the body", after: "garbage after the body"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			read, spoke := make(chan struct{}), make(chan struct{})
+			s := newRawServer(t, func(conn int, req *http.Request, c net.Conn) bool {
+				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.URL.Path), req.URL.Path)
+				if conn == 1 && req.URL.Path == "/first" {
+					<-read
+					io.WriteString(c, tt.after)
+					close(spoke)
+					return !tt.close
+				}
+				return true
+			})
+			lt := testLean(5 * time.Second)
+			defer lt.CloseIdleConnections()
+			if _, body, err := leanGet(t, lt, "GET", s.url()+"/first"); err != nil || string(body) != "/first" {
+				t.Fatalf("first: %q, %v", body, err)
+			}
+			close(read)
+			<-spoke
+			waitReadable(t, lt, leanKey{host: strings.TrimPrefix(s.url(), "http://")})
+			for _, path := range []string{"/second", "/third"} {
+				if _, body, err := leanGet(t, lt, "GET", s.url()+path); err != nil || string(body) != path {
+					t.Fatalf("%s: %q, %v; want %q", path, body, err, path)
+				}
+			}
+			if n := s.conns.Load(); n != 2 {
+				t.Errorf("%d connections, want 2", n)
+			}
+		})
+	}
+}
+
+// waitReadable waits until key's idle connection has something to read
+// (bytes, or its end), without reading it.
+func waitReadable(t *testing.T, lt *leanTransport, key leanKey) {
+	t.Helper()
+	lt.mu.Lock()
+	cs := lt.idle[key]
+	lt.mu.Unlock()
+	if len(cs) != 1 || cs[0].sys == nil {
+		t.Fatalf("%d idle connections, want 1 with a descriptor", len(cs))
+	}
+	var b [1]byte
+	err := cs[0].sys.Read(func(fd uintptr) bool {
+		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return !errors.Is(err, syscall.EAGAIN) // false: wait until readable
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLeanEndWithTheLastBytes: a connection whose end comes with a body's
+// last bytes (crypto/tls reads a close_notify behind them) is not given
+// back to the pool.
+func TestLeanEndWithTheLastBytes(t *testing.T) {
+	lt := testLean(5 * time.Second)
+	lt.dial = func(context.Context, string, string) (net.Conn, error) {
+		return &chunkConn{reads: []string{"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", "hello"}}, nil
+	}
+	_, body, err := leanGet(t, lt, "GET", "http://s3.test/key")
+	if err != nil || string(body) != "hello" {
+		t.Fatalf("%q, %v; want hello", body, err)
+	}
+	if n := lt.idleConns(leanKey{host: "s3.test"}); n != 0 {
+		t.Errorf("%d idle connections, want 0: the connection had ended", n)
+	}
+}
+
+// chunkConn returns its reads one per Read, the last with io.EOF.
+type chunkConn struct {
+	scriptConn
+	reads []string
+}
+
+func (c *chunkConn) Read(p []byte) (int, error) {
+	if len(c.reads) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, c.reads[0])
+	if c.reads = c.reads[1:]; len(c.reads) == 0 {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// TestLeanBadRequestKeepsTheConnection: a request refused before it was
+// written leaves its idle connection to the next request.
+func TestLeanBadRequestKeepsTheConnection(t *testing.T) {
 	s := newRawServer(t, func(conn int, req *http.Request, c net.Conn) bool {
-		if conn == 1 && req.URL.Path == "/first" {
-			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-			time.Sleep(50 * time.Millisecond)
-			io.WriteString(c, "garbage after the body")
-			return true
-		}
-		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 		return true
 	})
 	lt := testLean(5 * time.Second)
 	defer lt.CloseIdleConnections()
-	if _, body, err := leanGet(t, lt, "GET", s.url()+"/first"); err != nil || string(body) != "ok" {
-		t.Fatalf("first: %q, %v", body, err)
+	if _, _, err := leanGet(t, lt, "GET", s.url()+"/first"); err != nil {
+		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond)
-	if _, body, err := leanGet(t, lt, "GET", s.url()+"/second"); err != nil || string(body) != "next" {
+	req, _ := http.NewRequestWithContext(t.Context(), "GET", s.url()+"/bad", nil)
+	req.Header.Set("X-Bad", "a\x00b")
+	if _, err := lt.RoundTrip(req); err == nil || !strings.Contains(err.Error(), "invalid header field value") {
+		t.Fatalf("a NUL in a value: %v, want refused", err)
+	}
+	if _, body, err := leanGet(t, lt, "GET", s.url()+"/second"); err != nil || string(body) != "ok" {
 		t.Fatalf("second: %q, %v", body, err)
 	}
-	if n := s.conns.Load(); n != 2 {
-		t.Errorf("%d connections, want 2", n)
+	if n := s.conns.Load(); n != 1 {
+		t.Errorf("%d connections, want 1", n)
+	}
+}
+
+// TestLeanCloseAfterTheEnd: a Close from another goroutine, finding a
+// Read holding the body, interrupts the connection only if the body has
+// not ended: once it ended, the connection is the pool's (and maybe
+// another request's); one it claimed first never goes back to the pool.
+func TestLeanCloseAfterTheEnd(t *testing.T) {
+	s := newRawServer(t, func(conn int, req *http.Request, c net.Conn) bool {
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		return true
+	})
+	lt := testLean(5 * time.Second)
+	defer lt.CloseIdleConnections()
+	key := leanKey{host: strings.TrimPrefix(s.url(), "http://")}
+	get := func() *leanBody {
+		req, _ := http.NewRequestWithContext(t.Context(), "GET", s.url()+"/", nil)
+		resp, err := lt.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Body.(*leanBody)
+	}
+	b := get()
+	if body, err := io.ReadAll(b); err != nil || string(body) != "ok" {
+		t.Fatalf("%q, %v", body, err)
+	}
+	if b.claim() {
+		t.Error("a body that ended was claimed: its pooled connection would be interrupted")
+	}
+	if n := lt.idleConns(key); n != 1 {
+		t.Fatalf("%d idle connections, want 1", n)
+	}
+	b = get() // on the same connection
+	if !b.claim() {
+		t.Fatal("an active body could not be claimed")
+	}
+	io.ReadAll(b)
+	if n := lt.idleConns(key); n != 0 {
+		t.Errorf("%d idle connections after a claimed body ended, want 0", n)
+	}
+	if n := s.conns.Load(); n != 1 {
+		t.Errorf("%d connections, want 1", n)
 	}
 }
 

@@ -68,6 +68,16 @@ type leanConn struct {
 	headTimeout  time.Duration
 	headTimedOut atomic.Bool
 
+	// sys peeks at the idle TCP connection (stale); nil when the dial gave
+	// a connection without a descriptor (tests).
+	sys syscall.RawConn
+	// peekFn is stale's one peek, made once per connection; peekN and
+	// peekErr are its result.
+	peekFn   func(fd uintptr) bool
+	peekByte [1]byte
+	peekN    int
+	peekErr  error
+
 	// stop ends the request's context.AfterFunc; nil when none is set.
 	stop      func() bool
 	reused    bool
@@ -84,6 +94,39 @@ func (c *leanConn) close() {
 	c.conn.Close()
 }
 
+// watchIdle prepares stale's peek at the TCP connection.
+func (c *leanConn) watchIdle() {
+	sc, ok := c.raw.(syscall.Conn)
+	if !ok {
+		return
+	}
+	sys, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	c.sys = sys
+	c.peekFn = func(fd uintptr) bool {
+		c.peekN, _, c.peekErr = syscall.Recvfrom(int(fd), c.peekByte[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return true // never wait: an idle connection has nothing to say
+	}
+}
+
+// stale reports whether an idle connection can carry no request: the
+// server closed or reset it, or sent bytes no request asked for (a 408
+// before closing, the rest of a response longer than it said), which
+// would be read as the next request's answer. net/http's Transport learns
+// this from a goroutine reading each idle connection; one peek that never
+// waits, when the connection is taken, costs less.
+func (c *leanConn) stale() bool {
+	if c.sys == nil {
+		return false
+	}
+	if err := c.sys.Read(c.peekFn); err != nil {
+		return true
+	}
+	return !errors.Is(c.peekErr, syscall.EAGAIN) // a byte, the end (0 bytes, no error), or an error
+}
+
 // errClosedBeforeAnswer marks a connection that ended (closed or reset
 // by the server, or a first byte that is no response) before any response
 // came: on a reused connection, the request is sent again on a new one.
@@ -94,7 +137,8 @@ func (c *leanConn) roundTrip(ctx context.Context, req *http.Request) (*http.Resp
 	c.buf = c.bufs.lend()
 	head, err := appendRequestHead((*c.buf)[:0], req)
 	if err != nil {
-		c.close()
+		c.releaseBuffer() // nothing was sent: the connection serves the next request
+		c.backToPool(c)
 		return nil, err
 	}
 	c.stop = context.AfterFunc(ctx, c.interrupt)
@@ -103,7 +147,10 @@ func (c *leanConn) roundTrip(ctx context.Context, req *http.Request) (*http.Resp
 	}
 	if _, err := c.conn.Write(head); err != nil {
 		c.abandon()
-		if c.reused {
+		switch {
+		case c.headTimedOut.Load():
+			return nil, deadlineError{"timeout writing the request"}
+		case c.reused:
 			return nil, fmt.Errorf("%w: write request: %w", errClosedBeforeAnswer, err)
 		}
 		return nil, fmt.Errorf("write request: %w", err)
@@ -116,10 +163,11 @@ func (c *leanConn) roundTrip(ctx context.Context, req *http.Request) (*http.Resp
 	return resp, nil
 }
 
-// headArrived disarms the head's timer; false when it fired (the
-// connection is closed).
+// headArrived disarms the head's timer; false when it fired: the timer
+// is armed only while a head is awaited, so a Stop that finds it not
+// pending means its function runs (or ran) and closes the connection.
 func (c *leanConn) headArrived() bool {
-	return c.headTimer == nil || c.headTimer.Stop() || !c.headTimedOut.Load()
+	return c.headTimer == nil || c.headTimer.Stop()
 }
 
 // abandon ends a round trip that failed: the connection is closed.
@@ -269,7 +317,19 @@ type leanBody struct {
 	// what every Read returns then.
 	done bool
 	err  error
+	// hold is bodyActive until the body ends (bodyEnded) or a Close from
+	// another goroutine claims the connection to interrupt a Read
+	// (bodyInterrupted): whichever comes first decides, so a Close never
+	// interrupts a connection already given back to the pool.
+	hold atomic.Int32
 }
+
+// The values of leanBody.hold.
+const (
+	bodyActive = iota
+	bodyEnded
+	bodyInterrupted
+)
 
 // The states of a chunked body between chunks.
 const (
@@ -321,15 +381,27 @@ func (b *leanBody) Read(p []byte) (int, error) {
 // every later Read returns.
 func (b *leanBody) end(reusable bool, err error) {
 	b.done, b.err = true, err
+	if !b.hold.CompareAndSwap(bodyActive, bodyEnded) {
+		reusable = false // a Close interrupted the connection
+	}
 	b.c.finish(reusable)
+}
+
+// claim takes the connection from a body still active, for a Close to
+// interrupt it; false once the body ended (and gave the connection back).
+func (b *leanBody) claim() bool {
+	return b.hold.CompareAndSwap(bodyActive, bodyInterrupted)
 }
 
 // Close ends the body. A body not read to its end closes the connection,
 // unless what remains of it is already in the buffer.
 func (b *leanBody) Close() error {
 	if !b.mu.TryLock() {
-		// A Read is blocked on another goroutine: end it.
-		b.c.interrupt()
+		// A Read holds the body on another goroutine: end it, unless it
+		// already ended the body (the connection may be another's now).
+		if b.claim() {
+			b.c.interrupt()
+		}
 		b.mu.Lock()
 	}
 	defer b.mu.Unlock()

@@ -164,9 +164,9 @@ func (c *leanReader) readBody(p []byte) (int, error) {
 			}
 		}
 	}
-	if n > 0 && err == io.EOF {
-		err = nil // the next Read says so again
-	}
+	// The connection's end may come with the last bytes (crypto/tls reads
+	// a close_notify just behind them): it stays with them, so a body
+	// that ends there never gives back a connection that ended.
 	return n, err
 }
 

@@ -259,11 +259,13 @@ func validFieldValue[T string | []byte](b T) bool {
 
 // appendRequestHead appends req's request line and header fields to b:
 // the target as req.URL gives it (an opaque one as is), Host first, the
-// other fields sorted by name. A name that is no token or a value with a
-// CR or LF is refused, as net/http does.
+// other fields sorted by name. A target with a space or a control
+// character, a name that is no token or a value with a control character
+// (but tab) is refused: net/http refuses the same names and values.
 func appendRequestHead(b []byte, req *http.Request) ([]byte, error) {
 	u := req.URL
 	b = append(append(b, req.Method...), ' ')
+	target := len(b)
 	switch {
 	case u.Opaque != "" && strings.HasPrefix(u.Opaque, "//"):
 		b = append(append(append(b, u.Scheme...), ':'), u.Opaque...)
@@ -278,6 +280,9 @@ func appendRequestHead(b []byte, req *http.Request) ([]byte, error) {
 	}
 	if u.ForceQuery || u.RawQuery != "" {
 		b = append(append(b, '?'), u.RawQuery...)
+	}
+	if !validFieldValue(b[target:]) || bytes.IndexByte(b[target:], ' ') >= 0 || bytes.IndexByte(b[target:], '\t') >= 0 {
+		return nil, errors.New("lean client: a space or a control character in the request target")
 	}
 	host := req.Host
 	if host == "" {
@@ -302,7 +307,7 @@ func appendRequestHead(b []byte, req *http.Request) ([]byte, error) {
 			return nil, fmt.Errorf("lean client: invalid header field name %q", k)
 		}
 		for _, v := range req.Header[k] {
-			if strings.IndexByte(v, '\n') >= 0 || strings.IndexByte(v, '\r') >= 0 {
+			if !validFieldValue(v) {
 				return nil, fmt.Errorf("lean client: invalid header field value for %q", k)
 			}
 			b = append(append(append(append(b, k...), ": "...), v...), "\r\n"...)
