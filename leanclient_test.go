@@ -28,6 +28,7 @@ import (
 // it accepted.
 type rawServer struct {
 	ln     net.Listener
+	scheme string
 	conns  atomic.Int32
 	answer func(conn int, req *http.Request, c net.Conn) bool
 	wg     sync.WaitGroup
@@ -39,7 +40,28 @@ func newRawServer(t *testing.T, answer func(conn int, req *http.Request, c net.C
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &rawServer{ln: ln, answer: answer}
+	return serveRaw(t, ln, "http", answer)
+}
+
+// newRawTLSServer is newRawServer over TLS, with the client's
+// configuration that trusts it.
+func newRawTLSServer(t *testing.T, answer func(conn int, req *http.Request, c net.Conn) bool) (*rawServer, *tls.Config) {
+	t.Helper()
+	hs := httptest.NewUnstartedServer(nil)
+	hs.StartTLS() // for its certificate
+	t.Cleanup(hs.Close)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := hs.TLS.Clone()
+	cfg.NextProtos = []string{"http/1.1"}
+	return serveRaw(t, tls.NewListener(ln, cfg), "https", answer), hs.Client().Transport.(*http.Transport).TLSClientConfig
+}
+
+// serveRaw answers on ln's connections.
+func serveRaw(t *testing.T, ln net.Listener, scheme string, answer func(conn int, req *http.Request, c net.Conn) bool) *rawServer {
+	s := &rawServer{ln: ln, scheme: scheme, answer: answer}
 	s.wg.Go(func() {
 		for {
 			c, err := ln.Accept()
@@ -67,7 +89,7 @@ func newRawServer(t *testing.T, answer func(conn int, req *http.Request, c net.C
 }
 
 // url is where the server answers.
-func (s *rawServer) url() string { return "http://" + s.ln.Addr().String() }
+func (s *rawServer) url() string { return s.scheme + "://" + s.ln.Addr().String() }
 
 // leanGet sends one GET (or method) through t and returns the response and its body, read to
 // its end, and the body's error.
@@ -246,51 +268,99 @@ func TestLeanRetriesAReusedConnectionTheServerClosed(t *testing.T) {
 	}
 }
 
-// TestLeanIdleConnectionThatSpoke: bytes that arrive on an idle
-// connection (a whole response nobody asked for, a 408 before a close,
-// the rest of a response longer than it said) are no answer to the next
-// request: the peek when the connection is taken drops it, and the
-// request goes out on a new one. Read as an answer, they would serve one
-// object's bytes for another and keep the connection a response behind.
+// TestLeanIdleConnectionThatSpoke: bytes that come after a response (a
+// whole response nobody asked for, a 408 before a close, the rest of a
+// response longer than it said) are no answer to the next request,
+// whether they arrive while the connection is idle (the peek when it is
+// taken finds them) or with the response, over TLS too (in crypto/tls's
+// buffer): the connection is dropped and the request goes out on a new
+// one. Read as an answer, they would serve one object's bytes for another
+// and keep the connection a response behind.
 func TestLeanIdleConnectionThatSpoke(t *testing.T) {
 	for _, tt := range []struct {
 		name, after string
 		close       bool
+		// together sends after in the response's TCP segment (over TLS,
+		// crypto/tls reads it ahead into its own buffer).
+		together bool
 	}{
 		{name: "a response nobody asked for", after: "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nSTALE"},
 		{name: "a 408, then the end", after: "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", close: true},
 		{name: "bytes after the body", after: "garbage after the body"},
+		{name: "a response nobody asked for, with the response", after: "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nSTALE", together: true},
 	} {
-		t.Run(tt.name, func(t *testing.T) {
-			read, spoke := make(chan struct{}), make(chan struct{})
-			s := newRawServer(t, func(conn int, req *http.Request, c net.Conn) bool {
-				fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.URL.Path), req.URL.Path)
-				if conn == 1 && req.URL.Path == "/first" {
-					<-read
-					io.WriteString(c, tt.after)
+		for _, scheme := range []string{"http", "https"} {
+			t.Run(scheme+"/"+tt.name, func(t *testing.T) {
+				read, spoke := make(chan struct{}), make(chan struct{})
+				answer := func(conn int, req *http.Request, c net.Conn) bool {
+					head := fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.URL.Path), req.URL.Path)
+					if conn != 1 || req.URL.Path != "/first" {
+						io.WriteString(c, head)
+						return true
+					}
+					if tt.together {
+						corked(t, c, func() {
+							io.WriteString(c, head) // over TLS, a record each
+							io.WriteString(c, tt.after)
+						})
+					} else {
+						io.WriteString(c, head)
+						<-read
+						io.WriteString(c, tt.after)
+					}
 					close(spoke)
 					return !tt.close
 				}
-				return true
-			})
-			lt := testLean(5 * time.Second)
-			defer lt.CloseIdleConnections()
-			if _, body, err := leanGet(t, lt, "GET", s.url()+"/first"); err != nil || string(body) != "/first" {
-				t.Fatalf("first: %q, %v", body, err)
-			}
-			close(read)
-			<-spoke
-			waitReadable(t, lt, leanKey{host: strings.TrimPrefix(s.url(), "http://")})
-			for _, path := range []string{"/second", "/third"} {
-				if _, body, err := leanGet(t, lt, "GET", s.url()+path); err != nil || string(body) != path {
-					t.Fatalf("%s: %q, %v; want %q", path, body, err, path)
+				lt := testLean(5 * time.Second)
+				defer lt.CloseIdleConnections()
+				var s *rawServer
+				if scheme == "https" {
+					s, lt.tlsConfig = newRawTLSServer(t, answer)
+				} else {
+					s = newRawServer(t, answer)
 				}
-			}
-			if n := s.conns.Load(); n != 2 {
-				t.Errorf("%d connections, want 2", n)
+				if _, body, err := leanGet(t, lt, "GET", s.url()+"/first"); err != nil || string(body) != "/first" {
+					t.Fatalf("first: %q, %v", body, err)
+				}
+				close(read)
+				<-spoke
+				if !tt.together {
+					waitReadable(t, lt, leanKey{https: scheme == "https", host: strings.TrimPrefix(s.url(), scheme+"://")})
+				}
+				for _, path := range []string{"/second", "/third"} {
+					if _, body, err := leanGet(t, lt, "GET", s.url()+path); err != nil || string(body) != path {
+						t.Fatalf("%s: %q, %v; want %q", path, body, err, path)
+					}
+				}
+				if n := s.conns.Load(); n != 2 {
+					t.Errorf("%d connections, want 2", n)
+				}
+			})
+		}
+	}
+}
+
+// corked runs writes on c (TCP, or TLS over TCP) while TCP_CORK holds
+// them, so what they wrote leaves in one segment.
+func corked(t *testing.T, c net.Conn, writes func()) {
+	t.Helper()
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cork := func(on int) {
+		rc.Control(func(fd uintptr) {
+			if err := syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_CORK, on); err != nil {
+				t.Error(err)
 			}
 		})
 	}
+	cork(1)
+	writes()
+	cork(0)
 }
 
 // waitReadable waits until key's idle connection has something to read

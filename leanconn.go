@@ -181,14 +181,13 @@ func (c *leanConn) abandon() {
 
 // finish ends a response read to its end (reusable) or not: the
 // connection goes back to its pool when reusable, nothing follows the
-// response in the buffer, and the request's context did not close it.
+// response in the buffer or in crypto/tls's, and the request's context
+// did not close it.
 func (c *leanConn) finish(reusable bool) {
 	stopped := c.stop == nil || c.stop()
 	c.stop = nil
-	if c.r != c.w {
-		reusable = false // bytes after the response: it was longer than it said
-	}
-	if !reusable || !stopped || c.dead.Load() {
+	if !reusable || !stopped || c.dead.Load() || c.r != c.w || c.tlsLeftover() {
+		// Bytes after the response are no answer to the next request.
 		c.close()
 		return
 	}

@@ -59,6 +59,22 @@ type leanReader struct {
 	// buf[r:w] was read and not yet consumed; nil otherwise.
 	buf  *[]byte
 	r, w int
+	// probe is tlsLeftover's one-byte read.
+	probe [1]byte
+}
+
+// tlsLeftover reports whether crypto/tls holds anything that came after
+// the response: bytes it decrypted with the body's last or records it
+// read ahead from the socket, where the peek at an idle connection
+// (stale) cannot see them. One read that never waits on the network.
+func (c *leanReader) tlsLeftover() bool {
+	if c.under == nil {
+		return false
+	}
+	c.under.noWait = true
+	n, err := c.conn.Read(c.probe[:])
+	c.under.noWait = false
+	return n > 0 || err != errWouldWait
 }
 
 // releaseBuffer gives the borrowed buffer back.
