@@ -187,7 +187,7 @@ func TestLeanFraming(t *testing.T) {
 			wantErr: "interim responses"},
 		{name: "obsolete line folding", answer: "HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 0\r\n\r\n", wantErr: "header line"},
 		{name: "space before the colon", answer: "HTTP/1.1 200 OK\r\nContent-Length : 0\r\n\r\n", wantErr: "header line"},
-		{name: "bare LF", answer: "HTTP/1.1 200 OK\nContent-Length: 0\n\n", close: true, wantErr: "response head"},
+		{name: "bare LF", answer: "HTTP/1.1 200 OK\nContent-Length: 0\n\n", wantErr: "bare LF"},
 		{name: "not HTTP/1.x", answer: "HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n", wantErr: "status line"},
 		{name: "a head larger than the buffer", answer: "HTTP/1.1 200 OK\r\nX-Amz-Meta-Big: " + strings.Repeat("m", 20<<10) +
 			"\r\nContent-Length: 2\r\n\r\nhi", want: "hi", wantLength: 2, reused: true},

@@ -216,6 +216,10 @@ func (c *leanConn) readResponse(req *http.Request) (*http.Response, error) {
 	for interim := 0; ; {
 		end := bytes.Index((*c.buf)[c.r+scanned:c.w], []byte(crlfcrlf))
 		if end < 0 {
+			if bytes.Contains((*c.buf)[c.r+scanned:c.w], []byte("\n\n")) {
+				// A head's end with bare LF line ends: no CRLF pair will follow.
+				return nil, fmt.Errorf("%w: a head with bare LF line ends", errMalformedResponse)
+			}
 			scanned = max(c.w-c.r-3, 0) // relative to c.r, which fill may move
 			if err := c.fill(); err != nil {
 				return nil, c.readError(err, c.w > 0)
