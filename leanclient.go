@@ -78,6 +78,9 @@ type leanTransport struct {
 	// idle holds each host's idle connections, the most recently used last.
 	idle  map[leanKey][]*leanConn
 	idleN int
+	// closeIdle is set by CloseIdleConnections until the next request:
+	// a connection whose response ends meanwhile is closed, not kept.
+	closeIdle bool
 	// sweeper closes connections idle for maxIdleTime; sweeping is set
 	// while it is armed.
 	sweeper  *time.Timer
@@ -94,26 +97,48 @@ func (t *leanTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	ctx := req.Context()
 	key := leanKey{https: req.URL.Scheme == "https", host: req.URL.Host}
+	buf, head, err := t.requestHead(req)
+	if err != nil {
+		return nil, err // refused before any connection was taken
+	}
 	c, err := t.conn(ctx, key, false)
 	if err != nil {
+		t.bufs.takeBack(buf)
 		return nil, t.failure(ctx, err)
 	}
-	resp, err := c.roundTrip(ctx, req)
-	if err != nil && c.reused && errors.Is(err, errClosedBeforeAnswer) && ctx.Err() == nil {
-		// S3 closed the idle connection, or closed it as the request
-		// went out: as net/http does for a request that can be replayed,
-		// try once more, on a new connection. The other idle ones stay:
-		// one closed alone (a reset) says nothing of them, and a stale
-		// one costs little to find (its end has usually arrived).
+	reused := c.reused // c may be another request's once roundTrip returns
+	resp, err := c.roundTrip(ctx, req, buf, head)
+	if err != nil && reused && errors.Is(err, errClosedBeforeAnswer) && ctx.Err() == nil {
+		// S3 closed the connection as the request went out: as net/http
+		// does for a request that can be replayed, try once more, on a
+		// new connection. The other idle ones stay: one closed alone (a
+		// reset) says nothing of them, and the peek when one is taken
+		// finds any other S3 closed.
+		if buf, head, err = t.requestHead(req); err != nil {
+			return nil, err
+		}
 		if c, err = t.conn(ctx, key, true); err != nil {
+			t.bufs.takeBack(buf)
 			return nil, t.failure(ctx, err)
 		}
-		resp, err = c.roundTrip(ctx, req)
+		resp, err = c.roundTrip(ctx, req, buf, head)
 	}
 	if err != nil {
 		return nil, t.failure(ctx, err)
 	}
 	return resp, nil
+}
+
+// requestHead writes req's head into a buffer lent for the round trip,
+// which reads the response into it once the head is sent.
+func (t *leanTransport) requestHead(req *http.Request) (*[]byte, []byte, error) {
+	buf := t.bufs.lend()
+	head, err := appendRequestHead((*buf)[:0], req)
+	if err != nil {
+		t.bufs.takeBack(buf)
+		return nil, nil, err
+	}
+	return buf, head, nil
 }
 
 // failure is what a failed round trip returns: the context's cause once
@@ -142,13 +167,14 @@ func checkLeanRequest(req *http.Request) error {
 	return nil
 }
 
-// CloseIdleConnections closes every idle connection; one in use goes
-// back to the pool when its response ends (as net/http's do), and is
-// closed maxIdleTime later unless used again.
+// CloseIdleConnections closes every idle connection, and, as net/http's
+// Transport does, each in use when its response ends, until a request
+// asks for one again (a retired front end's connections end with their
+// responses).
 func (t *leanTransport) CloseIdleConnections() {
 	t.mu.Lock()
 	idle := t.idle
-	t.idle, t.idleN = nil, 0
+	t.idle, t.idleN, t.closeIdle = nil, 0, true
 	if t.sweeper != nil {
 		t.sweeper.Stop()
 		t.sweeping = false
@@ -193,6 +219,7 @@ func (t *leanTransport) takeIdle(key leanKey) *leanConn {
 func (t *leanTransport) popIdle(key leanKey) *leanConn {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.closeIdle = false // a request wants connections kept again
 	cs := t.idle[key]
 	if len(cs) == 0 {
 		return nil
@@ -210,7 +237,7 @@ func (t *leanTransport) putIdle(c *leanConn) {
 	c.idleSince = t.now.read()
 	t.mu.Lock()
 	cs := t.idle[c.key]
-	if c.dead.Load() || t.maxIdlePerHost > 0 && len(cs) >= t.maxIdlePerHost || t.maxIdle > 0 && t.idleN >= t.maxIdle {
+	if c.dead.Load() || t.closeIdle || t.maxIdlePerHost > 0 && len(cs) >= t.maxIdlePerHost || t.maxIdle > 0 && t.idleN >= t.maxIdle {
 		t.mu.Unlock()
 		c.close()
 		return

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -40,7 +41,7 @@ func newRawServer(t *testing.T, answer func(conn int, req *http.Request, c net.C
 	if err != nil {
 		t.Fatal(err)
 	}
-	return serveRaw(t, ln, "http", answer)
+	return serveRaw(t, heldListener{ln}, "http", answer)
 }
 
 // newRawTLSServer is newRawServer over TLS, with the client's
@@ -56,7 +57,7 @@ func newRawTLSServer(t *testing.T, answer func(conn int, req *http.Request, c ne
 	}
 	cfg := hs.TLS.Clone()
 	cfg.NextProtos = []string{"http/1.1"}
-	return serveRaw(t, tls.NewListener(ln, cfg), "https", answer), hs.Client().Transport.(*http.Transport).TLSClientConfig
+	return serveRaw(t, tls.NewListener(heldListener{ln}, cfg), "https", answer), hs.Client().Transport.(*http.Transport).TLSClientConfig
 }
 
 // serveRaw answers on ln's connections.
@@ -280,8 +281,8 @@ func TestLeanIdleConnectionThatSpoke(t *testing.T) {
 	for _, tt := range []struct {
 		name, after string
 		close       bool
-		// together sends after in the response's TCP segment (over TLS,
-		// crypto/tls reads it ahead into its own buffer).
+		// together sends after in the response's write (over TLS, a record
+		// of its own, which crypto/tls reads ahead into its buffer).
 		together bool
 	}{
 		{name: "a response nobody asked for", after: "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nSTALE"},
@@ -299,7 +300,7 @@ func TestLeanIdleConnectionThatSpoke(t *testing.T) {
 						return true
 					}
 					if tt.together {
-						corked(t, c, func() {
+						corked(c, func() {
 							io.WriteString(c, head) // over TLS, a record each
 							io.WriteString(c, tt.after)
 						})
@@ -340,27 +341,45 @@ func TestLeanIdleConnectionThatSpoke(t *testing.T) {
 	}
 }
 
-// corked runs writes on c (TCP, or TLS over TCP) while TCP_CORK holds
-// them, so what they wrote leaves in one segment.
-func corked(t *testing.T, c net.Conn, writes func()) {
-	t.Helper()
+// corked runs writes on c (a served connection, or TLS over one) while
+// its heldConn holds them, so what they wrote leaves in one write.
+func corked(c net.Conn, writes func()) {
 	if tc, ok := c.(*tls.Conn); ok {
 		c = tc.NetConn()
 	}
-	rc, err := c.(*net.TCPConn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cork := func(on int) {
-		rc.Control(func(fd uintptr) {
-			if err := syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_CORK, on); err != nil {
-				t.Error(err)
-			}
-		})
-	}
-	cork(1)
+	hc := c.(*heldConn)
+	hc.holding = true
 	writes()
-	cork(0)
+	hc.holding = false
+	hc.Conn.Write(hc.held)
+	hc.held = nil
+}
+
+// heldConn is a served connection whose writes wait in held while
+// holding is set (on the goroutine that serves it).
+type heldConn struct {
+	net.Conn
+	holding bool
+	held    []byte
+}
+
+func (c *heldConn) Write(p []byte) (int, error) {
+	if c.holding {
+		c.held = append(c.held, p...)
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+// heldListener accepts heldConns.
+type heldListener struct{ net.Listener }
+
+func (l heldListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &heldConn{Conn: c}, nil
 }
 
 // waitReadable waits until key's idle connection has something to read
@@ -466,13 +485,22 @@ func TestLeanCloseAfterTheEnd(t *testing.T) {
 	if body, err := io.ReadAll(b); err != nil || string(body) != "ok" {
 		t.Fatalf("%q, %v", body, err)
 	}
-	if b.claim() {
-		t.Error("a body that ended was claimed: its pooled connection would be interrupted")
-	}
+	b.mu.Lock() // as a Read that has just ended the body still holds it
+	closed := make(chan struct{})
+	go func() {
+		b.Close()
+		close(closed)
+	}()
+	waitBlocked(t, "(*leanBody).Close")
+	b.mu.Unlock()
+	<-closed
 	if n := lt.idleConns(key); n != 1 {
 		t.Fatalf("%d idle connections, want 1", n)
 	}
-	b = get() // on the same connection
+	b = get() // on the same connection, unless the Close interrupted it
+	if n := s.conns.Load(); n != 1 {
+		t.Errorf("%d connections, want 1: the Close interrupted a pooled connection", n)
+	}
 	if !b.claim() {
 		t.Fatal("an active body could not be claimed")
 	}
@@ -480,8 +508,23 @@ func TestLeanCloseAfterTheEnd(t *testing.T) {
 	if n := lt.idleConns(key); n != 0 {
 		t.Errorf("%d idle connections after a claimed body ended, want 0", n)
 	}
-	if n := s.conns.Load(); n != 1 {
-		t.Errorf("%d connections, want 1", n)
+}
+
+// waitBlocked waits until a goroutine running fn waits for a lock.
+func waitBlocked(t *testing.T, fn string) {
+	t.Helper()
+	buf := make([]byte, 1<<20)
+	for {
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		for _, g := range strings.Split(stacks, "\n\n") {
+			if strings.Contains(g, fn) && strings.Contains(g, "sync.(*Mutex).Lock") {
+				return
+			}
+		}
+		if t.Context().Err() != nil {
+			t.Fatalf("no goroutine in %s waits for a lock", fn)
+		}
+		runtime.Gosched()
 	}
 }
 
@@ -557,6 +600,11 @@ func TestLeanRequestHead(t *testing.T) {
 		{"POST", &http.Request{Method: "POST", URL: &url.URL{Scheme: "http", Host: "h", Path: "/"}, Header: http.Header{}}},
 		{"a body", &http.Request{Method: "GET", URL: &url.URL{Scheme: "http", Host: "h", Path: "/"}, Header: http.Header{}, Body: io.NopCloser(strings.NewReader("x")), ContentLength: 1}},
 		{"a CRLF in a value", &http.Request{Method: "GET", URL: &url.URL{Scheme: "http", Host: "h", Path: "/"}, Header: http.Header{"Range": {"bytes=0-1\r\nX-Evil: 1"}}}},
+		{"a NUL in a value", &http.Request{Method: "GET", URL: &url.URL{Scheme: "http", Host: "h", Path: "/"}, Header: http.Header{"Range": {"bytes=0-1\x00"}}}},
+		{"a space in the target", &http.Request{Method: "GET", URL: &url.URL{Scheme: "http", Host: "h", Opaque: "/a b"}, Header: http.Header{}}},
+		{"a tab in the query", &http.Request{Method: "GET", URL: &url.URL{Scheme: "http", Host: "h", Path: "/", RawQuery: "a=\tb"}, Header: http.Header{}}},
+		{"a control character in the target", &http.Request{Method: "GET", URL: &url.URL{Scheme: "http", Host: "h", Opaque: "/a\x01"}, Header: http.Header{}}},
+		{"a control character in the host", &http.Request{Method: "GET", URL: &url.URL{Scheme: "http", Host: "h"}, Host: "h\x00x", Header: http.Header{}}},
 		{"a name that is no token", &http.Request{Method: "GET", URL: &url.URL{Scheme: "http", Host: "h", Path: "/"}, Header: http.Header{"Bad Name": {"v"}}}},
 		{"no host", &http.Request{Method: "GET", URL: &url.URL{Scheme: "http", Path: "/"}, Header: http.Header{}}},
 		{"ftp", &http.Request{Method: "GET", URL: &url.URL{Scheme: "ftp", Host: "h", Path: "/"}, Header: http.Header{}}},
@@ -564,9 +612,12 @@ func TestLeanRequestHead(t *testing.T) {
 	for _, tt := range refused {
 		t.Run("refuses "+tt.name, func(t *testing.T) {
 			req := tt.req.WithContext(t.Context())
-			if resp, err := testLean(time.Second).RoundTrip(req); err == nil {
+			resp, err := testLean(time.Second).RoundTrip(req)
+			if err == nil {
 				resp.Body.Close()
-				t.Errorf("RoundTrip sent a request with %s", tt.name)
+			}
+			if err == nil || !strings.HasPrefix(err.Error(), "lean client: ") {
+				t.Errorf("a request with %s: %v, want the lean client's refusal before any dial", tt.name, err)
 			}
 		})
 	}
@@ -711,6 +762,23 @@ func TestLeanIdlePool(t *testing.T) {
 	if n := lt.idleConns(key); n != 0 {
 		t.Errorf("after CloseIdleConnections: %d idle", n)
 	}
+	// A response in flight then is closed when it ends; the next request
+	// keeps its connection again.
+	req, _ := http.NewRequestWithContext(t.Context(), "GET", s.url()+"/inflight", nil)
+	resp, err := lt.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lt.CloseIdleConnections()
+	io.ReadAll(resp.Body)
+	if n := lt.idleConns(key); n != 0 {
+		t.Errorf("a response that ended after CloseIdleConnections: %d idle, want 0", n)
+	}
+	leanGet(t, lt, "GET", s.url()+"/next")
+	if n := lt.idleConns(key); n != 1 {
+		t.Errorf("the next request's connection: %d idle, want 1", n)
+	}
+	lt.CloseIdleConnections()
 }
 
 // TestLeanTLS: over TLS, the server's name verified, a body of many

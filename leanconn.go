@@ -132,15 +132,11 @@ func (c *leanConn) stale() bool {
 // came: on a reused connection, the request is sent again on a new one.
 var errClosedBeforeAnswer = errors.New("the server closed the connection before answering")
 
-// roundTrip writes req and reads the response's head.
-func (c *leanConn) roundTrip(ctx context.Context, req *http.Request) (*http.Response, error) {
-	c.buf = c.bufs.lend()
-	head, err := appendRequestHead((*c.buf)[:0], req)
-	if err != nil {
-		c.releaseBuffer() // nothing was sent: the connection serves the next request
-		c.backToPool(c)
-		return nil, err
-	}
+// roundTrip writes req's head and reads the response's into buf, a
+// lent buffer the head may be in (appendRequestHead's), which the
+// connection keeps while it holds bytes of the response.
+func (c *leanConn) roundTrip(ctx context.Context, req *http.Request, buf *[]byte, head []byte) (*http.Response, error) {
+	c.buf = buf
 	c.stop = context.AfterFunc(ctx, c.interrupt)
 	if c.headTimer != nil {
 		c.headTimer.Reset(c.headTimeout)

@@ -288,7 +288,7 @@ func appendRequestHead(b []byte, req *http.Request) ([]byte, error) {
 	if host == "" {
 		host = u.Host
 	}
-	if strings.ContainsAny(host, " \r\n/") {
+	if !validFieldValue(host) || strings.ContainsAny(host, " \t/") {
 		return nil, fmt.Errorf("lean client: invalid host %q", host)
 	}
 	b = append(append(append(b, " HTTP/1.1\r\nHost: "...), host...), "\r\n"...)
