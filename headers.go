@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/textproto"
 	"net/url"
 	"strings"
 	"time"
@@ -107,7 +106,7 @@ func copyRequestHeaders(dst, src http.Header) {
 	conn := src["Connection"]
 	for _, name := range forwardedRequestHeaders {
 		vs := src[name]
-		if len(vs) == 0 || listedInConnection(conn, name) {
+		if len(vs) == 0 || headerHasToken(conn, name) {
 			continue
 		}
 		if len(vs) > 1 { // If-Match and If-None-Match are lists (RFC 9110 §5.3)
@@ -122,18 +121,18 @@ func copyRequestHeaders(dst, src http.Header) {
 func copyResponseHeaders(dst, src http.Header) {
 	conn := src["Connection"]
 	for _, name := range returnedResponseHeaders {
-		if vs := src[name]; len(vs) > 0 && !listedInConnection(conn, name) {
+		if vs := src[name]; len(vs) > 0 && !headerHasToken(conn, name) {
 			dst[name] = vs
 		}
 	}
 }
 
-// listedInConnection reports whether the Connection header values name the
-// canonical header name.
-func listedInConnection(conn []string, name string) bool {
-	for _, v := range conn {
+// headerHasToken reports whether a comma-separated header's values
+// (Connection's, in either direction) hold token, in any case.
+func headerHasToken(values []string, token string) bool {
+	for _, v := range values {
 		for f := range strings.SplitSeq(v, ",") {
-			if textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(f)) == name {
+			if strings.EqualFold(strings.Trim(f, " \t"), token) {
 				return true
 			}
 		}

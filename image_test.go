@@ -186,15 +186,7 @@ func TestE2EImage(t *testing.T) {
 // returns the archive.
 func buildImage(t *testing.T) string {
 	t.Helper()
-	out := t.TempDir()
-	cmd := exec.Command("packaging/build-image.sh", out)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	built, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("packaging/build-image.sh: %v\n%s", err, stderr.String())
-	}
-	archive := strings.TrimSpace(string(built))
+	out, archive := runPackaging(t, "packaging/build-image.sh")
 	if want := filepath.Join(out, "s3-helper_"+releaseVersion+"_oci.tar"); archive != want {
 		t.Fatalf("archive %s, want %s", archive, want)
 	}

@@ -72,7 +72,7 @@ type leanTransport struct {
 	// now is the clock; nil means time.Now.
 	now clock
 
-	bufs leanBuffers
+	bufs bufferPool // of leanBufferBytes
 
 	mu sync.Mutex // guards the fields below
 	// idle holds each host's idle connections, the most recently used last.
@@ -103,7 +103,7 @@ func (t *leanTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	c, err := t.conn(ctx, key, false)
 	if err != nil {
-		t.bufs.takeBack(buf)
+		t.bufs.takeBack(buf, leanBufferBytes)
 		return nil, t.failure(ctx, err)
 	}
 	reused := c.reused // c may be another request's once roundTrip returns
@@ -118,7 +118,7 @@ func (t *leanTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 		if c, err = t.conn(ctx, key, true); err != nil {
-			t.bufs.takeBack(buf)
+			t.bufs.takeBack(buf, leanBufferBytes)
 			return nil, t.failure(ctx, err)
 		}
 		resp, err = c.roundTrip(ctx, req, buf, head)
@@ -132,10 +132,10 @@ func (t *leanTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 // requestHead writes req's head into a buffer lent for the round trip,
 // which reads the response into it once the head is sent.
 func (t *leanTransport) requestHead(req *http.Request) (*[]byte, []byte, error) {
-	buf := t.bufs.lend()
+	buf := t.bufs.lend(leanBufferBytes)
 	head, err := appendRequestHead((*buf)[:0], req)
 	if err != nil {
-		t.bufs.takeBack(buf)
+		t.bufs.takeBack(buf, leanBufferBytes)
 		return nil, nil, err
 	}
 	return buf, head, nil

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"sync"
 )
 
 const (
@@ -29,32 +28,12 @@ const (
 
 var errResponseTooLarge = errors.New("HTTP response head over 64 KiB")
 
-// leanBuffers lends the buffers that round trips borrow.
-type leanBuffers struct{ pool sync.Pool }
-
-// lend borrows a buffer of leanBufferBytes.
-func (l *leanBuffers) lend() *[]byte {
-	if b, ok := l.pool.Get().(*[]byte); ok {
-		return b
-	}
-	b := make([]byte, leanBufferBytes)
-	return &b
-}
-
-// takeBack returns a lent buffer; one grown for a large head is left to
-// the collector.
-func (l *leanBuffers) takeBack(b *[]byte) {
-	if len(*b) == leanBufferBytes {
-		l.pool.Put(b)
-	}
-}
-
 // leanReader is a connection's reading side.
 type leanReader struct {
 	conn net.Conn // the TCP connection, or TLS over it
 	// under is what TLS reads the TCP connection through; nil without TLS.
 	under *underTLS
-	bufs  *leanBuffers
+	bufs  *bufferPool // of leanBufferBytes
 	// buf is borrowed while bytes of a response are buffered in it:
 	// buf[r:w] was read and not yet consumed; nil otherwise.
 	buf  *[]byte
@@ -80,7 +59,7 @@ func (c *leanReader) tlsLeftover() bool {
 // releaseBuffer gives the borrowed buffer back.
 func (c *leanReader) releaseBuffer() {
 	if c.buf != nil {
-		c.bufs.takeBack(c.buf)
+		c.bufs.takeBack(c.buf, leanBufferBytes)
 		c.buf, c.r, c.w = nil, 0, 0
 	}
 }
@@ -100,7 +79,7 @@ func (c *leanReader) fill() error {
 		default:
 			larger := make([]byte, 2*len(b))
 			copy(larger, b)
-			c.bufs.takeBack(c.buf)
+			c.bufs.takeBack(c.buf, leanBufferBytes)
 			c.buf, b = &larger, larger
 		}
 	}
@@ -205,7 +184,7 @@ func (c *leanReader) readChunkData(p []byte) (int, error) {
 // most limit bytes; it is valid until the next read.
 func (c *leanReader) line(limit int) ([]byte, error) {
 	if c.buf == nil {
-		c.buf = c.bufs.lend()
+		c.buf = c.bufs.lend(leanBufferBytes)
 	}
 	scanned := 0
 	for {

@@ -175,19 +175,6 @@ func parseContentLength(v string) (int64, error) {
 	return n, nil
 }
 
-// headerHasToken reports whether a comma-separated header's values hold
-// token, in any case.
-func headerHasToken(values []string, token string) bool {
-	for _, v := range values {
-		for f := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.Trim(f, " \t"), token) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
 // commonResponseKeys are the header names S3 sends, interned so each
 // response's header map shares them.
 var commonResponseKeys = map[string]string{

@@ -21,15 +21,7 @@ import (
 
 func TestPackage(t *testing.T) {
 	needE2E(t) // the suite's machine has Debian's dpkg-dev, lintian, help2man and systemd
-	out := t.TempDir()
-	build := exec.Command("packaging/build-deb.sh", out)
-	var stderr bytes.Buffer
-	build.Stderr = &stderr
-	built, err := build.Output()
-	if err != nil {
-		t.Fatalf("packaging/build-deb.sh: %v\n%s", err, stderr.String())
-	}
-	deb := strings.TrimSpace(string(built))
+	out, deb := runPackaging(t, "packaging/build-deb.sh")
 	if want := filepath.Join(out, "s3-helper_"+releaseVersion+"_amd64.deb"); deb != want && !strings.HasSuffix(deb, "_"+releaseVersion+"_arm64.deb") {
 		t.Errorf("package %s, want %s", deb, want)
 	}
@@ -86,6 +78,21 @@ func TestPackage(t *testing.T) {
 	if exposure, _ := strconv.ParseFloat(string(level[1]), 64); exposure > 2.0 {
 		t.Errorf("exposure level %s, want at most 2.0 (OK):\n%s", level[1], security)
 	}
+}
+
+// runPackaging runs a packaging script into a directory of its own and
+// returns the directory and the path the script printed.
+func runPackaging(t *testing.T, script string) (dir, built string) {
+	t.Helper()
+	dir = t.TempDir()
+	cmd := exec.Command(script, dir)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", script, err, stderr.String())
+	}
+	return dir, strings.TrimSpace(string(out))
 }
 
 // TestDefaultFileNamesRealFlags: every S3_HELPER_* variable that

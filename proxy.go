@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -46,7 +45,7 @@ type Proxy struct {
 	// now is the clock; nil means time.Now.
 	now clock
 
-	bufs     sync.Pool
+	bufs     bufferPool // of copyBufferBytes
 	inFlight atomic.Int64
 	// draining is set when shutdown begins; cutting once its time is up
 	// and the requests still in flight are being cut.
@@ -367,15 +366,6 @@ func (p *Proxy) finish(ctx context.Context, x *exchange) {
 	p.log.LogAttrs(ctx, level, msg, attrs...)
 }
 
-// getBuffer takes a copy buffer from the pool.
-func (p *Proxy) getBuffer() *[]byte {
-	if b, ok := p.bufs.Get().(*[]byte); ok {
-		return b
-	}
-	b := make([]byte, copyBufferBytes)
-	return &b
-}
-
 // stream copies the body to the client. When S3 fails mid-body and the
 // response has an ETag, the S3 client fetches the rest with a freshly
 // signed Range pinned by If-Match, appended to the same client response.
@@ -384,8 +374,8 @@ func (p *Proxy) getBuffer() *[]byte {
 // (httputil.ReverseProxy does the same), never a short body that looks
 // complete. A body that fails counts against the front end it came from.
 func (p *Proxy) stream(ctx context.Context, w http.ResponseWriter, answer upstreamAnswer, up *upstreamRequest, x *exchange) {
-	buf := p.getBuffer()
-	defer p.bufs.Put(buf)
+	buf := p.bufs.lend(copyBufferBytes)
+	defer p.bufs.takeBack(buf, copyBufferBytes)
 	plan, resumable := planResume(answer.resp)
 	body, front := answer.resp.Body, answer.front
 	defer func() { body.Close() }()

@@ -1,10 +1,11 @@
 package main
 
-// Streaming S3's body to the client: the watch that ends an attempt when S3
-// stalls (time spent writing to a slow client never counts), and the
-// plan that continues a response with a ranged request pinned by If-Match
-// when S3 fails mid-body. Nothing here knows the proxy; proxy.go's stream
-// drives the loop.
+// Streaming S3's body to the client: the buffers it is copied through
+// (the lean client borrows its heads' from the same kind of pool), the
+// watch that ends an attempt when S3 stalls (time spent writing to a slow
+// client never counts), and the plan that continues a response with a
+// ranged request pinned by If-Match when S3 fails mid-body. Nothing here
+// knows the proxy; proxy.go's stream drives the loop.
 
 import (
 	"context"
@@ -14,6 +15,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -73,6 +75,26 @@ func (b *attemptBody) Close() error {
 	err := b.ReadCloser.Close()
 	b.cancel()
 	return err
+}
+
+// bufferPool lends byte buffers of one size, the size each call names.
+type bufferPool struct{ pool sync.Pool }
+
+// lend borrows a buffer of size bytes.
+func (p *bufferPool) lend(size int) *[]byte {
+	if b, ok := p.pool.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, size)
+	return &b
+}
+
+// takeBack returns a lent buffer; one grown past size (for a large
+// response head) is left to the collector.
+func (p *bufferPool) takeBack(b *[]byte, size int) {
+	if len(*b) == size {
+		p.pool.Put(b)
+	}
 }
 
 // errClientWrite marks a failed write to the client.
