@@ -101,8 +101,9 @@ func withDialAddrs(t *leanTransport, routes []route) *leanTransport {
 	if len(addrs) == 0 {
 		return t
 	}
-	return &leanTransport{addr: t.addr, dialAddrs: addrs, dial: t.dial, timeout: t.timeout, tlsConfig: t.tlsConfig,
-		maxIdlePerHost: t.maxIdlePerHost, maxIdle: t.maxIdle, maxIdleTime: t.maxIdleTime, now: t.now}
+	like := &leanTransport{leanSettings: t.leanSettings}
+	like.dialAddrs = addrs
+	return like
 }
 
 // withSessions gives every route (and replica) to a directory bucket the

@@ -47,9 +47,29 @@ import (
 const tcpKeepAlive = 30 * time.Second
 
 // leanTransport is the lean client: an http.RoundTripper (and a
-// frontTransport) for GET and HEAD requests without a body. Its fields
-// must be set before the first request and not changed after.
+// frontTransport) for GET and HEAD requests without a body: its settings
+// and the pool they shape.
 type leanTransport struct {
+	leanSettings
+
+	bufs bufferPool // of leanBufferBytes
+
+	mu sync.Mutex // guards the fields below
+	// idle holds each host's idle connections, the most recently used last.
+	idle  map[leanKey][]*leanConn
+	idleN int
+	// closeIdle is set by CloseIdleConnections until the next request:
+	// a connection whose response ends meanwhile is closed, not kept.
+	closeIdle bool
+	// sweeper closes connections idle for maxIdleTime; sweeping is set
+	// while it is armed.
+	sweeper  *time.Timer
+	sweeping bool
+}
+
+// leanSettings are a lean client's settings, set before its first request
+// and not changed after; a copy makes another client like it.
+type leanSettings struct {
 	// addr, when valid, is where every connection goes: one front end's
 	// address (the request's host stays the Host header and TLS's server
 	// name).
@@ -71,20 +91,6 @@ type leanTransport struct {
 	maxIdleTime             time.Duration
 	// now is the clock; nil means time.Now.
 	now clock
-
-	bufs bufferPool // of leanBufferBytes
-
-	mu sync.Mutex // guards the fields below
-	// idle holds each host's idle connections, the most recently used last.
-	idle  map[leanKey][]*leanConn
-	idleN int
-	// closeIdle is set by CloseIdleConnections until the next request:
-	// a connection whose response ends meanwhile is closed, not kept.
-	closeIdle bool
-	// sweeper closes connections idle for maxIdleTime; sweeping is set
-	// while it is armed.
-	sweeper  *time.Timer
-	sweeping bool
 }
 
 // RoundTrip sends req and returns S3's response, whose body the caller

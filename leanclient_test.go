@@ -552,7 +552,9 @@ func TestLeanCloseBeforeTheEnd(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(20 * time.Millisecond) // the small body has arrived
+		if b := resp.Body.(*leanBody); tt.kept && int64(b.c.w-b.c.r) < b.left {
+			t.Fatalf("%s: the body did not come with its head (one write)", tt.path)
+		}
 		resp.Body.Close()
 		if n, err := resp.Body.Read(make([]byte, 1)); n != 0 || err == nil {
 			t.Errorf("%s: Read after Close = %d, %v; want an error", tt.path, n, err)
@@ -722,9 +724,10 @@ func TestLeanFailuresClassify(t *testing.T) {
 // pool keeps at most maxIdlePerHost per host; CloseIdleConnections
 // empties it.
 func TestLeanIdlePool(t *testing.T) {
-	release := make(chan struct{})
+	arrived, release := make(chan struct{}, 3), make(chan struct{})
 	s := newRawServer(t, func(conn int, req *http.Request, c net.Conn) bool {
 		if req.URL.Path == "/slow" {
+			arrived <- struct{}{}
 			<-release
 		}
 		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
@@ -743,8 +746,8 @@ func TestLeanIdlePool(t *testing.T) {
 			}
 		})
 	}
-	for s.conns.Load() < 3 {
-		time.Sleep(time.Millisecond)
+	for range 3 {
+		<-arrived
 	}
 	close(release)
 	wg.Wait()
@@ -835,9 +838,9 @@ func FuzzLeanResponse(f *testing.F) {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, raw []byte) {
-		lt := &leanTransport{dial: func(context.Context, string, string) (net.Conn, error) {
+		lt := &leanTransport{leanSettings: leanSettings{dial: func(context.Context, string, string) (net.Conn, error) {
 			return &scriptConn{in: bytes.NewReader(raw)}, nil
-		}}
+		}}}
 		req, _ := http.NewRequest("GET", "http://s3.example/k", nil)
 		resp, err := lt.RoundTrip(req)
 		var body []byte
@@ -862,6 +865,27 @@ func FuzzLeanResponse(f *testing.F) {
 			t.Fatalf("lean: %d %q; net/http: %d %q", resp.StatusCode, body, std.StatusCode, sbody)
 		}
 	})
+}
+
+// TestLeanErrorsAreBounded: an error quoting S3's header values (which a
+// log line carries) holds at most a short clip of them, however long they
+// are.
+func TestLeanErrorsAreBounded(t *testing.T) {
+	long := strings.Repeat("x", 20<<10)
+	for _, head := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: " + long + "\r\n\r\nok",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + long + "\r\n\r\n",
+		"HTTP/1.1 200 " + long + "\x01\r\n\r\n",
+	} {
+		lt := testLean(time.Second)
+		lt.dial = func(context.Context, string, string) (net.Conn, error) {
+			return &scriptConn{in: bytes.NewReader([]byte(head))}, nil
+		}
+		_, _, err := leanGet(t, lt, "GET", "http://s3.test/key")
+		if err == nil || len(err.Error()) > 200 {
+			t.Errorf("%d-byte error: %.80q…; want an error of at most 200 bytes", len(fmt.Sprint(err)), fmt.Sprint(err))
+		}
+	}
 }
 
 // scriptConn is a connection whose peer's bytes are in: writes vanish,

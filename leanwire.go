@@ -143,14 +143,14 @@ func (h *responseHead) parse(block []byte, slab []string) error {
 		}
 		for _, v := range cls[1:] {
 			if v != cls[0] {
-				return fmt.Errorf("%w: Content-Length %q", errMalformedResponse, cls)
+				return fmt.Errorf("%w: Content-Length %q", errMalformedResponse, clip(strings.Join(cls, ", "), 64))
 			}
 		}
 		h.contentLength = n
 	}
 	if len(te) > 0 {
 		if len(te) > 1 || !strings.EqualFold(te[0], "chunked") || h.minor == 0 {
-			return fmt.Errorf("%w: unsupported Transfer-Encoding %q", errMalformedResponse, te)
+			return fmt.Errorf("%w: unsupported Transfer-Encoding %q", errMalformedResponse, clip(strings.Join(te, ", "), 64))
 		}
 		if h.contentLength >= 0 {
 			return fmt.Errorf("%w: both Transfer-Encoding and Content-Length", errMalformedResponse)

@@ -349,11 +349,11 @@ func frontEndTransport(timeout time.Duration, addr netip.AddrPort) *leanTranspor
 // (leanclient.go), which never goes through a proxy (a stray HTTPS_PROXY
 // must never see signed requests) and never asks for compression.
 func newUpstreamTransport(timeout time.Duration) *leanTransport {
-	return &leanTransport{
+	return &leanTransport{leanSettings: leanSettings{
 		timeout:        timeout,
 		tlsConfig:      &tls.Config{MinVersion: tls.VersionTLS12},
 		maxIdle:        maxIdleConns,
 		maxIdlePerHost: maxIdleConnsPerHost,
 		maxIdleTime:    upstreamIdleTimeout,
-	}
+	}}
 }
